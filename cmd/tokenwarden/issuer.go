@@ -1,0 +1,118 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tokenwarden/tokenwarden/issuer"
+)
+
+func issuerSettings(c *issuer.Config) []setting {
+	return []setting{
+		{flag: "issuer", usage: "issuer identifier URL (the iss of every token)", bind: &c.Issuer},
+		{flag: "listen", usage: "HTTP listen address", bind: &c.Listen},
+		{flag: "nats-url", usage: "NATS server URL(s), comma-separated", bind: &c.NATS.URL},
+		{flag: "nats-prefix", usage: "prefix of the NATS buckets and streams", bind: &c.NATS.Prefix},
+		{flag: "nats-creds", usage: "NATS credentials file", bind: &c.NATS.CredsFile},
+		{flag: "nats-replicas", usage: "replicas of the JetStream buckets", bind: &c.NATS.Replicas},
+		{flag: "users-file", usage: "users YAML file", bind: &c.UsersFile},
+		{flag: "clients-file", usage: "clients YAML file", bind: &c.ClientsFile},
+		{flag: "distribution-key-file", usage: "Ed25519 private key (PKCS#8 PEM) that signs bundles and events", bind: &c.DistributionKeyFile},
+		{flag: "key-encryption-key-file", usage: "file with the base64 32-byte key sealing signing keys at rest", bind: &c.KeyEncryptionKeyFile},
+		{flag: "key-encryption-key", usage: "the key-encryption key itself, base64", bind: &c.KeyEncryptionKey, envOnly: true},
+		{flag: "signing-alg", usage: "algorithm of new signing keys: ES256, EdDSA or RS256", bind: &c.Keys.Algorithm},
+		{flag: "rotation-period", usage: "how long a key signs before rotation", bind: &c.Keys.RotationPeriod},
+		{flag: "propagation-delay", usage: "how long a key is published before it signs", bind: &c.Keys.PropagationDelay},
+		{flag: "access-token-ttl", usage: "default access-token lifetime", bind: &c.AccessTokenTTL},
+		{flag: "refresh-token-ttl", usage: "default refresh-token lifetime", bind: &c.RefreshTokenTTL},
+		{flag: "leeway", usage: "clock leeway allowed to verifiers", bind: &c.Leeway},
+	}
+}
+
+func newIssuerCommand(g *globals) *cobra.Command {
+	var file string
+	cfg := issuer.DefaultConfig()
+	settings := issuerSettings(&cfg)
+	cmd := &cobra.Command{
+		Use:   "issuer",
+		Short: "Run the issuer: OAuth2 token endpoint, key rotation, JWKS publication over NATS",
+		Long: "Runs the issuer. Configuration comes from --config (YAML, see examples/issuer.yaml),\n" +
+			"then TOKENWARDEN_* environment variables, then flags. SIGHUP reloads the users and clients files.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := g.logger()
+			if err != nil {
+				return err
+			}
+			if err := loadLayered(cmd, file, &cfg, settings); err != nil {
+				return err
+			}
+			srv, err := issuer.New(cfg, issuer.WithLogger(log))
+			if err != nil {
+				return err
+			}
+			return serveIssuer(cmd.Context(), log, srv, cfg.Listen)
+		},
+	}
+	cmd.Flags().StringVar(&file, "config", "", "issuer configuration file (YAML)")
+	registerFlags(cmd, settings)
+	return cmd
+}
+
+// serveIssuer listens on addr and runs srv until ctx ends, reloading the
+// users and clients files on SIGHUP, then shuts down gracefully.
+func serveIssuer(ctx context.Context, log *slog.Logger, srv *issuer.Server, addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("issuer listen %s: %w", addr, err)
+	}
+	return runIssuer(ctx, log, srv, ln)
+}
+
+func runIssuer(ctx context.Context, log *slog.Logger, srv *issuer.Server, ln net.Listener) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				_ = srv.ReloadDirectory()
+			}
+		}
+	}()
+	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	errc := make(chan error, 2)
+	go func() {
+		if err := hs.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("issuer HTTP: %w", err)
+		}
+	}()
+	go func() { errc <- srv.Run(ctx) }()
+	log.Info("issuer listening", "addr", ln.Addr().String())
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+	}
+	cancel()
+	shutdownCtx, done := context.WithTimeout(context.Background(), 10*time.Second)
+	defer done()
+	_ = hs.Shutdown(shutdownCtx)
+	return runErr
+}

@@ -1,0 +1,111 @@
+package issuer
+
+import (
+	"errors"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/tokenwarden/tokenwarden/jwks"
+)
+
+// AdminScope is the scope an access token needs for the admin API.
+const AdminScope = "tokenwarden:admin"
+
+// admin guards h: a Bearer access token issued by this issuer for its own
+// audience, verified like any sidecar would, with scope tokenwarden:admin.
+// No token or a bad one is 401; a good token without the scope is 403.
+func (s *Server) admin(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		authz := r.Header.Get("Authorization")
+		scheme, tok, ok := strings.Cut(authz, " ")
+		if !ok || !strings.EqualFold(scheme, "Bearer") || tok == "" {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="tokenwarden"`)
+			writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "invalid_token", "error_description": "bearer token required"})
+			return
+		}
+		claims, err := s.verifier.Verify(tok)
+		if err != nil {
+			desc := "invalid token"
+			var ve *jwks.VerifyError
+			if errors.As(err, &ve) {
+				desc = ve.Reason
+			}
+			w.Header().Set("WWW-Authenticate", `Bearer realm="tokenwarden", error="invalid_token", error_description="`+desc+`"`)
+			writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "invalid_token", "error_description": desc})
+			return
+		}
+		if !claims.HasScope(AdminScope) {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="tokenwarden", error="insufficient_scope", scope="`+AdminScope+`"`)
+			writeJSON(w, http.StatusForbidden, map[string]string{"error": "insufficient_scope", "error_description": "scope " + AdminScope + " required"})
+			return
+		}
+		s.log.Info("admin request", "method", r.Method, "path", r.URL.Path, "client_id", claims.ClientID, "sub", logSafe(claims.Subject))
+		h(w, r)
+	}
+}
+
+// KeyInfo describes one key of the ring in the admin API.
+type KeyInfo struct {
+	ID          string     `json:"kid"`
+	Alg         string     `json:"alg"`
+	State       string     `json:"state"`
+	CreatedAt   time.Time  `json:"created_at"`
+	SignsFrom   *time.Time `json:"signs_from,omitempty"` // for next: earliest activation
+	ActivatedAt *time.Time `json:"activated_at,omitempty"`
+	RetiredAt   *time.Time `json:"retired_at,omitempty"`
+	RemoveAt    *time.Time `json:"remove_at,omitempty"`
+}
+
+// KeyRingInfo is the body of GET /admin/v1/keys.
+type KeyRingInfo struct {
+	Sequence       uint64    `json:"sequence"`
+	NextTransition time.Time `json:"next_transition"`
+	Keys           []KeyInfo `json:"keys"`
+}
+
+func (s *Server) ringInfo(r *jwks.Ring) KeyRingInfo {
+	p := s.policy()
+	tp := func(t time.Time) *time.Time {
+		if t.IsZero() {
+			return nil
+		}
+		return &t
+	}
+	info := KeyRingInfo{Sequence: r.Sequence, NextTransition: r.NextTransition(p).UTC()}
+	for _, k := range r.Keys {
+		ki := KeyInfo{ID: k.ID, Alg: string(k.Alg), State: string(k.State), CreatedAt: k.CreatedAt,
+			ActivatedAt: tp(k.ActivatedAt), RetiredAt: tp(k.RetiredAt), RemoveAt: tp(k.RemoveAt)}
+		if k.State == jwks.StateNext {
+			ki.SignsFrom = tp(r.ReadyAt(p).UTC())
+		}
+		info.Keys = append(info.Keys, ki)
+	}
+	return info
+}
+
+func (s *Server) handleListKeys(w http.ResponseWriter, _ *http.Request) {
+	st := s.keys.current()
+	if st == nil {
+		writeOAuthError(w, errUnavailable("signing keys not loaded yet"))
+		return
+	}
+	writeJSON(w, http.StatusOK, s.ringInfo(st.ring))
+}
+
+func (s *Server) handleRotate(w http.ResponseWriter, r *http.Request) {
+	if err := s.ready(); err != nil {
+		writeOAuthError(w, errUnavailable(err.Error()))
+		return
+	}
+	ring, err := s.keys.Rotate(r.Context())
+	switch {
+	case errors.Is(err, jwks.ErrNextNotReady):
+		writeJSON(w, http.StatusConflict, map[string]string{"error": "next_key_not_ready", "error_description": err.Error()})
+	case err != nil:
+		s.log.Error("rotate keys", "err", err)
+		writeOAuthError(w, errUnavailable("rotation failed: "+err.Error()))
+	default:
+		writeJSON(w, http.StatusOK, s.ringInfo(ring))
+	}
+}

@@ -1,0 +1,342 @@
+package issuer
+
+import (
+	"context"
+	"crypto/cipher"
+	"crypto/ed25519"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tokenwarden/tokenwarden/jwks"
+)
+
+// The key ring lives in one KV entry. Every replica watches it; a change is
+// made by compare-and-set on the entry's revision, so of two replicas that
+// rotate at once exactly one succeeds and the other re-reads the winner's
+// ring. That CAS is the rotation lock: there is no lease to expire.
+const ringKey = "ring"
+
+// bundleKey is the KV key sidecars watch in the <prefix>_jwks bucket.
+const bundleKey = "current"
+
+type storedRing struct {
+	Sequence uint64      `json:"sequence"`
+	Keys     []storedKey `json:"keys"`
+}
+
+type storedKey struct {
+	ID          string    `json:"kid"`
+	Alg         string    `json:"alg"`
+	State       string    `json:"state"`
+	CreatedAt   time.Time `json:"created_at"`
+	ActivatedAt time.Time `json:"activated_at,omitzero"`
+	RetiredAt   time.Time `json:"retired_at,omitzero"`
+	RemoveAt    time.Time `json:"remove_at,omitzero"`
+	Sealed      []byte    `json:"sealed_private_key"`
+}
+
+// ringState is an immutable snapshot the hot path reads with one atomic load.
+type ringState struct {
+	ring   *jwks.Ring
+	keys   *jwks.KeySet
+	doc    []byte // the JWKS document
+	rev    uint64 // KV revision the ring was read at
+	loaded time.Time
+}
+
+// keyManager keeps this replica's view of the ring current, advances it on
+// schedule and publishes the signed bundle after every change.
+type keyManager struct {
+	kv      jetstream.KeyValue // <prefix>_keys
+	bundles jetstream.KeyValue // <prefix>_jwks
+	aead    cipher.AEAD
+	dist    ed25519.PrivateKey
+	policy  func() jwks.Policy
+	now     func() time.Time
+	log     *slog.Logger
+	metrics *metrics
+
+	state     atomic.Pointer[ringState]
+	publishMu sync.Mutex
+	published uint64 // highest bundle sequence known to be in KV
+}
+
+// KeySet implements jwks.KeySource for the issuer's own verifier.
+func (m *keyManager) KeySet() *jwks.KeySet {
+	if st := m.state.Load(); st != nil {
+		return st.keys
+	}
+	return nil
+}
+
+func (m *keyManager) current() *ringState { return m.state.Load() }
+
+func (m *keyManager) encode(r *jwks.Ring) ([]byte, error) {
+	sr := storedRing{Sequence: r.Sequence}
+	for _, k := range r.Keys {
+		der, err := k.MarshalPrivate()
+		if err != nil {
+			return nil, err
+		}
+		sealed, err := seal(m.aead, k.ID, der)
+		if err != nil {
+			return nil, err
+		}
+		sr.Keys = append(sr.Keys, storedKey{ID: k.ID, Alg: string(k.Alg), State: string(k.State), CreatedAt: k.CreatedAt,
+			ActivatedAt: k.ActivatedAt, RetiredAt: k.RetiredAt, RemoveAt: k.RemoveAt, Sealed: sealed})
+	}
+	return json.Marshal(sr)
+}
+
+func (m *keyManager) decode(b []byte) (*jwks.Ring, error) {
+	var sr storedRing
+	if err := json.Unmarshal(b, &sr); err != nil {
+		return nil, fmt.Errorf("decode key ring: %w", err)
+	}
+	r := &jwks.Ring{Sequence: sr.Sequence}
+	for _, s := range sr.Keys {
+		der, err := unseal(m.aead, s.ID, s.Sealed)
+		if err != nil {
+			return nil, err
+		}
+		alg, err := jwks.ParseAlgorithm(s.Alg)
+		if err != nil {
+			return nil, fmt.Errorf("key %s: %w", s.ID, err)
+		}
+		k, err := jwks.Key{ID: s.ID, Alg: alg, State: jwks.State(s.State), CreatedAt: s.CreatedAt,
+			ActivatedAt: s.ActivatedAt, RetiredAt: s.RetiredAt, RemoveAt: s.RemoveAt}.WithPrivate(der)
+		if err != nil {
+			return nil, err
+		}
+		r.Keys = append(r.Keys, k)
+	}
+	if err := r.Validate(); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// install makes r the ring this replica signs with, unless it already holds
+// a newer one (watch updates and CAS results can arrive in either order).
+func (m *keyManager) install(r *jwks.Ring, rev uint64) error {
+	for {
+		old := m.state.Load()
+		if old != nil && old.ring.Sequence >= r.Sequence {
+			return nil
+		}
+		ks, err := r.KeySet()
+		if err != nil {
+			return err
+		}
+		doc, err := jwks.Document(ks)
+		if err != nil {
+			return err
+		}
+		st := &ringState{ring: r, keys: ks, doc: doc, rev: rev, loaded: m.now()}
+		if m.state.CompareAndSwap(old, st) {
+			m.metrics.ringSequence.Set(float64(r.Sequence))
+			if old != nil {
+				m.log.Info("key ring updated", "sequence", r.Sequence, "active_kid", r.Active().ID, "next_kid", r.Next().ID)
+			}
+			return nil
+		}
+	}
+}
+
+// load reads the ring from KV, creating the first ring if there is none.
+func (m *keyManager) load(ctx context.Context) error {
+	for {
+		e, err := m.kv.Get(ctx, ringKey)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			r, err := jwks.NewRing(m.now(), m.policy())
+			if err != nil {
+				return err
+			}
+			b, err := m.encode(r)
+			if err != nil {
+				return err
+			}
+			rev, err := m.kv.Create(ctx, ringKey, b)
+			if errors.Is(err, jetstream.ErrKeyExists) {
+				continue // another replica made the first ring; read theirs
+			}
+			if err != nil {
+				return fmt.Errorf("store first key ring: %w", err)
+			}
+			m.log.Info("created key ring", "active_kid", r.Active().ID, "alg", r.Active().Alg)
+			return m.install(r, rev)
+		}
+		if err != nil {
+			return fmt.Errorf("read key ring: %w", err)
+		}
+		r, err := m.decode(e.Value())
+		if err != nil {
+			return err
+		}
+		return m.install(r, e.Revision())
+	}
+}
+
+// update applies change to the newest ring and stores the result with CAS,
+// retrying on conflicts. change returns (nil, nil) when there is nothing to
+// do. It returns the ring that is current afterwards.
+func (m *keyManager) update(ctx context.Context, change func(*jwks.Ring) (*jwks.Ring, error)) (*jwks.Ring, error) {
+	for attempt := 0; attempt < 5; attempt++ {
+		e, err := m.kv.Get(ctx, ringKey)
+		if err != nil {
+			return nil, fmt.Errorf("read key ring: %w", err)
+		}
+		cur, err := m.decode(e.Value())
+		if err != nil {
+			return nil, err
+		}
+		if err := m.install(cur, e.Revision()); err != nil {
+			return nil, err
+		}
+		next, err := change(cur)
+		if err != nil {
+			return nil, err
+		}
+		if next == nil {
+			return cur, nil
+		}
+		b, err := m.encode(next)
+		if err != nil {
+			return nil, err
+		}
+		rev, err := m.kv.Update(ctx, ringKey, b, e.Revision())
+		if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			continue // another replica changed the ring first
+		}
+		if err != nil {
+			return nil, fmt.Errorf("store key ring: %w", err)
+		}
+		if err := m.install(next, rev); err != nil {
+			return nil, err
+		}
+		if err := m.publish(ctx); err != nil {
+			return next, err
+		}
+		return next, nil
+	}
+	return nil, errors.New("key ring: too many concurrent changes, try again")
+}
+
+// Rotate rotates the ring now.
+func (m *keyManager) Rotate(ctx context.Context) (*jwks.Ring, error) {
+	r, err := m.update(ctx, func(cur *jwks.Ring) (*jwks.Ring, error) { return cur.Rotate(m.now(), m.policy()) })
+	if err == nil {
+		m.metrics.rotations.WithLabelValues("on_demand").Inc()
+		m.log.Info("key ring rotated on demand", "active_kid", r.Active().ID)
+	}
+	return r, err
+}
+
+// tick applies due transitions and makes sure the bundle in KV is current.
+func (m *keyManager) tick(ctx context.Context) error {
+	rotatedBy := uint64(0)
+	_, err := m.update(ctx, func(cur *jwks.Ring) (*jwks.Ring, error) {
+		next, changed, err := cur.Advance(m.now(), m.policy())
+		if err != nil || !changed {
+			return nil, err
+		}
+		if next.Active().ID != cur.Active().ID {
+			rotatedBy = next.Sequence
+		}
+		return next, nil
+	})
+	if err != nil {
+		return err
+	}
+	if rotatedBy != 0 {
+		m.metrics.rotations.WithLabelValues("periodic").Inc()
+		m.log.Info("key ring rotated on schedule", "sequence", rotatedBy)
+	}
+	return m.publish(ctx)
+}
+
+// publish writes the signed bundle of the current ring unless KV already
+// holds one at least as new. CAS on the bundle entry keeps an older bundle
+// from ever replacing a newer one, whatever order replicas publish in.
+func (m *keyManager) publish(ctx context.Context) error {
+	m.publishMu.Lock()
+	defer m.publishMu.Unlock()
+	st := m.state.Load()
+	if st == nil || st.ring.Sequence <= m.published {
+		return nil
+	}
+	b := &jwks.Bundle{Sequence: st.ring.Sequence, IssuedAt: m.now().Unix(), JWKS: st.doc}
+	signed, err := jwks.SignBundle(b, m.dist)
+	if err != nil {
+		return err
+	}
+	trusted := []ed25519.PublicKey{m.dist.Public().(ed25519.PublicKey)}
+	for attempt := 0; attempt < 5; attempt++ {
+		e, err := m.bundles.Get(ctx, bundleKey)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+			_, err = m.bundles.Create(ctx, bundleKey, signed)
+		case err != nil:
+			return fmt.Errorf("read JWKS bundle: %w", err)
+		default:
+			if have, verr := jwks.VerifyBundle(e.Value(), trusted); verr == nil && have.Sequence >= b.Sequence {
+				m.published = have.Sequence
+				return nil
+			}
+			_, err = m.bundles.Update(ctx, bundleKey, signed, e.Revision())
+		}
+		if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("publish JWKS bundle: %w", err)
+		}
+		m.published = b.Sequence
+		m.metrics.bundleSequence.Set(float64(b.Sequence))
+		m.log.Info("published JWKS bundle", "sequence", b.Sequence, "keys", st.keys.Len())
+		return nil
+	}
+	return errors.New("publish JWKS bundle: too many concurrent writers")
+}
+
+// watch follows ring changes made by other replicas.
+func (m *keyManager) watch(ctx context.Context) {
+	for ctx.Err() == nil {
+		w, err := m.kv.Watch(ctx, ringKey)
+		if err != nil {
+			m.log.Warn("watch key ring", "err", err)
+			sleepCtx(ctx, time.Second)
+			continue
+		}
+		for e := range w.Updates() {
+			if e == nil || e.Operation() != jetstream.KeyValuePut {
+				continue
+			}
+			r, err := m.decode(e.Value())
+			if err != nil {
+				m.log.Error("key ring in NATS cannot be read", "err", err)
+				continue
+			}
+			if err := m.install(r, e.Revision()); err != nil {
+				m.log.Error("install key ring", "err", err)
+			}
+		}
+		_ = w.Stop()
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}

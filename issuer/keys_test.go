@@ -1,0 +1,420 @@
+package issuer
+
+import (
+	"context"
+	"crypto/ed25519"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coreos/go-oidc/v3/oidc"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tokenwarden/tokenwarden/internal/embeddednats"
+	"github.com/tokenwarden/tokenwarden/jwks"
+)
+
+func states(r *jwks.Ring) map[jwks.State][]string {
+	m := map[jwks.State][]string{}
+	for _, k := range r.Keys {
+		m[k.State] = append(m[k.State], k.ID)
+	}
+	return m
+}
+
+// TestRotationLifecycle drives the ring through next → active → retired →
+// removed with a fake clock, and checks that a token signed just before a
+// rotation verifies against the published JWKS until it expires.
+func TestRotationLifecycle(t *testing.T) {
+	e := newEnv(t)
+	clock := newFakeClock()
+	in := e.start(WithClock(clock.Now))
+	in.waitReady(t)
+	ctx := t.Context()
+	r0 := in.keys.current().ring
+	k1, k2 := r0.Active().ID, r0.Next().ID
+
+	// On-demand rotation refuses until the next key has propagated.
+	if _, err := in.keys.Rotate(ctx); !errors.Is(err, jwks.ErrNextNotReady) {
+		t.Fatalf("rotate before propagation: %v", err)
+	}
+	tok := in.login(t, "").str("access_token") // signed by k1, valid 10 min
+
+	// Nothing is due before the rotation period.
+	clock.Advance(23 * time.Hour)
+	if err := in.keys.tick(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := in.keys.current().ring.Sequence; got != r0.Sequence {
+		t.Fatalf("ring changed early: seq %d", got)
+	}
+	// Sign a token at the last moment before the rotation.
+	clock.Advance(time.Hour - time.Minute)
+	late := in.login(t, "").str("access_token")
+	clock.Advance(time.Minute)
+	if err := in.keys.tick(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r1 := in.keys.current().ring
+	st := states(r1)
+	if st[jwks.StateActive][0] != k2 || st[jwks.StateRetired][0] != k1 || len(st[jwks.StateNext]) != 1 {
+		t.Fatalf("after periodic rotation: %v", st)
+	}
+	k3 := st[jwks.StateNext][0]
+	// The token signed by k1 just before still verifies against what is
+	// published now, until it expires.
+	v := verifierFor(t, e.issuer, in.publishedKeys(t), clock.Now)
+	if _, err := v.Verify(late); err != nil {
+		t.Fatalf("token signed before rotation rejected: %v", err)
+	}
+	if _, err := v.Verify(tok); !errors.Is(err, jwks.ErrExpired) {
+		t.Fatalf("old token: %v, want expired", err)
+	}
+	// New tokens are signed by k2.
+	fresh := in.login(t, "").str("access_token")
+	if c, err := v.Verify(fresh); err != nil || c == nil {
+		t.Fatal(err)
+	}
+	if kid := headerKID(t, fresh); kid != k2 {
+		t.Errorf("new token kid %s, want %s", kid, k2)
+	}
+	// The retired key stays until max TTL + leeway, then goes.
+	clock.Advance(10*time.Minute + 29*time.Second)
+	if err := in.keys.tick(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := in.publishedKeys(t).Lookup(k1); !ok {
+		t.Fatal("retired key removed too early")
+	}
+	clock.Advance(time.Second)
+	if err := in.keys.tick(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ks := in.publishedKeys(t)
+	if _, ok := ks.Lookup(k1); ok {
+		t.Fatal("retired key still published after max TTL + leeway")
+	}
+	if _, ok := ks.Lookup(k3); !ok || ks.Len() != 2 {
+		t.Fatalf("published %v", ks.IDs())
+	}
+	// On-demand rotation now promotes k3, which has been published long
+	// enough.
+	ring, err := in.keys.Rotate(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ring.Active().ID != k3 {
+		t.Fatalf("on-demand rotation activated %s, want %s", ring.Active().ID, k3)
+	}
+}
+
+func headerKID(t *testing.T, tok string) string {
+	t.Helper()
+	hdr, _, _ := strings.Cut(tok, ".")
+	b, err := base64.RawURLEncoding.DecodeString(hdr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var h struct {
+		KID string `json:"kid"`
+	}
+	if err := json.Unmarshal(b, &h); err != nil || h.KID == "" {
+		t.Fatalf("no kid in %s", b)
+	}
+	return h.KID
+}
+
+// TestBundlePublished checks the signed bundle in KV: it verifies with the
+// distribution key, holds the ring's keys, follows every ring change, and
+// is rejected when tampered with or signed by another key.
+func TestBundlePublished(t *testing.T) {
+	e := newEnv(t)
+	clock := newFakeClock()
+	in := e.start(WithClock(clock.Now))
+	in.waitReady(t)
+	nc, err := nats.Connect(e.nats.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	kv, err := js.KeyValue(t.Context(), "tokenwarden_jwks")
+	if err != nil {
+		t.Fatal(err)
+	}
+	trusted := []ed25519.PublicKey{in.DistributionPublicKey()}
+	read := func() *jwks.Bundle {
+		e, err := kv.Get(t.Context(), "current")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := jwks.VerifyBundle(e.Value(), trusted)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	b1 := read()
+	ring := in.keys.current().ring
+	ks, err := b1.KeySet()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b1.Sequence != ring.Sequence || ks.Len() != 2 {
+		t.Fatalf("bundle seq %d keys %d, ring seq %d", b1.Sequence, ks.Len(), ring.Sequence)
+	}
+	if _, ok := ks.Lookup(ring.Active().ID); !ok {
+		t.Fatal("active key missing from bundle")
+	}
+	clock.Advance(time.Hour)
+	if _, err := in.keys.Rotate(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	b2 := read()
+	if b2.Sequence <= b1.Sequence {
+		t.Fatalf("sequence did not grow: %d then %d", b1.Sequence, b2.Sequence)
+	}
+	if err := jwks.CheckNewer(b1, b2.Sequence); !errors.Is(err, jwks.ErrStaleBundle) {
+		t.Fatalf("older bundle accepted: %v", err)
+	}
+	// An issuer publishing late never overwrites a newer bundle in KV.
+	in.keys.published = 0
+	in.keys.state.Store(&ringState{ring: &jwks.Ring{Keys: ring.Keys, Sequence: b1.Sequence}, keys: ks, doc: b1.JWKS})
+	if err := in.keys.publish(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(); got.Sequence != b2.Sequence {
+		t.Fatalf("stale publish replaced bundle: seq %d", got.Sequence)
+	}
+
+	entry, _ := kv.Get(t.Context(), "current")
+	raw := entry.Value()
+	tampered := append([]byte(nil), raw...)
+	tampered[len(tampered)/2] ^= 0x01
+	if _, err := jwks.VerifyBundle(tampered, trusted); err == nil {
+		t.Fatal("tampered bundle accepted")
+	}
+	other, _, _ := ed25519.GenerateKey(nil)
+	if _, err := jwks.VerifyBundle(raw, []ed25519.PublicKey{other}); err == nil {
+		t.Fatal("bundle accepted with the wrong distribution key")
+	}
+}
+
+// TestRestartKeepsState restarts the issuer on the same NATS: same keys,
+// and refresh tokens issued before still work.
+func TestRestartKeepsState(t *testing.T) {
+	e := newEnv(t)
+	a := e.start()
+	a.waitReady(t)
+	kid := a.keys.current().ring.Active().ID
+	login := a.login(t, "")
+	a.stop()
+
+	b := e.start()
+	b.waitReady(t)
+	if got := b.keys.current().ring.Active().ID; got != kid {
+		t.Fatalf("active key after restart %s, want %s", got, kid)
+	}
+	r := b.refresh(t, login.str("refresh_token"), "")
+	if r.Status != 200 {
+		t.Fatalf("refresh after restart: %d %v", r.Status, r.Body)
+	}
+	if _, err := verifierFor(t, e.issuer, b.publishedKeys(t), time.Now).Verify(login.str("access_token")); err != nil {
+		t.Fatalf("token from before restart: %v", err)
+	}
+}
+
+// TestRestartNATS restarts the NATS server itself (same store): the ring
+// and families survive on disk.
+func TestKeysSurviveNATSRestart(t *testing.T) {
+	e := newEnv(t)
+	a := e.start()
+	a.waitReady(t)
+	kid := a.keys.current().ring.Active().ID
+	a.stop()
+	storeDir := e.nats.JetStreamConfig().StoreDir
+	addr := e.nats.Addr().String()
+	e.nats.Stop()
+	ns, err := embeddednats.Start(embeddednats.Config{Addr: addr, StoreDir: storeDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ns.Stop)
+	b := e.start()
+	b.waitReady(t)
+	if got := b.keys.current().ring.Active().ID; got != kid {
+		t.Fatalf("active key after NATS restart %s, want %s", got, kid)
+	}
+}
+
+// TestTwoReplicas: tokens of either verify against the other's JWKS, a
+// rotation on one reaches the other, and concurrent rotations never both
+// happen.
+func TestTwoReplicas(t *testing.T) {
+	e := newEnv(t)
+	clock := newFakeClock()
+	a := e.start(WithClock(clock.Now))
+	b := e.start(WithClock(clock.Now))
+	a.waitReady(t)
+	b.waitReady(t)
+	if a.keys.current().ring.Active().ID != b.keys.current().ring.Active().ID {
+		t.Fatal("replicas created two rings")
+	}
+	ta := a.login(t, "").str("access_token")
+	tb := b.login(t, "").str("access_token")
+	for _, pair := range []struct {
+		tok string
+		in  *instance
+	}{{ta, b}, {tb, a}, {ta, a}, {tb, b}} {
+		if _, err := verifierFor(t, e.issuer, pair.in.publishedKeys(t), clock.Now).Verify(pair.tok); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	clock.Advance(time.Hour)
+	seq := a.keys.current().ring.Sequence
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	for i, in := range []*instance{a, b} {
+		wg.Go(func() { _, errs[i] = in.keys.Rotate(context.Background()) })
+	}
+	wg.Wait()
+	ok := 0
+	for _, err := range errs {
+		switch {
+		case err == nil:
+			ok++
+		case errors.Is(err, jwks.ErrNextNotReady):
+		default:
+			t.Fatal(err)
+		}
+	}
+	if ok != 1 {
+		t.Fatalf("%d concurrent rotations succeeded (errors %v)", ok, errs)
+	}
+	// The loser saw the winner's ring; both converge through the watch.
+	deadline := time.Now().Add(5 * time.Second)
+	for a.keys.current().ring.Sequence != b.keys.current().ring.Sequence && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	ra, rb := a.keys.current().ring, b.keys.current().ring
+	if ra.Sequence != seq+1 || rb.Sequence != seq+1 || ra.Active().ID != rb.Active().ID {
+		t.Fatalf("after rotation: a seq %d active %s, b seq %d active %s", ra.Sequence, ra.Active().ID, rb.Sequence, rb.Active().ID)
+	}
+	// Both periodic tickers firing at once rotate once.
+	clock.Advance(25 * time.Hour)
+	for _, in := range []*instance{a, b} {
+		wg.Go(func() {
+			if err := in.keys.tick(context.Background()); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if got := a.keys.current().ring.Sequence; got != seq+2 {
+		t.Fatalf("two tickers: sequence %d, want %d", got, seq+2)
+	}
+}
+
+// TestGoOIDCVerifies checks tokens with an independent implementation:
+// go-oidc, configured by discovery.
+func TestGoOIDCVerifies(t *testing.T) {
+	e := newEnv(t)
+	in := e.start()
+	in.waitReady(t)
+	ctx := t.Context()
+	provider, err := oidc.NewProvider(ctx, e.issuer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := provider.Verifier(&oidc.Config{ClientID: "demo-api"})
+	tok := in.login(t, "").str("access_token")
+	idt, err := v.Verify(ctx, tok)
+	if err != nil {
+		t.Fatalf("go-oidc rejected our token: %v", err)
+	}
+	if idt.Subject != "alice" || idt.Issuer != e.issuer {
+		t.Errorf("go-oidc saw sub %q iss %q", idt.Subject, idt.Issuer)
+	}
+	for _, path := range []string{"/.well-known/openid-configuration", "/.well-known/oauth-authorization-server"} {
+		resp, err := http.Get(in.url + path)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("%s: %v %v", path, err, resp)
+		}
+		_ = resp.Body.Close()
+	}
+	// A token for another audience is refused by go-oidc as well.
+	other := in.post(t, "other", "other-secret", url.Values{"grant_type": {"password"}, "username": {"alice"}, "password": {"alice-pw"}})
+	if _, err := v.Verify(ctx, other.str("access_token")); err == nil {
+		t.Fatal("go-oidc accepted a token for other-api")
+	}
+}
+
+// TestNATSDownAtStart: the issuer waits for NATS, says why in /readyz, and
+// becomes ready once NATS is there.
+func TestNATSDownAtStart(t *testing.T) {
+	e := newEnv(t)
+	addr := e.nats.Addr().String()
+	storeDir := e.nats.JetStreamConfig().StoreDir
+	e.nats.Stop()
+	in := e.start()
+	resp := do(t, mustReq(t, "GET", in.url+"/readyz"))
+	if resp.Status != 503 {
+		t.Fatalf("readyz with NATS down: %d %v", resp.Status, resp.Body)
+	}
+	checks, _ := resp.Body["checks"].(map[string]any)
+	if checks["nats"] == "ok" {
+		t.Fatalf("readyz says NATS ok: %v", resp.Body)
+	}
+	r := in.post(t, "app", "app-secret", url.Values{"grant_type": {"password"}, "username": {"alice"}, "password": {"alice-pw"}})
+	if r.Status != 503 || r.str("error") != "temporarily_unavailable" {
+		t.Fatalf("login with NATS down: %d %v", r.Status, r.Body)
+	}
+	ns, err := embeddednats.Start(embeddednats.Config{Addr: addr, StoreDir: storeDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ns.Stop)
+	in.waitReady(t)
+	in.login(t, "")
+}
+
+// TestNATSLostLater: once NATS goes away, requests that need state fail
+// with 503 and readiness reflects it; nothing half-written stays behind.
+func TestNATSLostLater(t *testing.T) {
+	e := newEnv(t)
+	in := e.start()
+	in.waitReady(t)
+	login := in.login(t, "")
+	e.nats.Stop()
+	deadline := time.Now().Add(10 * time.Second)
+	for do(t, mustReq(t, "GET", in.url+"/readyz")).Status != 503 {
+		if time.Now().After(deadline) {
+			t.Fatal("readyz still 200 with NATS gone")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if r := in.refresh(t, login.str("refresh_token"), ""); r.Status != 503 || r.str("error") != "temporarily_unavailable" {
+		t.Fatalf("refresh with NATS gone: %d %v", r.Status, r.Body)
+	}
+	// Stateless grants keep working: the signing keys are in memory.
+	if r := in.post(t, "service", "service-secret", url.Values{"grant_type": {"client_credentials"}}); r.Status != 200 {
+		t.Fatalf("client_credentials with NATS gone: %d %v", r.Status, r.Body)
+	}
+}
+
+func mustReq(t *testing.T, method, u string) *http.Request {
+	t.Helper()
+	req, err := http.NewRequest(method, u, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return req
+}

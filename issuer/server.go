@@ -1,0 +1,348 @@
+// Package issuer is the token service: it authenticates users and clients,
+// signs RFC 9068 access tokens with a rotating key ring, keeps refresh-token
+// families, and publishes the signed JWKS bundle over NATS. Its state lives
+// in NATS JetStream, so replicas are interchangeable.
+package issuer
+
+import (
+	"context"
+	"crypto/ed25519"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/tokenwarden/tokenwarden/issuer/directory"
+	"github.com/tokenwarden/tokenwarden/jwks"
+)
+
+// Server is one issuer replica.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	now     func() time.Time
+	metrics *metrics
+	dir     *directory.Watcher
+	dist    ed25519.PrivateKey
+
+	keys     *keyManager
+	families familyStore
+	verifier *jwks.Verifier
+
+	userLimiter *failureLimiter
+	ipLimiter   *failureLimiter
+
+	mu       sync.Mutex
+	status   map[string]string // readiness checks that are failing, by name
+	nc       *nats.Conn
+	tickTime time.Duration
+}
+
+// Option configures a Server.
+type Option func(*Server)
+
+// WithLogger sets the logger (default slog.Default()).
+func WithLogger(l *slog.Logger) Option { return func(s *Server) { s.log = l } }
+
+// WithClock replaces time.Now, for tests that drive key rotation.
+func WithClock(now func() time.Time) Option { return func(s *Server) { s.now = now } }
+
+// WithTickInterval sets how often the key ring is checked for due
+// transitions (default 10s).
+func WithTickInterval(d time.Duration) Option { return func(s *Server) { s.tickTime = d } }
+
+// New validates cfg and loads everything that lives on disk: the users and
+// clients files, the distribution key and the key-encryption key. It does
+// not touch the network; Run does.
+func New(cfg Config, opts ...Option) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("issuer config: %w", err)
+	}
+	s := &Server{cfg: cfg, log: slog.Default(), now: time.Now, metrics: newMetrics(), tickTime: 10 * time.Second,
+		status: map[string]string{"nats": "not connected yet", "keys": "key ring not loaded yet"}}
+	for _, o := range opts {
+		o(s)
+	}
+	dist, err := LoadDistributionKey(cfg.DistributionKeyFile)
+	if err != nil {
+		return nil, err
+	}
+	s.dist = dist
+	kek, err := cfg.keyEncryptionKey()
+	if err != nil {
+		return nil, err
+	}
+	aead, err := newAEAD(kek)
+	if err != nil {
+		return nil, err
+	}
+	s.dir, err = directory.NewWatcher(cfg.UsersFile, cfg.ClientsFile, s.log, directory.WithOnReload(func(d *directory.Directory) {
+		s.metrics.directoryReload.WithLabelValues("ok").Inc()
+		s.log.Info("reloaded users and clients", "users", d.Users(), "clients", d.Clients())
+	}))
+	if err != nil {
+		return nil, err
+	}
+	s.userLimiter = newFailureLimiter(cfg.RateLimit.FailuresPerUser)
+	s.ipLimiter = newFailureLimiter(cfg.RateLimit.FailuresPerIP)
+	s.keys = &keyManager{aead: aead, dist: dist, policy: s.policy, now: s.now, log: s.log, metrics: s.metrics}
+	s.verifier, err = jwks.NewVerifier(jwks.VerifierConfig{
+		Issuer: cfg.Issuer, Audience: []string{cfg.Issuer}, Leeway: cfg.Leeway, Now: s.now,
+	}, s.keys)
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// DistributionPublicKey is the key sidecars must trust.
+func (s *Server) DistributionPublicKey() ed25519.PublicKey {
+	return s.dist.Public().(ed25519.PublicKey)
+}
+
+func (s *Server) directory() *directory.Directory { return s.dir.Current() }
+
+// ReloadDirectory re-reads the users and clients files (on SIGHUP). A bad
+// file is logged and the old directory kept.
+func (s *Server) ReloadDirectory() error {
+	err := s.dir.Reload()
+	if err != nil {
+		s.metrics.directoryReload.WithLabelValues("error").Inc()
+	}
+	return err
+}
+
+// policy is the rotation policy; retired keys stay published for the
+// longest access-token lifetime any client has now, plus leeway.
+func (s *Server) policy() jwks.Policy {
+	longest := s.cfg.AccessTokenTTL
+	if s.dir != nil {
+		longest = max(longest, s.dir.Current().MaxAccessTokenTTL())
+	}
+	return s.cfg.policy(longest)
+}
+
+func (s *Server) setStatus(check, problem string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if problem == "" {
+		delete(s.status, check)
+	} else {
+		s.status[check] = problem
+	}
+}
+
+// ready returns nil when this replica can serve requests that need state.
+func (s *Server) ready() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, check := range []string{"nats", "keys"} {
+		if p, bad := s.status[check]; bad {
+			return fmt.Errorf("%s: %s", check, p)
+		}
+	}
+	return nil
+}
+
+func (s *Server) statusSnapshot() map[string]string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string]string{"nats": "ok", "keys": "ok"}
+	for k, v := range s.status {
+		out[k] = v
+	}
+	return out
+}
+
+// Run connects to NATS (waiting with backoff while it is down), loads or
+// creates the key ring, then keeps the ring current and the users and
+// clients files fresh until ctx is done.
+func (s *Server) Run(ctx context.Context) error {
+	opts := []nats.Option{
+		nats.Name("tokenwarden-issuer"),
+		nats.RetryOnFailedConnect(true),
+		nats.MaxReconnects(-1),
+		nats.CustomReconnectDelay(backoff(100*time.Millisecond, 5*time.Second)),
+		nats.ConnectHandler(func(*nats.Conn) { s.natsUp() }),
+		nats.ReconnectHandler(func(*nats.Conn) { s.natsUp() }),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			s.metrics.natsConnected.Set(0)
+			s.setStatus("nats", "disconnected")
+			s.log.Warn("NATS disconnected", "err", err)
+		}),
+	}
+	if s.cfg.NATS.CredsFile != "" {
+		opts = append(opts, nats.UserCredentials(s.cfg.NATS.CredsFile))
+	}
+	nc, err := nats.Connect(s.cfg.NATS.URL, opts...)
+	if err != nil {
+		return fmt.Errorf("nats %s: %w", s.cfg.NATS.URL, err)
+	}
+	defer nc.Close()
+	s.mu.Lock()
+	s.nc = nc
+	s.mu.Unlock()
+	if nc.IsConnected() {
+		s.natsUp()
+	} else {
+		s.log.Warn("NATS not reachable yet; retrying", "url", s.cfg.NATS.URL)
+	}
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { s.dir.Run(ctx) })
+
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	if err := retry(ctx, s.log, "set up NATS buckets", func() error { return s.setupBuckets(ctx, js) }); err != nil {
+		return nil // ctx done
+	}
+	if err := retry(ctx, s.log, "load key ring", func() error { return s.keys.load(ctx) }); err != nil {
+		return nil
+	}
+	s.setStatus("keys", "")
+	if err := s.keys.publish(ctx); err != nil {
+		s.log.Warn("publish JWKS bundle", "err", err)
+	}
+	wg.Go(func() { s.keys.watch(ctx) })
+	t := time.NewTicker(s.tickTime)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			if err := s.keys.tick(ctx); err != nil && ctx.Err() == nil {
+				s.log.Warn("key ring maintenance", "err", err)
+			}
+		}
+	}
+}
+
+func (s *Server) natsUp() {
+	s.metrics.natsConnected.Set(1)
+	s.setStatus("nats", "")
+	s.log.Info("NATS connected", "url", s.cfg.NATS.URL)
+}
+
+// setupBuckets creates or updates the KV buckets this issuer uses.
+func (s *Server) setupBuckets(ctx context.Context, js jetstream.JetStream) error {
+	p, r := s.cfg.NATS.Prefix, s.cfg.NATS.Replicas
+	mk := func(name, desc string, ttl time.Duration) (jetstream.KeyValue, error) {
+		kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket: name, Description: desc, History: 1, Storage: jetstream.FileStorage, Replicas: r, TTL: ttl,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("bucket %s: %w", name, err)
+		}
+		return kv, nil
+	}
+	ring, err := mk(p+"_keys", "tokenwarden signing key ring (private keys sealed)", 0)
+	if err != nil {
+		return err
+	}
+	bundles, err := mk(BundleBucket(p), "tokenwarden signed JWKS bundle for sidecars", 0)
+	if err != nil {
+		return err
+	}
+	fams, err := mk(p+"_refresh", "tokenwarden refresh-token families (hashes only)", s.cfg.NATS.RefreshRetention)
+	if err != nil {
+		return err
+	}
+	s.keys.kv, s.keys.bundles, s.families = ring, bundles, familyStore{kv: fams}
+	return nil
+}
+
+// BundleBucket is the KV bucket holding the signed JWKS bundle.
+func BundleBucket(prefix string) string { return prefix + "_jwks" }
+
+// retry runs f until it succeeds or ctx ends, with capped exponential
+// backoff and jitter; it returns ctx's error when ctx ends first.
+func retry(ctx context.Context, log *slog.Logger, what string, f func() error) error {
+	delay := backoff(200*time.Millisecond, 10*time.Second)
+	for attempt := 1; ; attempt++ {
+		err := f()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		d := delay(attempt)
+		log.Warn(what+" failed; retrying", "attempt", attempt, "in", d.Round(time.Millisecond), "err", err)
+		sleepCtx(ctx, d)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+}
+
+// backoff returns full-jitter exponential delays between min and max.
+func backoff(minD, maxD time.Duration) func(int) time.Duration {
+	return func(attempt int) time.Duration {
+		d := minD << min(attempt, 20)
+		if d <= 0 || d > maxD {
+			d = maxD
+		}
+		return d/2 + rand.N(d/2+1)
+	}
+}
+
+// Handler returns the issuer's HTTP API.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	route := func(pattern string, h http.HandlerFunc) { mux.Handle(pattern, s.instrument(pattern, h)) }
+	route("/oauth2/token", s.handleToken)
+	route("GET /.well-known/jwks.json", s.handleJWKS)
+	route("GET /.well-known/openid-configuration", s.handleDiscovery)
+	route("GET /.well-known/oauth-authorization-server", s.handleDiscovery)
+	route("GET /admin/v1/keys", s.admin(s.handleListKeys))
+	route("POST /admin/v1/keys/rotate", s.admin(s.handleRotate))
+	route("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	route("GET /readyz", s.handleReadyz)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{}))
+	return mux
+}
+
+func (s *Server) handleReadyz(w http.ResponseWriter, _ *http.Request) {
+	checks := s.statusSnapshot()
+	if s.ready() != nil {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "not ready", "checks": checks})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"status": "ready", "checks": checks})
+}
+
+// statusRecorder captures the status code for logs and metrics.
+type statusRecorder struct {
+	http.ResponseWriter
+	code int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	r.code = code
+	r.ResponseWriter.WriteHeader(code)
+}
+
+// instrument logs every request (method, route, status, latency — never
+// the query, headers or body, where secrets travel) and records metrics.
+func (s *Server) instrument(route string, h http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
+		h(rec, r)
+		d := time.Since(start)
+		s.metrics.requestDuration.WithLabelValues(route, fmt.Sprint(rec.code)).Observe(d.Seconds())
+		s.log.Debug("request", "method", r.Method, "route", route, "status", rec.code, "duration", d)
+	})
+}
