@@ -171,7 +171,7 @@ func (c *Config) policy(maxAccessTTL time.Duration) jwks.Policy {
 
 // LoadDistributionKey reads an Ed25519 private key in PKCS #8 PEM.
 func LoadDistributionKey(path string) (ed25519.PrivateKey, error) {
-	b, err := os.ReadFile(path)
+	b, err := os.ReadFile(path) // #nosec G304 -- operator configuration
 	if err != nil {
 		return nil, fmt.Errorf("distribution key: %w", err)
 	}
@@ -213,7 +213,7 @@ func EncodeDistributionPublicKey(pub ed25519.PublicKey) ([]byte, error) {
 func (c *Config) keyEncryptionKey() ([]byte, error) {
 	src, where := c.KeyEncryptionKey, "TOKENWARDEN_KEY_ENCRYPTION_KEY"
 	if src == "" {
-		b, err := os.ReadFile(c.KeyEncryptionKeyFile)
+		b, err := os.ReadFile(c.KeyEncryptionKeyFile) // #nosec G304 -- operator configuration
 		if err != nil {
 			return nil, fmt.Errorf("key-encryption key: %w", err)
 		}

@@ -51,7 +51,7 @@ var testParams = directory.Params{Memory: 64, Time: 1, Threads: 1}
 // env is what one test shares between issuer instances: a NATS server and
 // the files of a deployment.
 type env struct {
-	t    *testing.T
+	t    testing.TB
 	nats *embeddednats.Server
 	dir  string
 	cfg  Config
@@ -67,7 +67,7 @@ func hash(t testing.TB, s string) string {
 	return h
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	dir := t.TempDir()
 	ns, err := embeddednats.Start(embeddednats.Config{Addr: "127.0.0.1:0", StoreDir: filepath.Join(dir, "nats")})
@@ -176,7 +176,7 @@ func (in *instance) stop() {
 }
 
 // waitReady polls /readyz until it answers 200.
-func (in *instance) waitReady(t *testing.T) {
+func (in *instance) waitReady(t testing.TB) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {

@@ -292,7 +292,7 @@ func backoff(minD, maxD time.Duration) func(int) time.Duration {
 		if d <= 0 || d > maxD {
 			d = maxD
 		}
-		return d/2 + rand.N(d/2+1)
+		return d/2 + rand.N(d/2+1) // #nosec G404 -- jitter, not a secret
 	}
 }
 

@@ -129,8 +129,12 @@ func checkKeyFitsAlg(alg Algorithm, key crypto.PublicKey) error {
 	switch alg {
 	case ES256:
 		k, ok := key.(*ecdsa.PublicKey)
-		if !ok || k.Curve != elliptic.P256() {
+		// Nil coordinates would panic in ECDH(); reading them is the only check.
+		if !ok || k.Curve != elliptic.P256() || k.X == nil || k.Y == nil { //nolint:staticcheck // see above
 			return fmt.Errorf("ES256 needs a P-256 public key, got %T", key)
+		}
+		if _, err := k.ECDH(); err != nil { // rejects points off the curve
+			return fmt.Errorf("ES256 key: %w", err)
 		}
 	case EdDSA:
 		k, ok := key.(ed25519.PublicKey)
@@ -139,7 +143,7 @@ func checkKeyFitsAlg(alg Algorithm, key crypto.PublicKey) error {
 		}
 	case RS256:
 		k, ok := key.(*rsa.PublicKey)
-		if !ok || k.N.BitLen() < 2048 {
+		if !ok || k.N == nil || k.N.BitLen() < 2048 || k.E < 3 {
 			return fmt.Errorf("RS256 needs an RSA public key of at least 2048 bits")
 		}
 	default:

@@ -499,15 +499,15 @@ func verifyTestCases() []verifyTestCase {
 		{name: "jwk header with the attacker's own key and a valid signature by it", token: func(t *testing.T, e *verifyTestEnv) string {
 			att, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 			jwk := map[string]any{"kty": "EC", "crv": "P-256",
-				"x": verifyTestB64(att.PublicKey.X.FillBytes(make([]byte, 32))),
-				"y": verifyTestB64(att.PublicKey.Y.FillBytes(make([]byte, 32)))}
+				"x": verifyTestB64(att.X.FillBytes(make([]byte, 32))),
+				"y": verifyTestB64(att.Y.FillBytes(make([]byte, 32)))}
 			return verifyTestSign(t, "ES256", att, verifyTestHeader("ES256", "ec-1", set("jwk", jwk)), verifyTestClaims(nil))
 		}, want: ErrMalformed},
 		{name: "jwk header, attacker kid", token: func(t *testing.T, e *verifyTestEnv) string {
 			att, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 			jwk := map[string]any{"kty": "EC", "crv": "P-256", "kid": "att",
-				"x": verifyTestB64(att.PublicKey.X.FillBytes(make([]byte, 32))),
-				"y": verifyTestB64(att.PublicKey.Y.FillBytes(make([]byte, 32)))}
+				"x": verifyTestB64(att.X.FillBytes(make([]byte, 32))),
+				"y": verifyTestB64(att.Y.FillBytes(make([]byte, 32)))}
 			return verifyTestSign(t, "ES256", att, verifyTestHeader("ES256", "att", set("jwk", jwk)), verifyTestClaims(nil))
 		}, want: ErrMalformed},
 		{name: "jwk header even with the legitimate key's signature", token: header("ES256", set("jwk", map[string]any{"kty": "EC"})), want: ErrMalformed},

@@ -46,7 +46,8 @@ func newKeysCommand(g *globals) *cobra.Command {
 
 func printRing(w io.Writer, info issuer.KeyRingInfo) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "KID\tALG\tSTATE\tCREATED\tACTIVATED\tRETIRED\tREMOVED AT")
+	// tabwriter buffers until Flush, which reports any write error.
+	_, _ = fmt.Fprintln(tw, "KID\tALG\tSTATE\tCREATED\tACTIVATED\tRETIRED\tREMOVED AT")
 	ts := func(t *time.Time) string {
 		if t == nil {
 			return "-"
@@ -58,8 +59,8 @@ func printRing(w io.Writer, info issuer.KeyRingInfo) error {
 		if k.SignsFrom != nil {
 			act = "from " + ts(k.SignsFrom)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.ID, k.Alg, k.State, k.CreatedAt.UTC().Format(time.RFC3339), act, ts(k.RetiredAt), ts(k.RemoveAt))
+		_, _ = fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.ID, k.Alg, k.State, k.CreatedAt.UTC().Format(time.RFC3339), act, ts(k.RetiredAt), ts(k.RemoveAt))
 	}
-	fmt.Fprintf(tw, "\nsequence %d, next transition %s\n", info.Sequence, info.NextTransition.UTC().Format(time.RFC3339))
+	_, _ = fmt.Fprintf(tw, "\nsequence %d, next transition %s\n", info.Sequence, info.NextTransition.UTC().Format(time.RFC3339))
 	return tw.Flush()
 }

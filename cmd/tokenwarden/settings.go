@@ -66,7 +66,7 @@ func registerFlags(cmd *cobra.Command, settings []setting) {
 // the user set.
 func loadLayered(cmd *cobra.Command, file string, cfg any, settings []setting) error {
 	if file != "" {
-		b, err := os.ReadFile(file)
+		b, err := os.ReadFile(file) // #nosec G304 -- the operator names the config file
 		if err != nil {
 			return fmt.Errorf("config: %w", err)
 		}

@@ -1,0 +1,239 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tokenwarden/tokenwarden/issuer"
+	"github.com/tokenwarden/tokenwarden/issuer/directory"
+)
+
+// syncBuffer is written by a running command while the test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func run(t *testing.T, ctx context.Context, stdin string, args ...string) (string, string, error) {
+	t.Helper()
+	var out, errb syncBuffer
+	cmd := newRootCommand(strings.NewReader(stdin), &out, &errb)
+	cmd.SetArgs(args)
+	err := cmd.ExecuteContext(ctx)
+	return out.String(), errb.String(), err
+}
+
+func TestVersion(t *testing.T) {
+	out, _, err := run(t, t.Context(), "", "version")
+	if err != nil || !strings.Contains(out, "tokenwarden ") || !strings.Contains(out, "go1.") {
+		t.Fatalf("%q %v", out, err)
+	}
+}
+
+func TestHashPassword(t *testing.T) {
+	out, _, err := run(t, t.Context(), "s3cret\n", "hash-password")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ok, err := directory.VerifyPassword(strings.TrimSpace(out), []byte("s3cret"))
+	if err != nil || !ok {
+		t.Fatalf("hash %q does not verify: %v", out, err)
+	}
+	if _, _, err := run(t, t.Context(), "", "hash-password"); err == nil {
+		t.Fatal("empty password accepted")
+	}
+}
+
+func TestBadInvocations(t *testing.T) {
+	dir := t.TempDir()
+	badYAML := filepath.Join(dir, "bad.yaml")
+	_ = os.WriteFile(badYAML, []byte("issuer: x\nunknown_key: 1\n"), 0o600)
+	cases := [][]string{
+		{"issuer", "--no-such-flag"},
+		{"issuer", "--config", filepath.Join(dir, "missing.yaml")},
+		{"issuer", "--config", badYAML},
+		{"issuer", "--access-token-ttl", "ten minutes"},
+		{"issuer"}, // no distribution key, no key-encryption key
+		{"keys", "list"},
+		{"--log-format", "xml", "issuer"},
+	}
+	for _, args := range cases {
+		_, _, err := run(t, t.Context(), "", args...)
+		if err == nil {
+			t.Errorf("%v: no error", args)
+			continue
+		}
+		if strings.Contains(err.Error(), "goroutine") || strings.Contains(err.Error(), "panic") {
+			t.Errorf("%v: %v", args, err)
+		}
+	}
+}
+
+// TestLayeredConfig: file < environment < flags.
+func TestLayeredConfig(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "issuer.yaml")
+	_ = os.WriteFile(file, []byte("issuer: https://from-file\nlisten: ':1'\naccess_token_ttl: 5m\nnats:\n  prefix: fromfile\n"), 0o600)
+	t.Setenv("TOKENWARDEN_LISTEN", ":2")
+	t.Setenv("TOKENWARDEN_NATS_PREFIX", "fromenv")
+	cfg := issuer.DefaultConfig()
+	settings := issuerSettings(&cfg)
+	cmd := &cobra.Command{Use: "x", RunE: func(*cobra.Command, []string) error { return nil }}
+	registerFlags(cmd, settings)
+	if err := cmd.ParseFlags([]string{"--nats-prefix", "fromflag"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := loadLayered(cmd, file, &cfg, settings); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Issuer != "https://from-file" || cfg.Listen != ":2" || cfg.NATS.Prefix != "fromflag" || cfg.AccessTokenTTL != 5*time.Minute || cfg.RefreshTokenTTL != 24*time.Hour {
+		t.Fatalf("%+v", cfg)
+	}
+}
+
+func TestExampleIssuerConfigLoads(t *testing.T) {
+	cfg := issuer.DefaultConfig()
+	settings := issuerSettings(&cfg)
+	cmd := &cobra.Command{Use: "x"}
+	registerFlags(cmd, settings)
+	if err := loadLayered(cmd, "../../examples/issuer.yaml", &cfg, settings); err != nil {
+		t.Fatal(err)
+	}
+	cfg.KeyEncryptionKey = "x" // the files it names do not exist here
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestDev runs `tokenwarden dev` in-process: seeded credentials work, the
+// admin commands work against it, Ctrl-C stops it cleanly, and a restart on
+// the same data directory keeps the keys.
+func TestDev(t *testing.T) {
+	data := t.TempDir()
+	start := func() (string, *syncBuffer, func()) {
+		ctx, cancel := context.WithCancel(context.Background())
+		var out, errb syncBuffer
+		cmd := newRootCommand(strings.NewReader(""), &out, &errb)
+		cmd.SetArgs([]string{"dev", "--data", data, "--issuer-addr", "127.0.0.1:0", "--nats-addr", "127.0.0.1:0", "--sidecar-addr", "127.0.0.1:0"})
+		done := make(chan error, 1)
+		go func() { done <- cmd.ExecuteContext(ctx) }()
+		re := regexp.MustCompile(`issuer\s+(http://127\.0\.0\.1:\d+)`)
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			if m := re.FindStringSubmatch(out.String()); m != nil {
+				waitReady(t, m[1])
+				return m[1], &out, func() {
+					cancel()
+					select {
+					case err := <-done:
+						if err != nil {
+							t.Errorf("dev exited with %v; stderr %s", err, errb.String())
+						}
+					case <-time.After(20 * time.Second):
+						t.Error("dev did not stop within 20s of cancel")
+					}
+				}
+			}
+			select {
+			case err := <-done:
+				t.Fatalf("dev exited early: %v\n%s", err, errb.String())
+			default:
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no banner; stdout %s stderr %s", out.String(), errb.String())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	base, out, stop := start()
+	if !strings.Contains(out.String(), "demo-password") || !strings.Contains(out.String(), "curl ") {
+		t.Errorf("banner lacks credentials or curl example:\n%s", out.String())
+	}
+	form := url.Values{"grant_type": {"password"}, "username": {"demo"}, "password": {"demo-password"}, "scope": {"read"}}
+	req, _ := http.NewRequest("POST", base+"/oauth2/token", strings.NewReader(form.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.SetBasicAuth("demo-app", "demo-secret")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("demo login: %v %v", err, resp)
+	}
+	_ = resp.Body.Close()
+	listOut, _, err := run(t, t.Context(), "", "keys", "list", "--issuer", base, "--client-id", "admin", "--client-secret", "admin-secret")
+	if err != nil || !strings.Contains(listOut, "active") || !strings.Contains(listOut, "next") {
+		t.Fatalf("keys list: %v\n%s", err, listOut)
+	}
+	// The next key is younger than the propagation delay: rotation refused
+	// with a clear message, not a stack trace.
+	_, _, err = run(t, t.Context(), "", "keys", "rotate", "--issuer", base, "--client-id", "admin", "--client-secret", "admin-secret")
+	if err == nil || !strings.Contains(err.Error(), "not yet propagated") {
+		t.Fatalf("early rotate: %v", err)
+	}
+	if _, _, err := run(t, t.Context(), "", "keys", "list", "--issuer", base, "--client-id", "admin", "--client-secret", "wrong"); err == nil || !strings.Contains(err.Error(), "invalid_client") {
+		t.Fatalf("wrong admin secret: %v", err)
+	}
+	activeLine := regexp.MustCompile(`(?m)^(\S+)\s+ES256\s+active`).FindStringSubmatch(listOut)
+	stop()
+
+	base2, _, stop2 := start()
+	defer stop2()
+	listOut2, _, err := run(t, t.Context(), "", "keys", "list", "--issuer", base2, "--client-id", "admin", "--client-secret", "admin-secret")
+	if err != nil || activeLine == nil || !strings.Contains(listOut2, activeLine[1]) {
+		t.Fatalf("after restart, active key changed: %v\nbefore:\n%s\nafter:\n%s", err, listOut, listOut2)
+	}
+}
+
+func TestDevPortTaken(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = ln.Close() }()
+	_, _, err = run(t, t.Context(), "", "dev", "--data", t.TempDir(), "--issuer-addr", ln.Addr().String(), "--nats-addr", "127.0.0.1:0")
+	if err == nil || !strings.Contains(err.Error(), "--issuer-addr") {
+		t.Fatalf("port taken: %v", err)
+	}
+	_, _, err = run(t, t.Context(), "", "dev", "--data", t.TempDir(), "--issuer-addr", "127.0.0.1:0", "--nats-addr", ln.Addr().String())
+	if err == nil || !strings.Contains(err.Error(), "--nats-addr") {
+		t.Fatalf("NATS port taken: %v", err)
+	}
+}
+
+func waitReady(t *testing.T, base string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get(base + "/readyz")
+		if err == nil {
+			_ = resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("%s not ready", base)
+}

@@ -1,0 +1,212 @@
+package jwks
+
+import (
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rsa"
+	"errors"
+	"math/big"
+	"testing"
+	"time"
+)
+
+func testPolicy(alg Algorithm) Policy {
+	return Policy{Alg: alg, RotationPeriod: 24 * time.Hour, PropagationDelay: 5 * time.Minute, RetainRetired: 10*time.Minute + 30*time.Second}
+}
+
+func TestRingLifecycle(t *testing.T) {
+	for _, alg := range SupportedAlgorithms() {
+		t.Run(string(alg), func(t *testing.T) {
+			p := testPolicy(alg)
+			t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+			r, err := NewRing(t0, p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := r.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			k1, k2 := r.Active(), r.Next()
+			if k1.ActivatedAt != t0 || k2.CreatedAt != t0 || k1.ID == k2.ID || r.Sequence != 1 {
+				t.Fatalf("new ring: %+v %+v seq %d", k1, k2, r.Sequence)
+			}
+			if _, err := r.Rotate(t0.Add(p.PropagationDelay-time.Second), p); !errors.Is(err, ErrNextNotReady) {
+				t.Fatalf("rotation before propagation: %v", err)
+			}
+			if got, changed, _ := r.Advance(t0.Add(p.RotationPeriod-time.Second), p); changed || got != r {
+				t.Fatal("advance changed the ring before the rotation period")
+			}
+			if nt := r.NextTransition(p); !nt.Equal(t0.Add(p.RotationPeriod)) {
+				t.Fatalf("next transition %v", nt)
+			}
+			t1 := t0.Add(p.RotationPeriod)
+			r2, changed, err := r.Advance(t1, p)
+			if err != nil || !changed {
+				t.Fatalf("advance at rotation time: %v %v", changed, err)
+			}
+			if r2.Active().ID != k2.ID || r2.Next() == nil || r2.Next().ID == k1.ID || r2.Sequence != 2 {
+				t.Fatalf("after rotation: %+v", r2.Keys)
+			}
+			retired := r2.find(StateRetired)
+			if retired.ID != k1.ID || !retired.RetiredAt.Equal(t1) || !retired.RemoveAt.Equal(t1.Add(p.RetainRetired)) {
+				t.Fatalf("retired %+v", retired)
+			}
+			// The original ring value is untouched (rings are values).
+			if r.Active().ID != k1.ID || r.Active().State != StateActive {
+				t.Fatal("Rotate mutated its receiver")
+			}
+			if nt := r2.NextTransition(p); !nt.Equal(retired.RemoveAt) {
+				t.Fatalf("next transition %v, want removal %v", nt, retired.RemoveAt)
+			}
+			r3, changed, _ := r2.Advance(retired.RemoveAt.Add(-time.Second), p)
+			if changed || len(r3.Keys) != 3 {
+				t.Fatal("retired key removed early")
+			}
+			r3, changed, _ = r2.Advance(retired.RemoveAt, p)
+			if !changed || len(r3.Keys) != 2 || r3.find(StateRetired) != nil || r3.Sequence != 3 {
+				t.Fatalf("removal: %+v", r3.Keys)
+			}
+			ks, err := r3.KeySet()
+			if err != nil || ks.Len() != 2 {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+func TestPolicyValidate(t *testing.T) {
+	bad := []Policy{
+		{Alg: "HS256", RotationPeriod: time.Hour, RetainRetired: time.Minute},
+		{Alg: ES256, RotationPeriod: time.Minute, PropagationDelay: time.Hour, RetainRetired: time.Minute},
+		{Alg: ES256, RotationPeriod: time.Hour, PropagationDelay: -1, RetainRetired: time.Minute},
+		{Alg: ES256, RotationPeriod: time.Hour},
+	}
+	for i, p := range bad {
+		if err := p.Validate(); err == nil {
+			t.Errorf("policy %d accepted: %+v", i, p)
+		}
+	}
+	if err := DefaultPolicy().Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestKeyPrivateRoundTrip(t *testing.T) {
+	for _, alg := range SupportedAlgorithms() {
+		k, err := GenerateKey(alg, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		der, err := k.MarshalPrivate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, err := Key{ID: k.ID, Alg: alg}.WithPrivate(der)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if back.ID != k.ID {
+			t.Fatal("kid changed")
+		}
+		other, _ := GenerateKey(alg, time.Now())
+		if _, err := (Key{ID: other.ID, Alg: alg}).WithPrivate(der); err == nil {
+			t.Fatal("private key accepted under another kid")
+		}
+	}
+}
+
+// TestSignVerifyRoundTrip signs with each algorithm and checks the token
+// against the verifier and the published document.
+func TestSignVerifyRoundTrip(t *testing.T) {
+	for _, alg := range SupportedAlgorithms() {
+		t.Run(string(alg), func(t *testing.T) {
+			r, err := NewRing(time.Now(), testPolicy(alg))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ks, _ := r.KeySet()
+			doc, err := Document(ks)
+			if err != nil {
+				t.Fatal(err)
+			}
+			parsed, err := ParseKeySet(doc)
+			if err != nil {
+				t.Fatalf("parse own document %s: %v", doc, err)
+			}
+			now := time.Now()
+			tok, err := r.Active().Sign(&Claims{Issuer: "https://iss", Subject: "s", Audience: Audience{"api"}, Expiry: now.Add(time.Minute).Unix(),
+				IssuedAt: now.Unix(), ID: "j", ClientID: "c", Scope: "read"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			v, err := NewVerifier(VerifierConfig{Issuer: "https://iss", Audience: []string{"api"}}, StaticKeys(parsed))
+			if err != nil {
+				t.Fatal(err)
+			}
+			c, err := v.Verify(tok)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Subject != "s" || c.Scope != "read" {
+				t.Fatalf("claims %+v", c)
+			}
+		})
+	}
+}
+
+func TestBundleSignVerify(t *testing.T) {
+	r, _ := NewRing(time.Now(), DefaultPolicy())
+	ks, _ := r.KeySet()
+	doc, _ := Document(ks)
+	_, priv, _ := generateEd25519()
+	b := &Bundle{Sequence: 7, IssuedAt: time.Now().Unix(), JWKS: doc}
+	signed, err := SignBundle(b, priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := VerifyBundle(signed, trustedOf(priv))
+	if err != nil || got.Sequence != 7 {
+		t.Fatalf("%v %+v", err, got)
+	}
+	if err := CheckNewer(got, 7); !errors.Is(err, ErrStaleBundle) {
+		t.Fatal("equal sequence accepted as newer")
+	}
+	if err := CheckNewer(got, 6); err != nil {
+		t.Fatal(err)
+	}
+	// A revocation-event JWS is not a bundle even with the right key.
+	other, err := SignDistributed(b, "tokenwarden-revocation+jws", priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := VerifyBundle(other, trustedOf(priv)); err == nil {
+		t.Fatal("JWS of another typ accepted as a bundle")
+	}
+	if _, err := VerifyBundle(signed, nil); err == nil {
+		t.Fatal("bundle accepted with no trusted key")
+	}
+	_, priv2, _ := generateEd25519()
+	if _, err := VerifyBundle(signed, trustedOf(priv2)); err == nil {
+		t.Fatal("bundle accepted with a foreign key")
+	}
+	// Several trusted keys (a distribution-key rollover): the right one is used.
+	if _, err := VerifyBundle(signed, append(trustedOf(priv2), trustedOf(priv)...)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestNewKeySetRejectsBrokenKeys(t *testing.T) {
+	bad := []PublicKey{
+		{ID: "a", Alg: RS256, Key: &rsa.PublicKey{}},
+		{ID: "b", Alg: ES256, Key: &ecdsa.PublicKey{Curve: elliptic.P256()}},
+		{ID: "c", Alg: ES256, Key: &ecdsa.PublicKey{Curve: elliptic.P256(), X: big.NewInt(1), Y: big.NewInt(1)}},
+		{ID: "d", Alg: EdDSA, Key: ed25519.PublicKey{1, 2, 3}},
+		{ID: "", Alg: EdDSA, Key: make(ed25519.PublicKey, 32)},
+	}
+	for _, k := range bad {
+		if _, err := NewKeySet(k); err == nil {
+			t.Errorf("key %q accepted", k.ID)
+		}
+	}
+}
