@@ -127,7 +127,7 @@ func (h phcHash) String() string {
 // verify derives a key from password with h's salt and parameters and
 // compares it with h's key in constant time.
 func (h phcHash) verify(password []byte) bool {
-	got := argon2.IDKey(password, h.salt, h.params.Time, h.params.Memory, h.params.Threads, uint32(len(h.key)))
+	got := argon2.IDKey(password, h.salt, h.params.Time, h.params.Memory, h.params.Threads, uint32(len(h.key))) // #nosec G115 -- key length bounded by parsePHC
 	return subtle.ConstantTimeCompare(got, h.key) == 1
 }
 
@@ -172,7 +172,7 @@ func parsePHC(s string) (phcHash, error) {
 		// Checked here as well as in validate so the narrowing below is safe.
 		return bad(fmt.Sprintf("parameters exceed the limits (m ≤ %d, t ≤ %d, p ≤ %d)", maxMemoryKiB, maxTime, maxThreads))
 	}
-	p := Params{Memory: uint32(vals[0]), Time: uint32(vals[1]), Threads: uint8(vals[2])}
+	p := Params{Memory: uint32(vals[0]), Time: uint32(vals[1]), Threads: uint8(vals[2])} // #nosec G115 -- bounded just above
 	if err := p.validate(); err != nil {
 		return phcHash{}, fmt.Errorf("%w: %w", errMalformedHash, err)
 	}

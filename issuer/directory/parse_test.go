@@ -135,7 +135,7 @@ func TestParseErrors(t *testing.T) {
 		file                 string // "users.yaml" or "clients.yaml"
 		secret               string // must not appear in the error
 	}{
-		{name: "unknown user key", users: user("    disabeld: true\n"), file: "users.yaml", want: "users.yaml:4: field disabeld not found"},
+		{name: "unknown user key", users: user("    disable: true\n"), file: "users.yaml", want: "users.yaml:4: field disable not found"},
 		{name: "unknown top-level key", users: "clients: []\n", file: "users.yaml", want: "users.yaml:1: field clients not found"},
 		{name: "users not a list", users: "users: demo\n", file: "users.yaml", want: "users.yaml:1: cannot unmarshal !!str into a list of users"},
 		{name: "top level a list", users: "- demo\n", file: "users.yaml", want: "cannot unmarshal !!seq into a users file"},

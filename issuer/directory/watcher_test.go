@@ -193,12 +193,12 @@ func TestWatcherRunLogsBadRewrite(t *testing.T) {
 	w, logs := newTestWatcher(t, up, "", WithPollInterval(20*time.Millisecond))
 	old := w.Current()
 	runWatcher(t, w)
-	writeFile(t, dir, "users.yaml", usersYAML(t, "alice")+"    disabeld: true\n")
+	writeFile(t, dir, "users.yaml", usersYAML(t, "alice")+"    disable: true\n")
 	waitFor(t, "the error to be logged", func() bool { return logs.count("level=ERROR") == 1 })
 	if w.Current() != old {
 		t.Fatal("a bad file replaced the directory")
 	}
-	if !strings.Contains(logs.String(), "field disabeld not found") {
+	if !strings.Contains(logs.String(), "field disable not found") {
 		t.Errorf("log does not say what is wrong: %q", logs)
 	}
 }
