@@ -14,6 +14,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tokenwarden/tokenwarden/internal/natsconn"
 	"github.com/tokenwarden/tokenwarden/jwks"
 )
 
@@ -312,7 +313,7 @@ func (m *keyManager) watch(ctx context.Context) {
 		w, err := m.kv.Watch(ctx, ringKey)
 		if err != nil {
 			m.log.Warn("watch key ring", "err", err)
-			sleepCtx(ctx, time.Second)
+			natsconn.Sleep(ctx, time.Second)
 			continue
 		}
 		for e := range w.Updates() {
@@ -329,14 +330,5 @@ func (m *keyManager) watch(ctx context.Context) {
 			}
 		}
 		_ = w.Stop()
-	}
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
 	}
 }

@@ -9,15 +9,14 @@ import (
 	"crypto/ed25519"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net/http"
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/tokenwarden/tokenwarden/internal/natsconn"
 	"github.com/tokenwarden/tokenwarden/issuer/directory"
 	"github.com/tokenwarden/tokenwarden/jwks"
 )
@@ -40,7 +39,6 @@ type Server struct {
 
 	mu       sync.Mutex
 	status   map[string]string // readiness checks that are failing, by name
-	nc       *nats.Conn
 	tickTime time.Duration
 }
 
@@ -164,35 +162,12 @@ func (s *Server) statusSnapshot() map[string]string {
 // creates the key ring, then keeps the ring current and the users and
 // clients files fresh until ctx is done.
 func (s *Server) Run(ctx context.Context) error {
-	opts := []nats.Option{
-		nats.Name("tokenwarden-issuer"),
-		nats.RetryOnFailedConnect(true),
-		nats.MaxReconnects(-1),
-		nats.CustomReconnectDelay(backoff(100*time.Millisecond, 5*time.Second)),
-		nats.ConnectHandler(func(*nats.Conn) { s.natsUp() }),
-		nats.ReconnectHandler(func(*nats.Conn) { s.natsUp() }),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			s.metrics.natsConnected.Set(0)
-			s.setStatus("nats", "disconnected")
-			s.log.Warn("NATS disconnected", "err", err)
-		}),
-	}
-	if s.cfg.NATS.CredsFile != "" {
-		opts = append(opts, nats.UserCredentials(s.cfg.NATS.CredsFile))
-	}
-	nc, err := nats.Connect(s.cfg.NATS.URL, opts...)
+	nc, err := natsconn.Connect(natsconn.Options{URL: s.cfg.NATS.URL, Name: "tokenwarden-issuer", CredsFile: s.cfg.NATS.CredsFile,
+		Logger: s.log, OnState: s.natsState})
 	if err != nil {
-		return fmt.Errorf("nats %s: %w", s.cfg.NATS.URL, err)
+		return err
 	}
 	defer nc.Close()
-	s.mu.Lock()
-	s.nc = nc
-	s.mu.Unlock()
-	if nc.IsConnected() {
-		s.natsUp()
-	} else {
-		s.log.Warn("NATS not reachable yet; retrying", "url", s.cfg.NATS.URL)
-	}
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -202,10 +177,10 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
-	if err := retry(ctx, s.log, "set up NATS buckets", func() error { return s.setupBuckets(ctx, js) }); err != nil {
+	if natsconn.Retry(ctx, s.log, "set up NATS buckets", func() error { return s.setupBuckets(ctx, js) }) != nil {
 		return nil // ctx done
 	}
-	if err := retry(ctx, s.log, "load key ring", func() error { return s.keys.load(ctx) }); err != nil {
+	if natsconn.Retry(ctx, s.log, "load key ring", func() error { return s.keys.load(ctx) }) != nil {
 		return nil
 	}
 	s.setStatus("keys", "")
@@ -227,10 +202,14 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 }
 
-func (s *Server) natsUp() {
-	s.metrics.natsConnected.Set(1)
-	s.setStatus("nats", "")
-	s.log.Info("NATS connected", "url", s.cfg.NATS.URL)
+func (s *Server) natsState(up bool) {
+	if up {
+		s.metrics.natsConnected.Set(1)
+		s.setStatus("nats", "")
+		return
+	}
+	s.metrics.natsConnected.Set(0)
+	s.setStatus("nats", "disconnected")
 }
 
 // setupBuckets creates or updates the KV buckets this issuer uses.
@@ -263,38 +242,6 @@ func (s *Server) setupBuckets(ctx context.Context, js jetstream.JetStream) error
 
 // BundleBucket is the KV bucket holding the signed JWKS bundle.
 func BundleBucket(prefix string) string { return prefix + "_jwks" }
-
-// retry runs f until it succeeds or ctx ends, with capped exponential
-// backoff and jitter; it returns ctx's error when ctx ends first.
-func retry(ctx context.Context, log *slog.Logger, what string, f func() error) error {
-	delay := backoff(200*time.Millisecond, 10*time.Second)
-	for attempt := 1; ; attempt++ {
-		err := f()
-		if err == nil {
-			return nil
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		d := delay(attempt)
-		log.Warn(what+" failed; retrying", "attempt", attempt, "in", d.Round(time.Millisecond), "err", err)
-		sleepCtx(ctx, d)
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-	}
-}
-
-// backoff returns full-jitter exponential delays between min and max.
-func backoff(minD, maxD time.Duration) func(int) time.Duration {
-	return func(attempt int) time.Duration {
-		d := minD << min(attempt, 20)
-		if d <= 0 || d > maxD {
-			d = maxD
-		}
-		return d/2 + rand.N(d/2+1) // #nosec G404 -- jitter, not a secret
-	}
-}
 
 // Handler returns the issuer's HTTP API.
 func (s *Server) Handler() http.Handler {

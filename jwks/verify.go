@@ -920,3 +920,9 @@ func verifySkipValue(s string, i int) (int, bool) {
 		return j, true
 	}
 }
+
+// MaxTokenSize is the largest token Verify accepts, in bytes.
+func (v *Verifier) MaxTokenSize() int { return v.maxSize }
+
+// Leeway is the clock skew Verify allows.
+func (v *Verifier) Leeway() time.Duration { return v.leeway }

@@ -1,13 +1,13 @@
 package main
 
 import (
+	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"text/template"
@@ -18,6 +18,7 @@ import (
 	"github.com/tokenwarden/tokenwarden/internal/embeddednats"
 	"github.com/tokenwarden/tokenwarden/issuer"
 	"github.com/tokenwarden/tokenwarden/issuer/directory"
+	"github.com/tokenwarden/tokenwarden/sidecar"
 )
 
 // The dev seeds of the contract.
@@ -42,7 +43,7 @@ func newDevCommand(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Run everything on this machine: embedded NATS, an issuer and a sidecar, with demo credentials",
-		Long: "Runs an embedded NATS server with JetStream and an issuer (and, once it exists, a sidecar)\n" +
+		Long: "Runs an embedded NATS server with JetStream, an issuer and a sidecar (audience demo-api)\n" +
 			"in one process, with seeded demo credentials. State lives under --data and survives restarts.\n" +
 			"Ctrl-C stops it cleanly. Not for production: the keys are on local disk.",
 		Args: cobra.NoArgs,
@@ -54,13 +55,18 @@ func newDevCommand(g *globals) *cobra.Command {
 			if err := seedDevData(o.data); err != nil {
 				return err
 			}
-			issuerLn, err := net.Listen("tcp", o.issuerAddr)
+			issuerLn, err := listenTCP(o.issuerAddr, "issuer", "--issuer-addr")
 			if err != nil {
-				return fmt.Errorf("issuer address %s is not available (change it with --issuer-addr): %w", o.issuerAddr, err)
+				return err
 			}
 			defer func() { _ = issuerLn.Close() }()
+			sidecarLn, err := listenTCP(o.sidecarAddr, "sidecar", "--sidecar-addr")
+			if err != nil {
+				return err
+			}
+			defer func() { _ = sidecarLn.Close() }()
 			if err := checkFree(o.natsAddr); err != nil {
-				return fmt.Errorf("NATS address %s is not available (change it with --nats-addr): %w", o.natsAddr, err)
+				return err
 			}
 			ns, err := embeddednats.Start(embeddednats.Config{Addr: o.natsAddr, StoreDir: filepath.Join(o.data, "nats"), ServerName: "tokenwarden-dev"})
 			if err != nil {
@@ -77,14 +83,31 @@ func newDevCommand(g *globals) *cobra.Command {
 			cfg.DistributionKeyFile = filepath.Join(o.data, "distribution.key")
 			cfg.KeyEncryptionKeyFile = filepath.Join(o.data, "key-encryption.key")
 			cfg.Keys.PropagationDelay = devPropagationDelay
-			srv, err := issuer.New(cfg, issuer.WithLogger(log))
+			srv, err := issuer.New(cfg, issuer.WithLogger(log.With("program", "issuer")))
 			if err != nil {
 				return err
 			}
-			if err := printDevBanner(g.stdout, cfg.Issuer, ns.URL(), o); err != nil {
+			scfg := sidecar.DefaultConfig()
+			scfg.Listen = sidecarLn.Addr().String()
+			scfg.Issuer = cfg.Issuer
+			scfg.Audience = []string{devAudience}
+			scfg.NATS.URL = ns.URL()
+			scfg.DistributionPublicKeyFiles = []string{filepath.Join(o.data, "distribution.pub")}
+			scfg.CacheDir = filepath.Join(o.data, "sidecar-cache")
+			sc, err := sidecar.New(scfg, sidecar.WithLogger(log.With("program", "sidecar")))
+			if err != nil {
 				return err
 			}
-			return runIssuer(cmd.Context(), log, srv, issuerLn)
+			if err := printDevBanner(g.stdout, cfg.Issuer, "http://"+scfg.Listen, ns.URL(), o); err != nil {
+				return err
+			}
+			// Both run until Ctrl-C; if either fails, both stop.
+			ctx, cancel := context.WithCancel(cmd.Context())
+			defer cancel()
+			errc := make(chan error, 2)
+			go func() { errc <- runIssuer(ctx, log, srv, issuerLn); cancel() }()
+			go func() { errc <- runSidecar(ctx, log, sc, sidecarLn); cancel() }()
+			return errors.Join(<-errc, <-errc)
 		},
 	}
 	cmd.Flags().StringVar(&o.data, "data", ".tokenwarden-dev", "directory for NATS data, keys and the seeded users and clients")
@@ -95,7 +118,7 @@ func newDevCommand(g *globals) *cobra.Command {
 }
 
 func checkFree(addr string) error {
-	ln, err := net.Listen("tcp", addr)
+	ln, err := listenTCP(addr, "NATS", "--nats-addr")
 	if err != nil {
 		return err
 	}
@@ -194,6 +217,7 @@ var devBanner = template.Must(template.New("banner").Parse(`
 tokenwarden dev is running (Ctrl-C stops it)
 
   issuer   {{.Issuer}}
+  sidecar  {{.Sidecar}}   (verifies tokens for audience demo-api)
   NATS     {{.NATS}}   (JetStream data in {{.Data}})
 
 Seeded credentials:
@@ -202,21 +226,22 @@ Seeded credentials:
   admin client  admin / admin-secret     client_credentials, scope tokenwarden:admin
 
 Try it:
-  # log in as demo (password grant); the answer holds access_token and refresh_token
-  curl -s -u demo-app:demo-secret -d grant_type=password -d username=demo -d password=demo-password -d scope=read {{.Issuer}}/oauth2/token
+  # log in as demo (password grant) and keep the tokens
+  TOKENS=$(curl -s -u demo-app:demo-secret -d grant_type=password -d username=demo -d password=demo-password -d scope='read write' {{.Issuer}}/oauth2/token)
+  ACCESS=$(echo "$TOKENS" | sed -E 's/.*"access_token":"([^"]+)".*/\1/')
+  REFRESH=$(echo "$TOKENS" | sed -E 's/.*"refresh_token":"([^"]+)".*/\1/')
 
-  # refresh (with the client's id and secret), asking for a narrower scope
-  curl -s -u demo-app:demo-secret -d grant_type=refresh_token -d refresh_token=REFRESH_TOKEN -d scope=read {{.Issuer}}/oauth2/token
+  # ask the sidecar, as nginx auth_request would (200 with X-Auth-* headers)
+  curl -si -H "Authorization: Bearer $ACCESS" '{{.Sidecar}}/verify?scope=read'
 
-  # the public keys and the discovery document
-  curl -s {{.Issuer}}/.well-known/jwks.json
-  curl -s {{.Issuer}}/.well-known/openid-configuration
+  # refresh with the client's id and secret, narrowing the scope to read
+  curl -s -u demo-app:demo-secret -d grant_type=refresh_token -d refresh_token="$REFRESH" -d scope=read {{.Issuer}}/oauth2/token
 
   # the key ring, as security sees it
   TOKENWARDEN_ISSUER={{.Issuer}} TOKENWARDEN_CLIENT_ID=admin TOKENWARDEN_CLIENT_SECRET=admin-secret tokenwarden keys list
 
 `))
 
-func printDevBanner(w io.Writer, issuerURL, natsURL string, o devOptions) error {
-	return devBanner.Execute(w, map[string]string{"Issuer": issuerURL, "NATS": natsURL, "Data": o.data})
+func printDevBanner(w io.Writer, issuerURL, sidecarURL, natsURL string, o devOptions) error {
+	return devBanner.Execute(w, map[string]string{"Issuer": issuerURL, "Sidecar": sidecarURL, "NATS": natsURL, "Data": o.data})
 }

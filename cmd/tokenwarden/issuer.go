@@ -2,15 +2,11 @@ package main
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -70,21 +66,21 @@ func newIssuerCommand(g *globals) *cobra.Command {
 }
 
 // serveIssuer listens on addr and runs srv until ctx ends, reloading the
-// users and clients files on SIGHUP, then shuts down gracefully.
+// users and clients files on SIGHUP.
 func serveIssuer(ctx context.Context, log *slog.Logger, srv *issuer.Server, addr string) error {
-	ln, err := net.Listen("tcp", addr)
+	ln, err := listenTCP(addr, "issuer", "--listen")
 	if err != nil {
-		return fmt.Errorf("issuer listen %s: %w", addr, err)
+		return err
 	}
 	return runIssuer(ctx, log, srv, ln)
 }
 
 func runIssuer(ctx context.Context, log *slog.Logger, srv *issuer.Server, ln net.Listener) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	go func() {
 		for {
 			select {
@@ -95,24 +91,5 @@ func runIssuer(ctx context.Context, log *slog.Logger, srv *issuer.Server, ln net
 			}
 		}
 	}()
-	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
-		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
-	errc := make(chan error, 2)
-	go func() {
-		if err := hs.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			errc <- fmt.Errorf("issuer HTTP: %w", err)
-		}
-	}()
-	go func() { errc <- srv.Run(ctx) }()
-	log.Info("issuer listening", "addr", ln.Addr().String())
-	var runErr error
-	select {
-	case <-ctx.Done():
-	case runErr = <-errc:
-	}
-	cancel()
-	shutdownCtx, done := context.WithTimeout(context.Background(), 10*time.Second)
-	defer done()
-	_ = hs.Shutdown(shutdownCtx)
-	return runErr
+	return runProgram(ctx, log, "issuer", srv, ln)
 }

@@ -52,6 +52,7 @@ func newRootCommand(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return fmt.Errorf("%w (see --help)", err) })
 	root.AddCommand(
 		newIssuerCommand(g),
+		newSidecarCommand(g),
 		newDevCommand(g),
 		newKeysCommand(g),
 		newHashPasswordCommand(g),

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"net"
 	"net/http"
 	"net/url"
@@ -181,7 +182,24 @@ func TestDev(t *testing.T) {
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("demo login: %v %v", err, resp)
 	}
+	var tok struct {
+		AccessToken string `json:"access_token"`
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&tok)
 	_ = resp.Body.Close()
+	// The dev sidecar verifies it, for audience demo-api.
+	sidecarURL := regexp.MustCompile(`sidecar\s+(http://127\.0\.0\.1:\d+)`).FindStringSubmatch(out.String())
+	if sidecarURL == nil {
+		t.Fatalf("banner has no sidecar:\n%s", out.String())
+	}
+	waitReady(t, sidecarURL[1])
+	vreq, _ := http.NewRequest("GET", sidecarURL[1]+"/verify?scope=read", nil)
+	vreq.Header.Set("Authorization", "Bearer "+tok.AccessToken)
+	vresp, err := http.DefaultClient.Do(vreq)
+	if err != nil || vresp.StatusCode != 200 || vresp.Header.Get("X-Auth-Subject") != "demo" {
+		t.Fatalf("sidecar verify: %v %v", err, vresp)
+	}
+	_ = vresp.Body.Close()
 	listOut, _, err := run(t, t.Context(), "", "keys", "list", "--issuer", base, "--client-id", "admin", "--client-secret", "admin-secret")
 	if err != nil || !strings.Contains(listOut, "active") || !strings.Contains(listOut, "next") {
 		t.Fatalf("keys list: %v\n%s", err, listOut)
@@ -212,13 +230,17 @@ func TestDevPortTaken(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = ln.Close() }()
-	_, _, err = run(t, t.Context(), "", "dev", "--data", t.TempDir(), "--issuer-addr", ln.Addr().String(), "--nats-addr", "127.0.0.1:0")
+	_, _, err = run(t, t.Context(), "", "dev", "--data", t.TempDir(), "--issuer-addr", ln.Addr().String(), "--sidecar-addr", "127.0.0.1:0", "--nats-addr", "127.0.0.1:0")
 	if err == nil || !strings.Contains(err.Error(), "--issuer-addr") {
 		t.Fatalf("port taken: %v", err)
 	}
-	_, _, err = run(t, t.Context(), "", "dev", "--data", t.TempDir(), "--issuer-addr", "127.0.0.1:0", "--nats-addr", ln.Addr().String())
+	_, _, err = run(t, t.Context(), "", "dev", "--data", t.TempDir(), "--issuer-addr", "127.0.0.1:0", "--sidecar-addr", "127.0.0.1:0", "--nats-addr", ln.Addr().String())
 	if err == nil || !strings.Contains(err.Error(), "--nats-addr") {
 		t.Fatalf("NATS port taken: %v", err)
+	}
+	_, _, err = run(t, t.Context(), "", "dev", "--data", t.TempDir(), "--issuer-addr", "127.0.0.1:0", "--sidecar-addr", ln.Addr().String(), "--nats-addr", "127.0.0.1:0")
+	if err == nil || !strings.Contains(err.Error(), "--sidecar-addr") {
+		t.Fatalf("sidecar port taken: %v", err)
 	}
 }
 

@@ -1,0 +1,92 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"net"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tokenwarden/tokenwarden/sidecar"
+)
+
+func sidecarSettings(c *sidecar.Config) []setting {
+	return []setting{
+		{flag: "listen", usage: "HTTP listen address (keep it on loopback)", bind: &c.Listen},
+		{flag: "socket", usage: "also serve on this Unix socket path", bind: &c.Socket},
+		{flag: "issuer", usage: "issuer identifier tokens must carry (iss)", bind: &c.Issuer},
+		{flag: "audience", usage: "accepted audiences, comma-separated", bind: &c.Audience},
+		{flag: "algorithms", usage: "allowed token algorithms, comma-separated (default ES256,EdDSA,RS256)", bind: &c.Algorithms},
+		{flag: "leeway", usage: "clock skew allowed for exp, nbf and iat", bind: &c.Leeway},
+		{flag: "max-token-size", usage: "largest token accepted, bytes", bind: &c.MaxTokenSize},
+		{flag: "token-cache-size", usage: "entries of the verified-token cache", bind: &c.TokenCacheSize},
+		{flag: "nats-url", usage: "NATS server URL(s), comma-separated", bind: &c.NATS.URL},
+		{flag: "nats-prefix", usage: "prefix of the NATS buckets and streams", bind: &c.NATS.Prefix},
+		{flag: "nats-creds", usage: "NATS credentials file", bind: &c.NATS.CredsFile},
+		{flag: "distribution-public-key-file", usage: "PEM files of trusted distribution keys, comma-separated", bind: &c.DistributionPublicKeyFiles},
+		{flag: "distribution-public-keys", usage: "trusted distribution keys inline (PEM or base64), comma-separated", bind: &c.DistributionPublicKeys, envOnly: true},
+		{flag: "cache-dir", usage: "directory keeping the last good JWKS bundle across restarts", bind: &c.CacheDir},
+		{flag: "jwks-fallback-url", usage: "issuer JWKS URL used only when NATS is unreachable and no bundle is held", bind: &c.JWKSFallbackURL},
+		{flag: "key-refresh-interval", usage: "least time between key refreshes caused by unknown kids", bind: &c.KeyRefreshInterval},
+	}
+}
+
+func newSidecarCommand(g *globals) *cobra.Command {
+	var file string
+	cfg := sidecar.DefaultConfig()
+	settings := sidecarSettings(&cfg)
+	cmd := &cobra.Command{
+		Use:   "sidecar",
+		Short: "Run the sidecar: verify tokens on localhost from keys distributed over NATS",
+		Long: "Runs the sidecar. Configuration comes from --config (YAML, see examples/sidecar.yaml),\n" +
+			"then TOKENWARDEN_* environment variables, then flags.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := g.logger()
+			if err != nil {
+				return err
+			}
+			if err := loadLayered(cmd, file, &cfg, settings); err != nil {
+				return err
+			}
+			sc, err := sidecar.New(cfg, sidecar.WithLogger(log))
+			if err != nil {
+				return err
+			}
+			lns, err := sidecarListeners(cfg)
+			if err != nil {
+				return err
+			}
+			return runSidecar(cmd.Context(), log, sc, lns...)
+		},
+	}
+	cmd.Flags().StringVar(&file, "config", "", "sidecar configuration file (YAML)")
+	registerFlags(cmd, settings)
+	return cmd
+}
+
+func sidecarListeners(cfg sidecar.Config) ([]net.Listener, error) {
+	var lns []net.Listener
+	if cfg.Listen != "" {
+		ln, err := listenTCP(cfg.Listen, "sidecar", "--listen")
+		if err != nil {
+			return nil, err
+		}
+		lns = append(lns, ln)
+	}
+	if cfg.Socket != "" {
+		ln, err := listenUnix(cfg.Socket)
+		if err != nil {
+			for _, l := range lns {
+				_ = l.Close()
+			}
+			return nil, err
+		}
+		lns = append(lns, ln)
+	}
+	return lns, nil
+}
+
+func runSidecar(ctx context.Context, log *slog.Logger, sc *sidecar.Sidecar, lns ...net.Listener) error {
+	return runProgram(ctx, log, "sidecar", sc, lns...)
+}

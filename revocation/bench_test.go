@@ -1,0 +1,125 @@
+package revocation
+
+import (
+	"fmt"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/tokenwarden/tokenwarden/jwks"
+)
+
+// mixedEvents makes n events of every kind, in the proportions a busy
+// deployment might hold: mostly single tokens and sessions (logouts),
+// some subjects (several events for some of them), a few clients and
+// one "all".
+func mixedEvents(n int, now time.Time) []*Event {
+	out := make([]*Event, 0, n)
+	exp := now.Add(time.Hour)
+	before := now.Add(-time.Minute)
+	for i := range n {
+		var e *Event
+		var err error
+		switch {
+		case i == 0:
+			e, err = NewEvent(KindAll, "", now.Add(-24*time.Hour), exp, "", now)
+		case i%10 < 6:
+			e, err = NewEvent(KindJTI, newID(), time.Time{}, exp, "", now)
+		case i%10 < 8:
+			e, err = NewEvent(KindSID, newID(), time.Time{}, exp, "logout", now)
+		case i%10 < 9:
+			e, err = NewEvent(KindSub, fmt.Sprintf("user-%d", i/20), before, exp, "", now)
+		default:
+			e, err = NewEvent(KindClient, fmt.Sprintf("client-%d", i/100), before, exp, "", now)
+		}
+		if err != nil {
+			panic(err)
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+func heapAlloc() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
+}
+
+const benchEvents = 100_000
+
+// BenchmarkCheck checks tokens against a set of 100,000 live events. The
+// token is not revoked but its subject, client and the "all" value each
+// have events, so Check does every lookup it can (the worst case). It also
+// reports the heap each live event costs.
+func BenchmarkCheck(b *testing.B) {
+	now := time.Now()
+	before := heapAlloc()
+	s := NewSet()
+	for _, e := range mixedEvents(benchEvents, now) {
+		s.Apply(e)
+	}
+	after := heapAlloc()
+	if s.Len() != benchEvents {
+		b.Fatalf("set holds %d events, want %d", s.Len(), benchEvents)
+	}
+	c := &jwks.Claims{
+		ID: newID(), SessionID: newID(), Subject: "user-7", ClientID: "client-3",
+		IssuedAt: now.Unix(),
+	}
+	if revoked, reason := s.Check(c); revoked {
+		b.Fatalf("revoked: %s", reason)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		if revoked, _ := s.Check(c); revoked {
+			b.Fatal("revoked")
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(after-before)/benchEvents, "B/event")
+	runtime.KeepAlive(s)
+}
+
+// BenchmarkCheckParallel is BenchmarkCheck from every P at once: Check
+// takes no lock, so it should scale with cores.
+func BenchmarkCheckParallel(b *testing.B) {
+	now := time.Now()
+	s := NewSet()
+	for _, e := range mixedEvents(benchEvents, now) {
+		s.Apply(e)
+	}
+	c := &jwks.Claims{
+		ID: newID(), SessionID: newID(), Subject: "user-7", ClientID: "client-3",
+		IssuedAt: now.Unix(),
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if revoked, _ := s.Check(c); revoked {
+				b.Error("revoked")
+				return
+			}
+		}
+	})
+}
+
+// BenchmarkApply is the live path: one event, one write transaction, into
+// a set of 100,000.
+func BenchmarkApply(b *testing.B) {
+	now := time.Now()
+	s := NewSet()
+	for _, e := range mixedEvents(benchEvents, now) {
+		s.Apply(e)
+	}
+	events := mixedEvents(b.N+1, now)[1:]
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		s.Apply(events[i])
+	}
+}

@@ -1,0 +1,180 @@
+package sidecar
+
+import (
+	"crypto/ed25519"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/tokenwarden/tokenwarden/jwks"
+)
+
+// Config is the sidecar's configuration, filled by the command from a YAML
+// file, TOKENWARDEN_* variables and flags; Validate runs before anything
+// starts.
+type Config struct {
+	// Listen is the TCP address of the HTTP API; loopback by default, since
+	// the app (or its proxy) in the same pod is the only client.
+	Listen string `yaml:"listen"`
+	// Socket is an optional Unix socket path served in addition.
+	Socket string `yaml:"socket"`
+
+	// Issuer is the iss tokens must carry, exactly.
+	Issuer string `yaml:"issuer"`
+	// Audience lists accepted audiences; a token must name one.
+	Audience []string `yaml:"audience"`
+	// Algorithms is the allow-list of token algorithms (default all of
+	// ES256, EdDSA, RS256).
+	Algorithms []string `yaml:"algorithms"`
+	// Leeway is the clock skew allowed for exp, nbf and iat.
+	Leeway time.Duration `yaml:"leeway"`
+	// MaxTokenSize is the largest token accepted, in bytes.
+	MaxTokenSize int `yaml:"max_token_size"`
+	// TokenCacheSize bounds the verified-token cache (entries).
+	TokenCacheSize int `yaml:"token_cache_size"`
+
+	NATS NATSConfig `yaml:"nats"`
+
+	// DistributionPublicKeyFiles are PEM files of the Ed25519 keys bundles
+	// and revocation events must be signed with. DistributionPublicKeys are
+	// the same inline (PEM, or base64 of the 32 raw bytes), for environment
+	// variables.
+	DistributionPublicKeyFiles []string `yaml:"distribution_public_key_files"`
+	DistributionPublicKeys     []string `yaml:"distribution_public_keys"`
+
+	// CacheDir keeps the last good signed JWKS bundle on disk, so a
+	// restarted sidecar serves at once even while NATS is unreachable.
+	CacheDir string `yaml:"cache_dir"`
+	// JWKSFallbackURL is the issuer's /.well-known/jwks.json, used only
+	// when NATS is unreachable and no bundle is held. Empty (the default)
+	// trusts signed bundles only.
+	JWKSFallbackURL string `yaml:"jwks_fallback_url"`
+	// KeyRefreshInterval is the least time between on-demand key refreshes
+	// caused by tokens with an unknown kid.
+	KeyRefreshInterval time.Duration `yaml:"key_refresh_interval"`
+}
+
+// NATSConfig says how to reach NATS.
+type NATSConfig struct {
+	URL       string `yaml:"url"`
+	Prefix    string `yaml:"prefix"`
+	CredsFile string `yaml:"creds_file"`
+}
+
+// DefaultConfig returns the contract's defaults.
+func DefaultConfig() Config {
+	return Config{
+		Listen:             "127.0.0.1:8181",
+		Leeway:             jwks.DefaultLeeway,
+		MaxTokenSize:       jwks.DefaultMaxTokenSize,
+		TokenCacheSize:     10_000,
+		NATS:               NATSConfig{URL: "nats://127.0.0.1:4222", Prefix: "tokenwarden"},
+		KeyRefreshInterval: 30 * time.Second,
+	}
+}
+
+// Validate reports every problem at once.
+func (c *Config) Validate() error {
+	var errs []error
+	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	if c.Listen == "" && c.Socket == "" {
+		add("listen or socket: at least one is required")
+	}
+	if c.Listen != "" {
+		if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+			add("listen: %q: %w", c.Listen, err)
+		}
+	}
+	if c.Issuer == "" {
+		add("issuer: required (the iss tokens must carry)")
+	}
+	if len(c.Audience) == 0 {
+		add("audience: at least one is required")
+	}
+	for _, a := range c.Algorithms {
+		if _, err := jwks.ParseAlgorithm(a); err != nil {
+			add("algorithms: %w", err)
+		}
+	}
+	if c.Leeway < 0 || c.Leeway > 5*time.Minute {
+		add("leeway: %s, want 0 to 5m", c.Leeway)
+	}
+	if c.MaxTokenSize < 256 || c.MaxTokenSize > 1<<20 {
+		add("max_token_size: %d, want 256 to 1048576", c.MaxTokenSize)
+	}
+	if c.TokenCacheSize < 0 {
+		add("token_cache_size: must not be negative")
+	}
+	if c.NATS.URL == "" || c.NATS.Prefix == "" {
+		add("nats.url and nats.prefix are required")
+	}
+	if len(c.DistributionPublicKeyFiles) == 0 && len(c.DistributionPublicKeys) == 0 {
+		add("distribution_public_key_files or TOKENWARDEN_DISTRIBUTION_PUBLIC_KEYS: at least one key is required")
+	}
+	if c.JWKSFallbackURL != "" {
+		if u, err := url.Parse(c.JWKSFallbackURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			add("jwks_fallback_url: %q is not an http(s) URL", c.JWKSFallbackURL)
+		}
+	}
+	if c.KeyRefreshInterval < time.Second {
+		add("key_refresh_interval: %s is below 1s", c.KeyRefreshInterval)
+	}
+	return errors.Join(errs...)
+}
+
+// trustedKeys decodes every configured distribution public key.
+func (c *Config) trustedKeys() ([]ed25519.PublicKey, error) {
+	var keys []ed25519.PublicKey
+	for _, f := range c.DistributionPublicKeyFiles {
+		b, err := os.ReadFile(f) // #nosec G304 -- operator configuration
+		if err != nil {
+			return nil, fmt.Errorf("distribution public key: %w", err)
+		}
+		k, err := ParseDistributionPublicKey(string(b))
+		if err != nil {
+			return nil, fmt.Errorf("distribution public key %s: %w", f, err)
+		}
+		keys = append(keys, k)
+	}
+	for i, s := range c.DistributionPublicKeys {
+		k, err := ParseDistributionPublicKey(s)
+		if err != nil {
+			return nil, fmt.Errorf("distribution public key #%d: %w", i+1, err)
+		}
+		keys = append(keys, k)
+	}
+	return keys, nil
+}
+
+// ParseDistributionPublicKey accepts a PKIX PEM "PUBLIC KEY" block or the
+// base64 (standard or URL alphabet) of the 32 raw Ed25519 bytes.
+func ParseDistributionPublicKey(s string) (ed25519.PublicKey, error) {
+	s = strings.TrimSpace(s)
+	if blk, _ := pem.Decode([]byte(s)); blk != nil {
+		if blk.Type != "PUBLIC KEY" {
+			return nil, fmt.Errorf("PEM block %q, want PUBLIC KEY", blk.Type)
+		}
+		k, err := x509.ParsePKIXPublicKey(blk.Bytes)
+		if err != nil {
+			return nil, err
+		}
+		ek, ok := k.(ed25519.PublicKey)
+		if !ok {
+			return nil, fmt.Errorf("want an Ed25519 key, got %T", k)
+		}
+		return ek, nil
+	}
+	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
+		if b, err := enc.DecodeString(s); err == nil && len(b) == ed25519.PublicKeySize {
+			return ed25519.PublicKey(b), nil
+		}
+	}
+	return nil, errors.New("not a PEM public key nor base64 of 32 bytes")
+}

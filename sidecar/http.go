@@ -1,0 +1,231 @@
+package sidecar
+
+import (
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/tokenwarden/tokenwarden/jwks"
+)
+
+// Response headers of a successful /verify, for the proxy to pass upstream.
+const (
+	HeaderSubject   = "X-Auth-Subject"
+	HeaderClientID  = "X-Auth-Client-Id"
+	HeaderScope     = "X-Auth-Scope"
+	HeaderTokenID   = "X-Auth-Token-Id"
+	HeaderExpiresAt = "X-Auth-Expires-At"
+	// HeaderRequiredScope names scopes the token must have (space-separated),
+	// as an alternative to the ?scope= query.
+	HeaderRequiredScope = "X-Required-Scope"
+)
+
+const realm = `Bearer realm="tokenwarden"`
+
+// Handler returns the sidecar's HTTP API.
+func (s *Sidecar) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/verify", s.handleVerify)
+	mux.HandleFunc("/verify/", s.handleVerify)
+	mux.HandleFunc("/introspect", s.handleIntrospect)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		checks, ready := s.readiness()
+		code, status := http.StatusOK, "ready"
+		if !ready {
+			code, status = http.StatusServiceUnavailable, "not ready"
+		}
+		writeJSON(w, code, map[string]any{"status": status, "checks": checks})
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{}))
+	return mux
+}
+
+// handleVerify answers any method on /verify and /verify/…: nginx
+// auth_request, Traefik forwardAuth and Envoy ext_authz forward the
+// original method and path, which do not matter here.
+func (s *Sidecar) handleVerify(w http.ResponseWriter, r *http.Request) {
+	token, problem := bearerToken(r)
+	if token == "" {
+		if problem != "" {
+			s.metrics.verifications.WithLabelValues("invalid").Inc()
+			challenge(w, http.StatusUnauthorized, "invalid_request", problem, "")
+			return
+		}
+		s.metrics.verifications.WithLabelValues("no_token").Inc()
+		w.Header().Set("WWW-Authenticate", realm)
+		w.WriteHeader(http.StatusUnauthorized)
+		return
+	}
+	start := time.Now()
+	c, _, err := s.verifier.Verify(token)
+	s.metrics.latency.Observe(time.Since(start).Seconds())
+	if err != nil {
+		s.metrics.verifications.WithLabelValues(resultOf(err)).Inc()
+		challenge(w, http.StatusUnauthorized, "invalid_token", reasonOf(err), "")
+		return
+	}
+	if missing := missingScopes(c, r); missing != "" {
+		s.metrics.verifications.WithLabelValues("insufficient_scope").Inc()
+		challenge(w, http.StatusForbidden, "insufficient_scope", "the token lacks a required scope", missing)
+		return
+	}
+	s.metrics.verifications.WithLabelValues("valid").Inc()
+	h := w.Header()
+	h[HeaderSubject] = []string{c.Subject}
+	h[HeaderClientID] = []string{c.ClientID}
+	h[HeaderScope] = []string{c.Scope}
+	h[HeaderTokenID] = []string{c.ID}
+	h[HeaderExpiresAt] = []string{strconv.FormatInt(c.Expiry, 10)}
+	w.WriteHeader(http.StatusOK)
+}
+
+// bearerToken extracts the RFC 6750 bearer token. An absent header (or
+// another scheme) is no token; several Authorization headers or a
+// malformed Bearer value is a problem worth saying.
+func bearerToken(r *http.Request) (token, problem string) {
+	vals := r.Header.Values("Authorization")
+	if len(vals) == 0 {
+		return "", ""
+	}
+	if len(vals) > 1 {
+		return "", "more than one Authorization header"
+	}
+	scheme, rest, ok := strings.Cut(vals[0], " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", ""
+	}
+	rest = strings.TrimSpace(rest)
+	if rest == "" || strings.ContainsAny(rest, " \t") {
+		return "", "malformed bearer token"
+	}
+	return rest, ""
+}
+
+// missingScopes returns the required scopes the token lacks, space-separated.
+func missingScopes(c *jwks.Claims, r *http.Request) string {
+	required := r.URL.Query().Get("scope")
+	if h := r.Header.Get(HeaderRequiredScope); h != "" {
+		required = strings.TrimSpace(required + " " + h)
+	}
+	if required == "" {
+		return ""
+	}
+	var missing []string
+	for _, sc := range strings.Fields(required) {
+		if !c.HasScope(sc) {
+			missing = append(missing, sc)
+		}
+	}
+	return strings.Join(missing, " ")
+}
+
+// challenge writes an RFC 6750 §3 error with its WWW-Authenticate header.
+// desc is fixed text (a VerifyError's Reason), never token content.
+func challenge(w http.ResponseWriter, code int, errCode, desc, scope string) {
+	v := realm + `, error="` + errCode + `", error_description="` + desc + `"`
+	if scope != "" {
+		v += `, scope="` + scope + `"`
+	}
+	w.Header().Set("WWW-Authenticate", v)
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(code)
+}
+
+func reasonOf(err error) string {
+	var ve *jwks.VerifyError
+	if errors.As(err, &ve) && ve.Reason != "" {
+		return ve.Reason
+	}
+	return "invalid token"
+}
+
+func resultOf(err error) string {
+	switch {
+	case errors.Is(err, ErrRevoked):
+		return "revoked"
+	case errors.Is(err, jwks.ErrExpired):
+		return "expired"
+	case errors.Is(err, jwks.ErrUnknownKey):
+		return "unknown_key"
+	default:
+		return "invalid"
+	}
+}
+
+// introspection is the RFC 7662 answer for an active token.
+type introspection struct {
+	Active    bool          `json:"active"`
+	Subject   string        `json:"sub,omitempty"`
+	ClientID  string        `json:"client_id,omitempty"`
+	Scope     string        `json:"scope,omitempty"`
+	Expiry    int64         `json:"exp,omitempty"`
+	IssuedAt  int64         `json:"iat,omitempty"`
+	ID        string        `json:"jti,omitempty"`
+	Issuer    string        `json:"iss,omitempty"`
+	Audience  jwks.Audience `json:"aud,omitempty"`
+	TokenType string        `json:"token_type,omitempty"`
+	SessionID string        `json:"sid,omitempty"`
+}
+
+// handleIntrospect is RFC 7662 without client authentication, which is
+// only safe because the caller is in the pod: requests from a non-loopback
+// peer are refused.
+func (s *Sidecar) handleIntrospect(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		writeJSON(w, http.StatusMethodNotAllowed, map[string]string{"error": "invalid_request", "error_description": "use POST"})
+		return
+	}
+	if !fromLoopback(r) {
+		writeJSON(w, http.StatusForbidden, map[string]string{"error": "access_denied", "error_description": "introspection is served to loopback and Unix-socket clients only"})
+		return
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, int64(s.cfg.MaxTokenSize)+1024)
+	if err := r.ParseForm(); err != nil || !strings.HasPrefix(r.Header.Get("Content-Type"), "application/x-www-form-urlencoded") {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "invalid_request", "error_description": "want an application/x-www-form-urlencoded body with token"})
+		return
+	}
+	token := r.PostForm.Get("token")
+	if token == "" || len(r.PostForm["token"]) > 1 {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "invalid_request", "error_description": "exactly one token parameter is required"})
+		return
+	}
+	c, _, err := s.verifier.Verify(token)
+	if err != nil {
+		s.metrics.verifications.WithLabelValues(resultOf(err)).Inc()
+		writeJSON(w, http.StatusOK, introspection{Active: false})
+		return
+	}
+	s.metrics.verifications.WithLabelValues("valid").Inc()
+	writeJSON(w, http.StatusOK, introspection{Active: true, Subject: c.Subject, ClientID: c.ClientID, Scope: c.Scope, Expiry: c.Expiry,
+		IssuedAt: c.IssuedAt, ID: c.ID, Issuer: c.Issuer, Audience: c.Audience, TokenType: "Bearer", SessionID: c.SessionID})
+}
+
+func fromLoopback(r *http.Request) bool {
+	if r.RemoteAddr == "" || r.RemoteAddr == "@" || strings.HasPrefix(r.RemoteAddr, "/") {
+		return true // Unix socket
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}

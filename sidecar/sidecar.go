@@ -1,0 +1,160 @@
+// Package sidecar is the per-pod verifier: it answers apps (and nginx,
+// Envoy or Traefik in front of them) on localhost from keys and revocations
+// distributed over NATS, with no call to the issuer per request.
+package sidecar
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tokenwarden/tokenwarden/internal/natsconn"
+	"github.com/tokenwarden/tokenwarden/jwks"
+)
+
+// Sidecar is one running sidecar.
+type Sidecar struct {
+	cfg      Config
+	log      *slog.Logger
+	now      func() time.Time
+	keys     *jwks.Cache
+	verifier *Verifier
+	metrics  *metrics
+
+	natsUp atomic.Bool
+	// kick asks Run for an on-demand key refresh (a token named an unknown
+	// kid); the cache rate-limits the refreshes themselves.
+	kick chan struct{}
+}
+
+func (s *Sidecar) kickRefresh() {
+	select {
+	case s.kick <- struct{}{}:
+	default: // one is already pending
+	}
+}
+
+// Option configures a Sidecar.
+type Option func(*options)
+
+type options struct {
+	log     *slog.Logger
+	now     func() time.Time
+	revoked RevocationChecker
+}
+
+// WithLogger sets the logger (default slog.Default()).
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
+
+// WithClock replaces time.Now, for tests.
+func WithClock(now func() time.Time) Option { return func(o *options) { o.now = now } }
+
+// WithRevocations sets the revocation check applied to every verification.
+func WithRevocations(r RevocationChecker) Option { return func(o *options) { o.revoked = r } }
+
+// New validates cfg and prepares the sidecar; it serves from a disk-cached
+// bundle at once if there is one. Run connects to NATS.
+func New(cfg Config, opts ...Option) (*Sidecar, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("sidecar config: %w", err)
+	}
+	o := options{log: slog.Default(), now: time.Now, revoked: noRevocations{}}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	trusted, err := cfg.trustedKeys()
+	if err != nil {
+		return nil, err
+	}
+	keys, err := jwks.NewCache(jwks.CacheConfig{
+		Trusted: trusted, Bucket: cfg.NATS.Prefix + "_jwks", CacheDir: cfg.CacheDir, FallbackURL: cfg.JWKSFallbackURL,
+		RefreshInterval: cfg.KeyRefreshInterval, Logger: o.log, Now: o.now,
+	})
+	if err != nil {
+		return nil, err
+	}
+	algs := make([]jwks.Algorithm, 0, len(cfg.Algorithms))
+	for _, a := range cfg.Algorithms {
+		algs = append(algs, jwks.Algorithm(a))
+	}
+	v, err := jwks.NewVerifier(jwks.VerifierConfig{Issuer: cfg.Issuer, Audience: cfg.Audience, Algorithms: algs,
+		Leeway: cfg.Leeway, MaxTokenSize: cfg.MaxTokenSize, Now: o.now}, keys)
+	if err != nil {
+		return nil, err
+	}
+	s := &Sidecar{cfg: cfg, log: o.log, now: o.now, keys: keys, kick: make(chan struct{}, 1)}
+	s.verifier = &Verifier{v: v, keys: keys, cache: newTokenCache(cfg.TokenCacheSize), revoked: o.revoked,
+		leeway: int64(v.Leeway() / time.Second), now: o.now, unknownKID: s.kickRefresh}
+	s.metrics = newMetrics(s)
+	return s, nil
+}
+
+// Verifier is the verification pipeline, for in-process use.
+func (s *Sidecar) Verifier() *Verifier { return s.verifier }
+
+// Run connects to NATS and keeps the keys current until ctx ends. While
+// NATS is unreachable the sidecar keeps verifying with the keys it holds.
+func (s *Sidecar) Run(ctx context.Context) error {
+	nc, err := natsconn.Connect(natsconn.Options{URL: s.cfg.NATS.URL, Name: "tokenwarden-sidecar", CredsFile: s.cfg.NATS.CredsFile,
+		Logger: s.log, OnState: s.natsState})
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := s.keys.Run(ctx, js); err != nil {
+			s.log.Error("key cache stopped", "err", err)
+		}
+	})
+	wg.Go(func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-s.kick:
+				s.keys.RefreshUnknownKID(ctx, "")
+			}
+		}
+	})
+	wg.Wait()
+	return nil
+}
+
+func (s *Sidecar) natsState(up bool) {
+	s.natsUp.Store(up)
+	if up {
+		s.metrics.natsConnected.Set(1)
+	} else {
+		s.metrics.natsConnected.Set(0)
+	}
+}
+
+// readiness returns the checks and whether the sidecar may take traffic:
+// only once it holds a verified key set. NATS being down does not make it
+// unready — it keeps verifying with what it holds — but is reported.
+func (s *Sidecar) readiness() (map[string]string, bool) {
+	st := s.keys.Status()
+	checks := map[string]string{}
+	ready := s.keys.Ready()
+	if ready {
+		checks["keys"] = fmt.Sprintf("ok: %d keys from %s, sequence %d", st.Keys, st.Source, st.Sequence)
+	} else {
+		checks["keys"] = "no verified JWKS bundle yet"
+	}
+	if s.natsUp.Load() {
+		checks["nats"] = "connected"
+	} else {
+		checks["nats"] = "disconnected: verifying with the keys held, reconnecting"
+	}
+	return checks, ready
+}

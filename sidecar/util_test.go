@@ -1,0 +1,31 @@
+package sidecar
+
+import (
+	"encoding/base64"
+	"sync"
+
+	"github.com/tokenwarden/tokenwarden/jwks"
+)
+
+func base64URL(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
+
+// switchable is a RevocationChecker whose rule a test changes.
+type switchable struct {
+	mu sync.Mutex
+	rc RevocationChecker
+}
+
+func (s *switchable) set(rc RevocationChecker) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.rc = rc
+}
+
+func (s *switchable) Check(c *jwks.Claims) (bool, string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.rc == nil {
+		return false, ""
+	}
+	return s.rc.Check(c)
+}

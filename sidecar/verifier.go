@@ -1,0 +1,90 @@
+package sidecar
+
+import (
+	"crypto/sha256"
+	"errors"
+	"time"
+	"unsafe"
+
+	"github.com/tokenwarden/tokenwarden/jwks"
+)
+
+// RevocationChecker says whether verified claims have been revoked. The
+// revocation set implements it; until one is configured nothing is revoked.
+type RevocationChecker interface {
+	Check(c *jwks.Claims) (revoked bool, reason string)
+}
+
+type noRevocations struct{}
+
+func (noRevocations) Check(*jwks.Claims) (bool, string) { return false, "" }
+
+// ErrRevoked is wrapped by the *jwks.VerifyError of a revoked token.
+var ErrRevoked = errors.New("token revoked")
+
+// keySource is what the verifier needs from the key cache.
+type keySource interface {
+	jwks.KeySource
+}
+
+// Verifier is the sidecar's verification pipeline: the verified-token
+// cache, the strict verifier of package jwks on a miss, and the revocation
+// check on every call, hit or miss.
+type Verifier struct {
+	v       *jwks.Verifier
+	keys    keySource
+	cache   *tokenCache
+	revoked RevocationChecker
+	leeway  int64
+	now     func() time.Time
+	// unknownKID is told about tokens signed by a kid the set lacks, so the
+	// key cache can refresh (rate-limited) in the background.
+	unknownKID func()
+}
+
+// Verify checks token and returns its claims. Every failure is a
+// *jwks.VerifyError whose Reason can be sent to the client.
+func (v *Verifier) Verify(token string) (*jwks.Claims, bool, error) {
+	if len(token) > v.v.MaxTokenSize() {
+		// Checked before hashing, so an oversized token costs nothing.
+		return v.verifyMiss(token, nil)
+	}
+	// Hash the string's bytes in place: a []byte(token) copy would be the
+	// one allocation of a cache hit.
+	k := sha256.Sum256(unsafe.Slice(unsafe.StringData(token), len(token)))
+	ks := v.keys.KeySet()
+	if e, ok := v.cache.get(&k); ok {
+		if e.keys == ks {
+			if v.now().Unix() >= e.claims.Expiry+v.leeway {
+				v.cache.remove(&k)
+				return nil, true, &jwks.VerifyError{Reason: "token expired", Err: jwks.ErrExpired}
+			}
+			return v.checkRevoked(e.claims, true)
+		}
+		// The key set changed since this token was verified: verify again.
+		v.cache.remove(&k)
+	}
+	return v.verifyMiss(token, &k)
+}
+
+func (v *Verifier) verifyMiss(token string, k *[sha256.Size]byte) (*jwks.Claims, bool, error) {
+	ks := v.keys.KeySet()
+	c, err := v.v.Verify(token)
+	if err != nil {
+		if errors.Is(err, jwks.ErrUnknownKey) && v.unknownKID != nil {
+			v.unknownKID()
+		}
+		return nil, false, err
+	}
+	if k != nil {
+		v.cache.put(k, cacheEntry{claims: c, keys: ks}, v.now().Unix()-v.leeway)
+	}
+	return v.checkRevoked(c, false)
+}
+
+func (v *Verifier) checkRevoked(c *jwks.Claims, hit bool) (*jwks.Claims, bool, error) {
+	if revoked, reason := v.revoked.Check(c); revoked {
+		return nil, hit, &jwks.VerifyError{Reason: reason, Err: ErrRevoked}
+	}
+	return c, hit, nil
+}
