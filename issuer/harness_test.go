@@ -2,25 +2,20 @@ package issuer
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
-	"encoding/base64"
 	"encoding/json"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/tokenwarden/tokenwarden/internal/embeddednats"
-	"github.com/tokenwarden/tokenwarden/issuer/directory"
+	"github.com/tokenwarden/tokenwarden/internal/testenv"
 	"github.com/tokenwarden/tokenwarden/jwks"
 )
 
@@ -44,10 +39,6 @@ func (c *fakeClock) Advance(d time.Duration) {
 	c.t = c.t.Add(d)
 }
 
-// testParams keep argon2id cheap in tests; production parameters are
-// exercised by the directory package's own tests.
-var testParams = directory.Params{Memory: 64, Time: 1, Threads: 1}
-
 // env is what one test shares between issuer instances: a NATS server and
 // the files of a deployment.
 type env struct {
@@ -59,76 +50,17 @@ type env struct {
 	issuer string
 }
 
-func hash(t testing.TB, s string) string {
-	h, err := directory.HashPassword([]byte(s), testParams)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return h
-}
-
 func newEnv(t testing.TB) *env {
 	t.Helper()
 	dir := t.TempDir()
-	ns, err := embeddednats.Start(embeddednats.Config{Addr: "127.0.0.1:0", StoreDir: filepath.Join(dir, "nats")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ns.Stop)
-	e := &env{t: t, nats: ns, dir: dir}
-	e.writeFiles()
-	return e
-}
-
-func (e *env) writeFiles() {
-	t := e.t
-	_, priv, _ := ed25519.GenerateKey(rand.Reader)
-	pemKey, err := EncodeDistributionKey(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	write := func(name, content string) string {
-		p := filepath.Join(e.dir, name)
-		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	kek := make([]byte, 32)
-	_, _ = rand.Read(kek)
-	e.cfg = DefaultConfig()
-	e.cfg.Listen = "127.0.0.1:0"
-	e.cfg.NATS.URL = e.nats.URL()
-	e.cfg.DistributionKeyFile = write("dist.key", string(pemKey))
-	e.cfg.KeyEncryptionKey = base64.StdEncoding.EncodeToString(kek)
-	e.cfg.UsersFile = write("users.yaml", fmt.Sprintf(`users:
-  - username: alice
-    password_hash: %q
-  - username: bob
-    password_hash: %q
-    scopes: [read]
-`, hash(t, "alice-pw"), hash(t, "bob-pw")))
-	e.cfg.ClientsFile = write("clients.yaml", fmt.Sprintf(`clients:
-  - id: app
-    secret_hash: %q
-    grants: [password, refresh_token, client_credentials]
-    scopes: [read, write]
-    audience: demo-api
-  - id: other
-    secret_hash: %q
-    grants: [password, refresh_token]
-    scopes: [read, write]
-    audience: other-api
-  - id: service
-    secret_hash: %q
-    grants: [client_credentials]
-    scopes: [read]
-    audience: [demo-api, reports]
-  - id: admin
-    secret_hash: %q
-    grants: [client_credentials]
-    scopes: ["tokenwarden:admin"]
-`, hash(t, "app-secret"), hash(t, "other-secret"), hash(t, "service-secret"), hash(t, "admin-secret")))
+	ns := testenv.NATS(t, dir)
+	d := testenv.NewDeployment(t, dir)
+	cfg := DefaultConfig()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.NATS.URL = ns.URL()
+	cfg.UsersFile, cfg.ClientsFile = d.UsersFile, d.ClientsFile
+	cfg.DistributionKeyFile, cfg.KeyEncryptionKey = d.DistributionKeyFile, d.KeyEncryptionKey
+	return &env{t: t, nats: ns, dir: dir, cfg: cfg}
 }
 
 // instance is one running issuer replica behind a real HTTP server.

@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -174,6 +175,8 @@ func cacheRun(t testing.TB, c *Cache, js jetstream.JetStream) (stop func()) {
 		once.Do(func() {
 			t0 := time.Now()
 			defer func() { println("DBG run stop took", time.Since(t0).String()) }()
+			dbg := time.AfterFunc(2*time.Second, func() { _ = pprof.Lookup("goroutine").WriteTo(os.Stderr, 1) })
+			defer dbg.Stop()
 			cancel()
 			select {
 			case err := <-done:

@@ -19,7 +19,7 @@ const (
 	HeaderSubject   = "X-Auth-Subject"
 	HeaderClientID  = "X-Auth-Client-Id"
 	HeaderScope     = "X-Auth-Scope"
-	HeaderTokenID   = "X-Auth-Token-Id"
+	HeaderTokenID   = "X-Auth-Token-Id" // #nosec G101 -- a header name, not a credential
 	HeaderExpiresAt = "X-Auth-Expires-At"
 	// HeaderRequiredScope names scopes the token must have (space-separated),
 	// as an alternative to the ?scope= query.

@@ -113,7 +113,7 @@ func TestAttackCorpus(t *testing.T) {
 	}
 	parts := strings.Split(good, ".")
 	for name, tok := range map[string]string{
-		"alg none":      b64json(`{"alg":"none","typ":"at+jwt","kid":"` + w.ring.Active().ID + `"}`) + "." + parts[1] + ".",
+		"alg none":      b64json(`{"alg":"none","typ":"at+jwt","kid":"`+w.ring.Active().ID+`"}`) + "." + parts[1] + ".",
 		"padded":        parts[0] + "=." + parts[1] + "." + parts[2],
 		"std alphabet":  strings.ReplaceAll(strings.ReplaceAll(good, "-", "+"), "_", "/"),
 		"four parts":    good + ".x",
@@ -286,7 +286,9 @@ func TestCacheHitRespectsExpiryAndKeys(t *testing.T) {
 
 type revokeAll struct{ subject string }
 
-func (r revokeAll) Check(c *jwks.Claims) (bool, string) { return c.Subject == r.subject, "subject revoked" }
+func (r revokeAll) Check(c *jwks.Claims) (bool, string) {
+	return c.Subject == r.subject, "subject revoked"
+}
 
 // TestCacheHitChecksRevocation: the revocation hook runs on hits too.
 func TestCacheHitChecksRevocation(t *testing.T) {
