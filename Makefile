@@ -34,9 +34,12 @@ vet:
 vuln:
 	$(GO) run $(GOVULNCHECK) ./...
 
-## bench: Go benchmarks (figures are ratios against baselines measured in the same run)
-bench:
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./jwks/ ./issuer/...
+## bench: Go benchmarks (figures are ratios against baselines measured in the same run),
+## then the sidecar as a process under HTTP load (/verify against /healthz, RSS)
+LOAD_DURATION ?= 10s
+bench: build
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./jwks/ ./issuer/... ./sidecar/
+	$(GO) run ./test/sidecarload -bin $(BIN) -c 32 -d $(LOAD_DURATION)
 
 ## fuzz: each fuzz target for a bounded time
 FUZZTIME ?= 30s

@@ -386,22 +386,21 @@ func (c *Cache) watch(ctx context.Context, nc *nats.Conn, kv jetstream.KeyValue)
 	if nc != nil {
 		reconnects = nc.Stats().Reconnects
 	}
-	// The watch lives as long as wctx (the client unsubscribes when it
-	// ends), so its creation is bounded by a timer rather than a deadline.
+	// The watch lives as long as wctx: the client unsubscribes (and deletes
+	// its consumer) in a goroutine of its own once wctx ends. So the
+	// creation is bounded by a timer rather than a deadline, and the watch
+	// is stopped by cancelling wctx, not by a synchronous Stop, which
+	// would wait for the server for up to 5s while NATS is down.
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	timer := time.AfterFunc(cacheOpTimeout, cancel)
 	w, err := kv.Watch(wctx, cacheBundleKey)
 	if !timer.Stop() {
-		if err == nil {
-			_ = w.Stop()
-		}
 		return false, fmt.Errorf("watch %s: timed out", cacheBundleKey)
 	}
 	if err != nil {
 		return false, fmt.Errorf("watch %s: %w", cacheBundleKey, err)
 	}
-	defer func() { _ = w.Stop() }()
 	c.watching.Store(true)
 	defer c.watching.Store(false)
 	c.log.Debug("watching JWKS bundle")

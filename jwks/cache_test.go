@@ -12,7 +12,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -100,7 +99,7 @@ func cacheWaitFor(t testing.TB, what string, cond func() bool) {
 	}
 }
 
-func cacheQuietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})) }
+func cacheQuietLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
 func cacheStartNATS(t testing.TB, addr, storeDir string) *embeddednats.Server {
 	t.Helper()
@@ -173,10 +172,6 @@ func cacheRun(t testing.TB, c *Cache, js jetstream.JetStream) (stop func()) {
 	var once sync.Once
 	stop = func() {
 		once.Do(func() {
-			t0 := time.Now()
-			defer func() { println("DBG run stop took", time.Since(t0).String()) }()
-			dbg := time.AfterFunc(2*time.Second, func() { _ = pprof.Lookup("goroutine").WriteTo(os.Stderr, 1) })
-			defer dbg.Stop()
 			cancel()
 			select {
 			case err := <-done:

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -76,15 +77,27 @@ func rowKey(k Kind, value string) string {
 }
 
 // keyIndexer indexes rows by key. FromArgs takes a string (the key) or a
-// *lookup, which the hot path fills in a reused buffer to avoid
-// allocating a key per lookup.
+// *lookup, which the hot path fills in a pooled buffer: a lookup then
+// allocates nothing but what go-memdb itself does.
 type keyIndexer struct{}
 
-type lookup struct{ buf []byte }
+// lookup is the hot path's reusable key buffer, with the argument slice
+// for Txn.First already made (a variadic call with a fresh argument would
+// allocate one every time).
+type lookup struct {
+	buf  []byte
+	args [1]any
+}
 
-func (l *lookup) key(k Kind, value string) *lookup {
-	l.buf = append(append(l.buf[:0], kindCode(k)), value...)
+var lookups = sync.Pool{New: func() any {
+	l := &lookup{buf: make([]byte, 0, 128)}
+	l.args[0] = l
 	return l
+}}
+
+func (l *lookup) key(k Kind, value string) []any {
+	l.buf = append(append(l.buf[:0], kindCode(k)), value...)
+	return l.args[:]
 }
 
 func (keyIndexer) FromObject(obj any) (bool, []byte, error) {
@@ -242,10 +255,10 @@ func (s *Set) insert(txn *memdb.Txn, e *Event, now int64) bool {
 // immutable snapshot of the set.
 func (s *Set) Check(c *jwks.Claims) (revoked bool, reason string) {
 	txn := s.db.Txn(false)
-	var l lookup
-	l.buf = make([]byte, 0, 64)
+	l := lookups.Get().(*lookup)
+	defer lookups.Put(l)
 	get := func(k Kind, value string) *row {
-		raw, err := txn.First(table, indexID, l.key(k, value))
+		raw, err := txn.First(table, indexID, l.key(k, value)...)
 		if err != nil {
 			return nil
 		}

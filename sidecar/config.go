@@ -37,7 +37,8 @@ type Config struct {
 	Leeway time.Duration `yaml:"leeway"`
 	// MaxTokenSize is the largest token accepted, in bytes.
 	MaxTokenSize int `yaml:"max_token_size"`
-	// TokenCacheSize bounds the verified-token cache (entries).
+	// TokenCacheSize bounds the verified-token cache (entries); 0 disables
+	// it.
 	TokenCacheSize int `yaml:"token_cache_size"`
 
 	NATS NATSConfig `yaml:"nats"`
@@ -119,8 +120,14 @@ func (c *Config) Validate() error {
 		add("distribution_public_key_files or TOKENWARDEN_DISTRIBUTION_PUBLIC_KEYS: at least one key is required")
 	}
 	if c.JWKSFallbackURL != "" {
-		if u, err := url.Parse(c.JWKSFallbackURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		// The fallback JWKS is unsigned: only TLS vouches for it, so plain
+		// http is refused except on loopback.
+		u, err := url.Parse(c.JWKSFallbackURL)
+		switch {
+		case err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http"):
 			add("jwks_fallback_url: %q is not an http(s) URL", c.JWKSFallbackURL)
+		case u.Scheme == "http" && !isLoopbackHost(u.Hostname()):
+			add("jwks_fallback_url: %q must use https (plain http only on loopback)", c.JWKSFallbackURL)
 		}
 	}
 	if c.KeyRefreshInterval < time.Second {
@@ -177,4 +184,12 @@ func ParseDistributionPublicKey(s string) (ed25519.PublicKey, error) {
 		}
 	}
 	return nil, errors.New("not a PEM public key nor base64 of 32 bytes")
+}
+
+func isLoopbackHost(h string) bool {
+	if h == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsLoopback()
 }

@@ -122,11 +122,29 @@ func missingScopes(c *jwks.Claims, r *http.Request) string {
 	}
 	var missing []string
 	for _, sc := range strings.Fields(required) {
+		if !validScopeToken(sc) {
+			// Not a scope any token can carry (RFC 6749 §3.3); it must not
+			// reach the quoted WWW-Authenticate value either.
+			missing = append(missing, "invalid-scope-requested")
+			continue
+		}
 		if !c.HasScope(sc) {
 			missing = append(missing, sc)
 		}
 	}
 	return strings.Join(missing, " ")
+}
+
+// validScopeToken reports whether s is an RFC 6749 scope-token:
+// %x21 / %x23-5B / %x5D-7E.
+func validScopeToken(s string) bool {
+	for i := 0; i < len(s); i++ {
+		b := s[i]
+		if b < 0x21 || b > 0x7e || b == '"' || b == '\\' {
+			return false
+		}
+	}
+	return s != ""
 }
 
 // challenge writes an RFC 6750 §3 error with its WWW-Authenticate header.

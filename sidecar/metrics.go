@@ -58,7 +58,12 @@ func newMetrics(s *Sidecar) *metrics {
 		}, func() float64 { return float64(s.keys.Status().Stale) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "tokenwarden_token_cache_entries", Help: "Entries in the verified-token cache.",
-		}, func() float64 { return float64(s.verifier.cache.len()) }),
+		}, func() float64 {
+			if s.verifier.cache == nil {
+				return 0
+			}
+			return float64(s.verifier.cache.len())
+		}),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	return m

@@ -88,7 +88,11 @@ func New(cfg Config, opts ...Option) (*Sidecar, error) {
 		return nil, err
 	}
 	s := &Sidecar{cfg: cfg, log: o.log, now: o.now, keys: keys, kick: make(chan struct{}, 1)}
-	s.verifier = &Verifier{v: v, keys: keys, cache: newTokenCache(cfg.TokenCacheSize), revoked: o.revoked,
+	var cache *tokenCache
+	if cfg.TokenCacheSize > 0 {
+		cache = newTokenCache(cfg.TokenCacheSize)
+	}
+	s.verifier = &Verifier{v: v, keys: keys, cache: cache, revoked: o.revoked,
 		leeway: int64(v.Leeway() / time.Second), now: o.now, unknownKID: s.kickRefresh}
 	s.metrics = newMetrics(s)
 	return s, nil

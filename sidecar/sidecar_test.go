@@ -430,3 +430,41 @@ func grepLines(s, sub string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+func TestConfigValidation(t *testing.T) {
+	base := func() Config {
+		c := DefaultConfig()
+		c.Issuer, c.Audience, c.DistributionPublicKeys = testIssuer, []string{testAudience}, []string{base64URL(make([]byte, 32))}
+		return c
+	}
+	if c := base(); c.Validate() != nil {
+		t.Fatal(c.Validate())
+	}
+	for name, mod := range map[string]func(*Config){
+		"no issuer":              func(c *Config) { c.Issuer = "" },
+		"no audience":            func(c *Config) { c.Audience = nil },
+		"no distribution key":    func(c *Config) { c.DistributionPublicKeys = nil },
+		"HS256 allowed":          func(c *Config) { c.Algorithms = []string{"HS256"} },
+		"none allowed":           func(c *Config) { c.Algorithms = []string{"none"} },
+		"negative leeway":        func(c *Config) { c.Leeway = -time.Second },
+		"tiny token cap":         func(c *Config) { c.MaxTokenSize = 10 },
+		"plain http fallback":    func(c *Config) { c.JWKSFallbackURL = "http://issuer.internal/.well-known/jwks.json" },
+		"no listener":            func(c *Config) { c.Listen, c.Socket = "", "" },
+		"bad listen":             func(c *Config) { c.Listen = "8181" },
+		"refresh interval below": func(c *Config) { c.KeyRefreshInterval = time.Millisecond },
+	} {
+		c := base()
+		mod(&c)
+		if c.Validate() == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	c := base()
+	c.JWKSFallbackURL = "http://127.0.0.1:8080/.well-known/jwks.json"
+	if err := c.Validate(); err != nil {
+		t.Errorf("loopback http fallback refused: %v", err)
+	}
+	if _, err := ParseDistributionPublicKey("-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----"); err == nil {
+		t.Error("truncated PEM accepted")
+	}
+}

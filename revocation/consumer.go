@@ -1,0 +1,447 @@
+package revocation
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"runtime"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Observer receives what a Consumer does, for metrics. Its methods are
+// called from the consumer's applying goroutine, one at a time, and must
+// not block.
+type Observer interface {
+	// Applied: e was verified and added to the set. delay is the time
+	// from the event's iat (millisecond precision) to now. Events replayed
+	// while the consumer catches up are reported too, while CaughtUp() is
+	// still false: an observer measuring propagation delay should skip
+	// those, whose delay is their age.
+	Applied(e *Event, delay time.Duration)
+	// Dropped: a message was not applied because it is "forged" (not
+	// signed by a trusted distribution key, not a JWS) or "invalid"
+	// (signed, but not a valid event).
+	Dropped(reason string)
+	// Lag is the number of messages in the stream not yet delivered to the
+	// consumer, as last reported by JetStream.
+	Lag(n uint64)
+}
+
+// Reasons given to Observer.Dropped.
+const (
+	DropForged  = "forged"
+	DropInvalid = "invalid"
+)
+
+type nopObserver struct{}
+
+func (nopObserver) Applied(*Event, time.Duration) {}
+func (nopObserver) Dropped(string)                {}
+func (nopObserver) Lag(uint64)                    {}
+
+// ConsumerOption configures a Consumer.
+type ConsumerOption func(*Consumer)
+
+// WithLogger sets the logger (default slog.Default()).
+func WithLogger(l *slog.Logger) ConsumerOption { return func(c *Consumer) { c.log = l } }
+
+// WithClock sets the clock for propagation delays (default time.Now).
+func WithClock(now func() time.Time) ConsumerOption { return func(c *Consumer) { c.now = now } }
+
+// WithObserver sets the observer (default none).
+func WithObserver(o Observer) ConsumerOption { return func(c *Consumer) { c.obs = o } }
+
+// WithVerifyWorkers sets how many goroutines verify signatures (default
+// GOMAXPROCS). Events are still applied in stream order.
+func WithVerifyWorkers(n int) ConsumerOption { return func(c *Consumer) { c.workers = n } }
+
+// Tuning of the consumer.
+const (
+	// pullBatch is how many messages JetStream may have in flight to the
+	// consumer: large enough that a replay is not paced by round trips.
+	pullBatch = 2048
+	// applyBatch bounds how many verified events one write transaction
+	// applies.
+	applyBatch = 1024
+	// idleCheck is how long the consumer waits for a message before it
+	// asks JetStream whether anything is left to replay (the events at the
+	// end of the stream may have expired since it looked).
+	idleCheck = time.Second
+	// Backoff between attempts to bind the stream.
+	minBackoff = 100 * time.Millisecond
+	maxBackoff = 5 * time.Second
+	// requestTimeout bounds each JetStream API call of the consumer.
+	requestTimeout = 10 * time.Second
+)
+
+// Consumer replays the revocation stream into a Set and then follows it.
+type Consumer struct {
+	js      jetstream.JetStream
+	prefix  string
+	trusted []ed25519.PublicKey
+	set     *Set
+	log     *slog.Logger
+	now     func() time.Time
+	obs     Observer
+	workers int
+
+	running  atomic.Bool
+	caughtUp atomic.Bool
+	lastSeq  atomic.Uint64
+
+	// Owned by the applying goroutine of the current session.
+	target    uint64 // stream's last sequence when the replay began
+	started   time.Time
+	lastDrop  time.Time
+	suppressed int
+}
+
+// NewConsumer returns a consumer of prefix's revocation stream that
+// applies to set every event signed by one of trusted. Nothing happens
+// until Run.
+func NewConsumer(js jetstream.JetStream, prefix string, trusted []ed25519.PublicKey, set *Set, opts ...ConsumerOption) *Consumer {
+	c := &Consumer{
+		js:      js,
+		prefix:  prefix,
+		trusted: trusted,
+		set:     set,
+		log:     slog.Default(),
+		now:     time.Now,
+		obs:     nopObserver{},
+		workers: runtime.GOMAXPROCS(0),
+	}
+	for _, o := range opts {
+		o(c)
+	}
+	if c.obs == nil {
+		c.obs = nopObserver{}
+	}
+	c.workers = max(c.workers, 1)
+	return c
+}
+
+// CaughtUp reports whether the consumer has applied everything the stream
+// held when it first subscribed (it stays true afterwards, also while NATS
+// is unreachable: the set is then as fresh as it can be).
+func (c *Consumer) CaughtUp() bool { return c.caughtUp.Load() }
+
+// LastSeq is the stream sequence of the last message processed (applied
+// or dropped).
+func (c *Consumer) LastSeq() uint64 { return c.lastSeq.Load() }
+
+// Run consumes until ctx is done, then returns nil. It binds the stream,
+// retrying with backoff while the stream does not exist or NATS is
+// unreachable, replays it from the start with an ordered consumer and
+// follows it. Every message is verified before it reaches the set;
+// anything else is dropped and reported. After a disconnect the ordered
+// consumer resumes after the last message delivered; if it fails
+// altogether, Run recreates it from the sequence after the last one
+// processed, so no event is skipped and none is processed twice. Run
+// returns an error only if it cannot work at all: no trusted key, or the
+// NATS connection closed for good.
+func (c *Consumer) Run(ctx context.Context) error {
+	if len(c.trusted) == 0 {
+		return errors.New("revocation consumer: no trusted distribution key")
+	}
+	if !c.running.CompareAndSwap(false, true) {
+		return errors.New("revocation consumer: already running")
+	}
+	defer c.running.Store(false)
+	c.started = c.now()
+	backoff := minBackoff
+	failures := 0
+	for {
+		progress, err := c.session(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if conn := c.js.Conn(); conn != nil && conn.IsClosed() {
+			return fmt.Errorf("revocation consumer: %w", nats.ErrConnectionClosed)
+		}
+		if progress {
+			backoff, failures = minBackoff, 0
+		}
+		failures++
+		lvl := slog.LevelDebug
+		if failures == 1 || failures%20 == 0 {
+			lvl = slog.LevelWarn
+		}
+		c.log.Log(ctx, lvl, "revocation stream unavailable, retrying",
+			"stream", StreamName(c.prefix), "err", err, "attempt", failures, "retry_in", backoff)
+		// Jitter spreads the sidecars of a cluster that lost NATS together.
+		wait := backoff/2 + rand.N(backoff/2+1) // #nosec G404 -- jitter, not a secret
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		backoff = min(backoff*2, maxBackoff)
+	}
+}
+
+// job is one message on its way through verification to the set.
+type job struct {
+	seq     uint64
+	pending uint64
+	data    []byte
+	ev      *Event
+	err     error
+	done    chan struct{}
+}
+
+// session binds the stream, creates an ordered consumer from where the
+// last session stopped and processes messages until something fails. It
+// reports whether it processed any message.
+func (c *Consumer) session(ctx context.Context) (progress bool, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	rctx, rcancel := context.WithTimeout(ctx, requestTimeout)
+	stream, err := c.js.Stream(rctx, StreamName(c.prefix))
+	rcancel()
+	if err != nil {
+		return false, fmt.Errorf("bind stream: %w", err)
+	}
+	state := stream.CachedInfo().State
+	last := c.lastSeq.Load()
+	if state.LastSeq < last {
+		// The stream was deleted and made again: its sequences start over.
+		// Replay it whole; Apply ignores the events the set already holds.
+		c.log.Warn("revocation stream restarted its sequence, replaying it", "stream", StreamName(c.prefix),
+			"last_seq", state.LastSeq, "had", last)
+		last = 0
+		c.lastSeq.Store(0)
+	}
+	if !c.caughtUp.Load() {
+		c.target = state.LastSeq
+		if state.Msgs == 0 || state.LastSeq <= last {
+			c.markCaughtUp(0)
+		}
+	}
+
+	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy}
+	if last > 0 {
+		cfg = jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: last + 1}
+	}
+	rctx, rcancel = context.WithTimeout(ctx, requestTimeout)
+	cons, err := stream.OrderedConsumer(rctx, cfg)
+	rcancel()
+	if err != nil {
+		return false, fmt.Errorf("create consumer: %w", err)
+	}
+	if info := cons.CachedInfo(); info != nil && info.NumPending == 0 && !c.caughtUp.Load() {
+		c.markCaughtUp(0)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(pullBatch))
+	if err != nil {
+		return false, fmt.Errorf("consume: %w", err)
+	}
+	// Stop unblocks the reader's Next, also while the ordered consumer is
+	// recreating itself after a disconnect.
+	go func() { <-ctx.Done(); it.Stop() }()
+
+	work := make(chan *job, pullBatch)
+	order := make(chan *job, pullBatch)
+	readErr := make(chan error, 1)
+	go c.read(ctx, it, work, order, readErr)
+	for range c.workers {
+		go c.verify(ctx, work)
+	}
+	return c.apply(ctx, cons, order, readErr)
+}
+
+// read hands each message to the verifiers and, in stream order, to the
+// applier.
+func (c *Consumer) read(ctx context.Context, it jetstream.MessagesContext, work, order chan<- *job, readErr chan<- error) {
+	var err error
+	defer func() {
+		readErr <- err // before the close, which is what the applier waits for
+		close(work)
+		close(order)
+	}()
+	for {
+		var msg jetstream.Msg
+		msg, err = it.Next()
+		if err != nil {
+			return
+		}
+		j := &job{data: msg.Data(), done: make(chan struct{})}
+		if md, err := msg.Metadata(); err == nil {
+			j.seq, j.pending = md.Sequence.Stream, md.NumPending
+		} else {
+			j.err = fmt.Errorf("%w: no JetStream metadata: %w", ErrInvalid, err)
+		}
+		select {
+		case work <- j:
+		case <-ctx.Done():
+			err = ctx.Err()
+			return
+		}
+		select {
+		case order <- j:
+		case <-ctx.Done():
+			err = ctx.Err()
+			return
+		}
+	}
+}
+
+// verify checks signatures, several in parallel: Ed25519 verification is
+// the bulk of the cost of a replay.
+func (c *Consumer) verify(ctx context.Context, work <-chan *job) {
+	for {
+		select {
+		case j, ok := <-work:
+			if !ok {
+				return
+			}
+			if j.err == nil {
+				j.ev, j.err = Verify(j.data, c.trusted)
+			}
+			j.data = nil
+			close(j.done)
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// apply applies verified events in stream order, a batch at a time.
+func (c *Consumer) apply(ctx context.Context, cons jetstream.Consumer, order <-chan *job, readErr <-chan error) (progress bool, err error) {
+	batch := make([]*job, 0, applyBatch)
+	events := make([]*Event, 0, applyBatch)
+	applied := make([]bool, applyBatch)
+	idle := time.NewTimer(idleCheck)
+	defer idle.Stop()
+	wait := func(j *job) bool {
+		select {
+		case <-j.done:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return progress, ctx.Err()
+		case <-idle.C:
+			if !c.caughtUp.Load() {
+				c.checkReplayed(ctx, cons)
+			}
+			idle.Reset(idleCheck)
+			continue
+		case j, ok := <-order:
+			if !ok {
+				return progress, fmt.Errorf("messages: %w", <-readErr)
+			}
+			if !wait(j) {
+				return progress, ctx.Err()
+			}
+			batch = append(batch[:0], j)
+		}
+		// Take whatever else has arrived, up to a batch.
+		closed := false
+	more:
+		for len(batch) < applyBatch {
+			select {
+			case j, ok := <-order:
+				if !ok {
+					closed = true
+					break more
+				}
+				if !wait(j) {
+					return progress, ctx.Err()
+				}
+				batch = append(batch, j)
+			default:
+				break more
+			}
+		}
+		c.applyBatch(batch, events[:0], applied)
+		progress = true
+		if closed {
+			return progress, fmt.Errorf("messages: %w", <-readErr)
+		}
+		idle.Reset(idleCheck)
+	}
+}
+
+func (c *Consumer) applyBatch(batch []*job, events []*Event, applied []bool) {
+	for _, j := range batch {
+		if j.err != nil {
+			events = append(events, nil)
+			c.dropped(j)
+			continue
+		}
+		events = append(events, j.ev)
+	}
+	c.set.applyAll(events, applied[:len(events)])
+	now := c.now()
+	for i, j := range batch {
+		if applied[i] {
+			c.obs.Applied(j.ev, max(now.Sub(j.ev.Time()), 0))
+		} else if j.err == nil {
+			c.log.Debug("revocation event not applied: duplicate or expired", "seq", j.seq, "id", j.ev.ID)
+		}
+	}
+	lastJob := batch[len(batch)-1]
+	for i := len(batch) - 1; i >= 0; i-- {
+		if batch[i].seq != 0 {
+			c.lastSeq.Store(batch[i].seq)
+			break
+		}
+	}
+	c.obs.Lag(lastJob.pending)
+	if !c.caughtUp.Load() && (c.lastSeq.Load() >= c.target || lastJob.pending == 0) {
+		c.markCaughtUp(lastJob.pending)
+	}
+}
+
+// dropped reports a message that failed verification, logging at most one
+// line a second (anyone who may publish on the subjects could otherwise
+// flood the logs).
+func (c *Consumer) dropped(j *job) {
+	reason := DropForged
+	if errors.Is(j.err, ErrInvalid) {
+		reason = DropInvalid
+	}
+	c.obs.Dropped(reason)
+	now := c.now()
+	if now.Sub(c.lastDrop) < time.Second {
+		c.suppressed++
+		return
+	}
+	c.log.Warn("revocation message dropped", "reason", reason, "seq", j.seq, "err", j.err, "suppressed", c.suppressed)
+	c.lastDrop, c.suppressed = now, 0
+}
+
+// checkReplayed asks JetStream whether the consumer has been delivered
+// everything: the messages the replay was waiting for may have expired
+// from the stream meanwhile.
+func (c *Consumer) checkReplayed(ctx context.Context, cons jetstream.Consumer) {
+	rctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	info, err := cons.Info(rctx)
+	if err != nil {
+		return
+	}
+	if info.NumPending == 0 && info.Delivered.Stream <= c.lastSeq.Load() {
+		c.markCaughtUp(0)
+	}
+}
+
+func (c *Consumer) markCaughtUp(lag uint64) {
+	if c.caughtUp.CompareAndSwap(false, true) {
+		c.obs.Lag(lag)
+		c.log.Info("revocation stream replayed", "stream", StreamName(c.prefix),
+			"last_seq", c.lastSeq.Load(), "events", c.set.Len(), "took", c.now().Sub(c.started).Round(time.Millisecond))
+	}
+}

@@ -1,0 +1,279 @@
+// Command sidecarload measures the sidecar as a separate process, the way
+// it runs in a pod: requests/s and latency of /verify (cache hits) against
+// /healthz of the same server, over loopback keep-alive connections, and
+// its resident memory idle and under that load.
+//
+// It starts `tokenwarden dev` (NATS + issuer) and one `tokenwarden sidecar`
+// process from the binary given by -bin, so build first (make build). All
+// traffic stays on 127.0.0.1; every phase is bounded in time.
+//
+//	go run ./test/sidecarload -bin bin/tokenwarden -c 32 -d 10s
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+func main() {
+	bin := flag.String("bin", "bin/tokenwarden", "tokenwarden binary")
+	conns := flag.Int("c", 32, "concurrent keep-alive connections")
+	dur := flag.Duration("d", 10*time.Second, "duration of each load phase")
+	flag.Parse()
+	if err := run(*bin, *conns, *dur); err != nil {
+		fmt.Fprintln(os.Stderr, "sidecarload:", err)
+		os.Exit(1)
+	}
+}
+
+func run(bin string, conns int, dur time.Duration) error {
+	dir, err := os.MkdirTemp("", "sidecarload")
+	if err != nil {
+		return err
+	}
+	defer func() { _ = os.RemoveAll(dir) }()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+
+	// The rest of the system: NATS and an issuer (dev also runs a sidecar,
+	// which is not measured).
+	dev := exec.CommandContext(ctx, bin, "dev", "--data", filepath.Join(dir, "dev"), "--issuer-addr", "127.0.0.1:0",
+		"--sidecar-addr", "127.0.0.1:0", "--nats-addr", "127.0.0.1:0", "--log-level", "warn")
+	out, err := dev.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	dev.Stderr = os.Stderr
+	if err := dev.Start(); err != nil {
+		return fmt.Errorf("start dev: %w", err)
+	}
+	defer func() { _ = dev.Process.Signal(os.Interrupt); _ = dev.Wait() }()
+	issuerURL, natsURL, err := readBanner(out)
+	if err != nil {
+		return err
+	}
+	go func() { _, _ = io.Copy(io.Discard, out) }()
+
+	addr, err := freeAddr()
+	if err != nil {
+		return err
+	}
+	sc := exec.CommandContext(ctx, bin, "sidecar", "--listen", addr, "--issuer", issuerURL, "--audience", "demo-api",
+		"--nats-url", natsURL, "--distribution-public-key-file", filepath.Join(dir, "dev", "distribution.pub"), "--log-level", "warn")
+	sc.Stderr = os.Stderr
+	if err := sc.Start(); err != nil {
+		return fmt.Errorf("start sidecar: %w", err)
+	}
+	defer func() { _ = sc.Process.Signal(os.Interrupt); _ = sc.Wait() }()
+	base := "http://" + addr
+	if err := waitReady(base+"/readyz", 30*time.Second); err != nil {
+		return err
+	}
+	time.Sleep(2 * time.Second) // let start-up garbage be collected
+	idle, err := rssKiB(sc.Process.Pid)
+	if err != nil {
+		return err
+	}
+	tok, err := token(issuerURL)
+	if err != nil {
+		return err
+	}
+
+	health := load(base+"/healthz", "", conns, dur, nil)
+	var peak atomic.Int64
+	verify := load(base+"/verify", tok, conns, dur, func() {
+		if kib, err := rssKiB(sc.Process.Pid); err == nil && int64(kib) > peak.Load() {
+			peak.Store(int64(kib))
+		}
+	})
+	fmt.Printf("sidecar load: %d connections, %s per phase, loopback, keep-alive\n", conns, dur)
+	fmt.Printf("  /healthz  %8.0f req/s  p50 %-9s p99 %-9s errors %d\n", health.rps, health.p50, health.p99, health.errors)
+	fmt.Printf("  /verify   %8.0f req/s  p50 %-9s p99 %-9s errors %d  (cache hits)\n", verify.rps, verify.p50, verify.p99, verify.errors)
+	fmt.Printf("  /verify ÷ /healthz = %.2f\n", verify.rps/health.rps)
+	fmt.Printf("  sidecar RSS: idle %.1f MB, peak under /verify load %.1f MB\n", float64(idle)/1024, float64(peak.Load())/1024)
+	if verify.errors > 0 || health.errors > 0 {
+		return errors.New("requests failed during the load")
+	}
+	return nil
+}
+
+var (
+	issuerRE = regexp.MustCompile(`issuer\s+(http://\S+)`)
+	natsRE   = regexp.MustCompile(`NATS\s+(nats://\S+)`)
+)
+
+func readBanner(r io.Reader) (issuerURL, natsURL string, err error) {
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		if m := issuerRE.FindStringSubmatch(sc.Text()); m != nil && issuerURL == "" {
+			issuerURL = m[1]
+		}
+		if m := natsRE.FindStringSubmatch(sc.Text()); m != nil {
+			natsURL = m[1]
+		}
+		if issuerURL != "" && natsURL != "" {
+			return issuerURL, natsURL, nil
+		}
+	}
+	return "", "", errors.New("tokenwarden dev exited before printing its banner")
+}
+
+func freeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer func() { _ = ln.Close() }()
+	return ln.Addr().String(), nil
+}
+
+func waitReady(u string, within time.Duration) error {
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		if resp, err := http.Get(u); err == nil { // #nosec G107 -- loopback URL built here
+			_ = resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return nil
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("%s not ready within %s", u, within)
+}
+
+func token(issuerURL string) (string, error) {
+	form := url.Values{"grant_type": {"client_credentials"}, "scope": {"read"}}
+	req, _ := http.NewRequest("POST", issuerURL+"/oauth2/token", strings.NewReader(form.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.SetBasicAuth("demo-app", "demo-secret")
+	var resp *http.Response
+	var err error
+	for range 50 { // the issuer may still be loading its keys
+		if resp, err = http.DefaultClient.Do(req); err == nil && resp.StatusCode == 200 {
+			break
+		}
+		if resp != nil {
+			_ = resp.Body.Close()
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		return "", err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	var t struct {
+		AccessToken string `json:"access_token"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&t); err != nil || t.AccessToken == "" {
+		return "", fmt.Errorf("no access token from the issuer: %v", err)
+	}
+	return t.AccessToken, nil
+}
+
+type result struct {
+	rps      float64
+	p50, p99 time.Duration
+	errors   int64
+}
+
+// load sends GETs to u on conns keep-alive connections for dur and reports
+// throughput and latency percentiles. sample, if set, runs every 100ms.
+func load(u, tok string, conns int, dur time.Duration, sample func()) result {
+	tr := &http.Transport{MaxIdleConnsPerHost: conns, MaxConnsPerHost: conns, DisableCompression: true}
+	client := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	defer tr.CloseIdleConnections()
+	var (
+		mu    sync.Mutex
+		lat   []time.Duration
+		count atomic.Int64
+		errs  atomic.Int64
+		wg    sync.WaitGroup
+	)
+	end := time.Now().Add(dur)
+	stop := make(chan struct{})
+	if sample != nil {
+		go func() {
+			t := time.NewTicker(100 * time.Millisecond)
+			defer t.Stop()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-t.C:
+					sample()
+				}
+			}
+		}()
+	}
+	start := time.Now()
+	for range conns {
+		wg.Go(func() {
+			local := make([]time.Duration, 0, 1<<16)
+			req, _ := http.NewRequest("GET", u, nil)
+			if tok != "" {
+				req.Header.Set("Authorization", "Bearer "+tok)
+			}
+			for time.Now().Before(end) {
+				t0 := time.Now()
+				resp, err := client.Do(req)
+				if err != nil {
+					errs.Add(1)
+					continue
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				_ = resp.Body.Close()
+				if resp.StatusCode != 200 {
+					errs.Add(1)
+				}
+				local = append(local, time.Since(t0))
+				count.Add(1)
+			}
+			mu.Lock()
+			lat = append(lat, local...)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	close(stop)
+	elapsed := time.Since(start)
+	slices.Sort(lat)
+	pct := func(p float64) time.Duration {
+		if len(lat) == 0 {
+			return 0
+		}
+		return lat[min(len(lat)-1, int(float64(len(lat))*p))].Round(time.Microsecond)
+	}
+	return result{rps: float64(count.Load()) / elapsed.Seconds(), p50: pct(0.50), p99: pct(0.99), errors: errs.Load()}
+}
+
+// rssKiB reads a process's resident set size from /proc.
+func rssKiB(pid int) (int, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			return strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(rest), " kB"))
+		}
+	}
+	return 0, errors.New("no VmRSS in /proc status")
+}
