@@ -35,6 +35,11 @@ func (s *Server) admin(h http.HandlerFunc) http.HandlerFunc {
 			writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "invalid_token", "error_description": desc})
 			return
 		}
+		if revoked, reason := s.revocations.Check(claims); revoked {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="tokenwarden", error="invalid_token", error_description="`+reason+`"`)
+			writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "invalid_token", "error_description": reason})
+			return
+		}
 		if !claims.HasScope(AdminScope) {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="tokenwarden", error="insufficient_scope", scope="`+AdminScope+`"`)
 			writeJSON(w, http.StatusForbidden, map[string]string{"error": "insufficient_scope", "error_description": "scope " + AdminScope + " required"})

@@ -39,11 +39,13 @@ func (s *Server) handleDiscovery(w http.ResponseWriter, _ *http.Request) {
 	}
 	w.Header().Set("Cache-Control", "public, max-age=300")
 	writeJSON(w, http.StatusOK, map[string]any{
-		"issuer":                                s.cfg.Issuer,
-		"token_endpoint":                        base + "/oauth2/token",
-		"jwks_uri":                              base + "/.well-known/jwks.json",
-		"grant_types_supported":                 []string{directory.GrantPassword, directory.GrantClientCredentials, directory.GrantRefreshToken},
-		"token_endpoint_auth_methods_supported": []string{"client_secret_basic", "client_secret_post"},
+		"issuer":              s.cfg.Issuer,
+		"token_endpoint":      base + "/oauth2/token",
+		"jwks_uri":            base + "/.well-known/jwks.json",
+		"revocation_endpoint": base + "/oauth2/revoke",
+		"revocation_endpoint_auth_methods_supported":       []string{"client_secret_basic", "client_secret_post"},
+		"grant_types_supported":                            []string{directory.GrantPassword, directory.GrantClientCredentials, directory.GrantRefreshToken},
+		"token_endpoint_auth_methods_supported":            []string{"client_secret_basic", "client_secret_post"},
 		"token_endpoint_auth_signing_alg_values_supported": algs,
 		"id_token_signing_alg_values_supported":            algs,
 		"response_types_supported":                         []string{},

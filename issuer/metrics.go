@@ -19,6 +19,16 @@ type metrics struct {
 	natsConnected   prometheus.Gauge
 	requestDuration *prometheus.HistogramVec
 	directoryReload *prometheus.CounterVec
+	// revocationsPublished counts events stored on the stream, by kind.
+	revocationsPublished *prometheus.CounterVec
+}
+
+// setSize exports the size of the issuer's revocation set, read at scrape
+// time.
+func (m *metrics) setSize(n func() int) {
+	m.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "tokenwarden_revocation_set_size", Help: "Live revocation events held.",
+	}, func() float64 { return float64(n()) }))
 }
 
 func newMetrics() *metrics {
@@ -57,9 +67,12 @@ func newMetrics() *metrics {
 		directoryReload: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tokenwarden_directory_reloads_total", Help: "Reloads of the users and clients files, by result.",
 		}, []string{"result"}),
+		revocationsPublished: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenwarden_revocations_published_total", Help: "Revocation events stored on the stream (acknowledged by JetStream), by kind.",
+		}, []string{"kind"}),
 	}
 	for _, c := range []prometheus.Collector{m.tokensIssued, m.tokenErrors, m.refreshReuse, m.rateLimited, m.rotations,
-		m.ringSequence, m.bundleSequence, m.natsConnected, m.requestDuration, m.directoryReload,
+		m.ringSequence, m.bundleSequence, m.natsConnected, m.requestDuration, m.directoryReload, m.revocationsPublished,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}

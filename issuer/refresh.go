@@ -98,6 +98,9 @@ func (s familyStore) revoke(ctx context.Context, id, reason string) (*family, er
 		if f.Revoked {
 			return f, nil
 		}
+		// The current hash joins the used ones: a revoked family accepts no
+		// token, but its owner can still prove it held one (a logout retry).
+		f.Used = append(f.Used, f.Current)
 		f.Revoked, f.Reason, f.Current = true, reason, ""
 		err = s.update(ctx, f, rev)
 		if errors.Is(err, errFamilyConflict) {

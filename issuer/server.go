@@ -7,10 +7,12 @@ package issuer
 import (
 	"context"
 	"crypto/ed25519"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -19,6 +21,7 @@ import (
 	"github.com/tokenwarden/tokenwarden/internal/natsconn"
 	"github.com/tokenwarden/tokenwarden/issuer/directory"
 	"github.com/tokenwarden/tokenwarden/jwks"
+	"github.com/tokenwarden/tokenwarden/revocation"
 )
 
 // Server is one issuer replica.
@@ -33,6 +36,13 @@ type Server struct {
 	keys     *keyManager
 	families familyStore
 	verifier *jwks.Verifier
+	// anyAudience verifies this issuer's own tokens whatever their audience,
+	// for RFC 7009 revocation.
+	anyAudience *jwks.Verifier
+
+	publisher   *revocation.Publisher
+	revocations *revocation.Set
+	consumer    atomic.Pointer[revocation.Consumer]
 
 	userLimiter *failureLimiter
 	ipLimiter   *failureLimiter
@@ -96,6 +106,12 @@ func New(cfg Config, opts ...Option) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.anyAudience, err = jwks.NewVerifier(jwks.VerifierConfig{Issuer: cfg.Issuer, AnyAudience: true, Leeway: cfg.Leeway, Now: s.now}, s.keys)
+	if err != nil {
+		return nil, err
+	}
+	s.revocations = revocation.NewSet(revocation.WithSetClock(s.now))
+	s.metrics.setSize(s.revocations.Len)
 	return s, nil
 }
 
@@ -145,15 +161,21 @@ func (s *Server) ready() error {
 			return fmt.Errorf("%s: %s", check, p)
 		}
 	}
+	if c := s.consumer.Load(); c == nil || !c.CaughtUp() {
+		return errors.New("revocations: replaying the revocation stream")
+	}
 	return nil
 }
 
 func (s *Server) statusSnapshot() map[string]string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := map[string]string{"nats": "ok", "keys": "ok"}
+	out := map[string]string{"nats": "ok", "keys": "ok", "revocations": "ok"}
 	for k, v := range s.status {
 		out[k] = v
+	}
+	if c := s.consumer.Load(); c == nil || !c.CaughtUp() {
+		out["revocations"] = "replaying the revocation stream"
 	}
 	return out
 }
@@ -184,6 +206,15 @@ func (s *Server) Run(ctx context.Context) error {
 		return nil
 	}
 	s.setStatus("keys", "")
+	consumer := revocation.NewConsumer(js, s.cfg.NATS.Prefix, []ed25519.PublicKey{s.DistributionPublicKey()}, s.revocations,
+		revocation.WithLogger(s.log), revocation.WithClock(s.now))
+	s.consumer.Store(consumer)
+	wg.Go(func() {
+		if err := consumer.Run(ctx); err != nil && ctx.Err() == nil {
+			s.log.Error("revocation consumer stopped", "err", err)
+		}
+	})
+	wg.Go(func() { s.revocations.RunGC(ctx, 30*time.Second, s.now) })
 	if err := s.keys.publish(ctx); err != nil {
 		s.log.Warn("publish JWKS bundle", "err", err)
 	}
@@ -236,7 +267,14 @@ func (s *Server) setupBuckets(ctx context.Context, js jetstream.JetStream) error
 	if err != nil {
 		return err
 	}
+	// Events live until their expires_at (per-message TTL); MaxAge is only
+	// the upper bound, generous against clients whose TTLs grow later.
+	maxAge := max(24*time.Hour, 2*(s.maxTokenTTL()+s.cfg.Leeway))
+	if _, err := revocation.EnsureStream(ctx, js, revocation.StreamConfig{Prefix: p, Replicas: r, MaxAge: maxAge}); err != nil {
+		return fmt.Errorf("revocation stream: %w", err)
+	}
 	s.keys.kv, s.keys.bundles, s.families = ring, bundles, familyStore{kv: fams}
+	s.publisher = revocation.NewPublisher(js, p, s.dist)
 	return nil
 }
 
@@ -251,6 +289,9 @@ func (s *Server) Handler() http.Handler {
 	route("GET /.well-known/jwks.json", s.handleJWKS)
 	route("GET /.well-known/openid-configuration", s.handleDiscovery)
 	route("GET /.well-known/oauth-authorization-server", s.handleDiscovery)
+	route("/oauth2/revoke", s.handleRevoke)
+	route("POST /admin/v1/revocations", s.admin(s.handleCreateRevocation))
+	route("GET /admin/v1/revocations", s.admin(s.handleListRevocations))
 	route("GET /admin/v1/keys", s.admin(s.handleListKeys))
 	route("POST /admin/v1/keys/rotate", s.admin(s.handleRotate))
 	route("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/tokenwarden/tokenwarden/issuer/directory"
 	"github.com/tokenwarden/tokenwarden/jwks"
+	"github.com/tokenwarden/tokenwarden/revocation"
 )
 
 // tokenResponse is the RFC 6749 §5.1 success body.
@@ -239,6 +240,12 @@ func (s *Server) refreshGrant(ctx context.Context, c *directory.Client, form url
 	if f.Revoked {
 		return nil, errInvalidGrant("refresh token revoked")
 	}
+	if revoked, reason := s.familyRevoked(f); revoked {
+		if _, err := s.families.revoke(ctx, f.ID, reason); err != nil {
+			s.log.Warn("mark revoked refresh token family", "family", f.ID, "err", err)
+		}
+		return nil, errInvalidGrant("refresh token revoked: " + reason)
+	}
 	h := hashToken(token)
 	if !hashEqual(h, f.Current) {
 		for _, used := range f.Used {
@@ -308,6 +315,11 @@ func (s *Server) reuseDetected(ctx context.Context, f *family) error {
 	if _, err := s.families.revoke(ctx, f.ID, "refresh token reuse"); err != nil {
 		s.log.Error("revoke refresh token family after reuse", "family", f.ID, "err", err)
 		return errUnavailable("refresh token store unavailable")
+	}
+	// The access tokens of the session may be in the thief's hands too.
+	if _, _, err := s.revokeEvent(ctx, revocation.KindSID, f.SessionID, time.Time{}, "refresh token reuse"); err != nil {
+		s.log.Error("revoke session after refresh token reuse", "sid", f.SessionID, "err", err)
+		return errUnavailable("session revocation not stored")
 	}
 	return errInvalidGrant("refresh token already used; the session has been revoked")
 }

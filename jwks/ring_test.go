@@ -210,3 +210,25 @@ func TestNewKeySetRejectsBrokenKeys(t *testing.T) {
 		}
 	}
 }
+
+func TestAnyAudience(t *testing.T) {
+	r, _ := NewRing(time.Now(), DefaultPolicy())
+	ks, _ := r.KeySet()
+	now := time.Now()
+	tok, _ := r.Active().Sign(&Claims{Issuer: "https://iss", Subject: "s", Audience: Audience{"whatever"}, Expiry: now.Add(time.Minute).Unix(),
+		IssuedAt: now.Unix(), ID: "j", ClientID: "c"})
+	v, err := NewVerifier(VerifierConfig{Issuer: "https://iss", AnyAudience: true}, StaticKeys(ks))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.Verify(tok); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewVerifier(VerifierConfig{Issuer: "https://iss", AnyAudience: true, Audience: []string{"a"}}, StaticKeys(ks)); err == nil {
+		t.Fatal("AnyAudience with an audience list accepted")
+	}
+	strict, _ := NewVerifier(VerifierConfig{Issuer: "https://iss", Audience: []string{"api"}}, StaticKeys(ks))
+	if _, err := strict.Verify(tok); !errors.Is(err, ErrWrongAudience) {
+		t.Fatalf("strict verifier: %v", err)
+	}
+}

@@ -129,6 +129,10 @@ type VerifierConfig struct {
 	// Audience: the token's aud must contain at least one of these.
 	// Required, no empty entries.
 	Audience []string
+	// AnyAudience skips the audience check (Audience must then be empty).
+	// Only for an issuer inspecting tokens it signed itself, e.g. to revoke
+	// one (RFC 7009), where who the token was for does not matter.
+	AnyAudience bool
 	// Algorithms is the allow-list of header algs; empty means all of
 	// SupportedAlgorithms(). Anything else (none, HS*, …) is refused.
 	Algorithms []Algorithm
@@ -145,15 +149,16 @@ type VerifierConfig struct {
 // Verifier verifies RFC 9068 access tokens. It is immutable and safe for
 // concurrent use.
 type Verifier struct {
-	issuer     string
-	audience   []string
-	allowES256 bool
-	allowEdDSA bool
-	allowRS256 bool
-	leeway     time.Duration
-	maxSize    int
-	now        func() time.Time
-	keys       KeySource
+	issuer      string
+	audience    []string
+	anyAudience bool
+	allowES256  bool
+	allowEdDSA  bool
+	allowRS256  bool
+	leeway      time.Duration
+	maxSize     int
+	now         func() time.Time
+	keys        KeySource
 }
 
 // NewVerifier validates cfg, applies its defaults and returns a Verifier
@@ -165,7 +170,10 @@ func NewVerifier(cfg VerifierConfig, keys KeySource) (*Verifier, error) {
 	if cfg.Issuer == "" {
 		return nil, errors.New("jwks: verifier config: issuer is required")
 	}
-	if len(cfg.Audience) == 0 {
+	switch {
+	case cfg.AnyAudience && len(cfg.Audience) > 0:
+		return nil, errors.New("jwks: verifier config: AnyAudience with an audience list")
+	case !cfg.AnyAudience && len(cfg.Audience) == 0:
 		return nil, errors.New("jwks: verifier config: at least one audience is required")
 	}
 	for i, a := range cfg.Audience {
@@ -180,12 +188,13 @@ func NewVerifier(cfg VerifierConfig, keys KeySource) (*Verifier, error) {
 		return nil, fmt.Errorf("jwks: verifier config: max token size %d is negative", cfg.MaxTokenSize)
 	}
 	v := &Verifier{
-		issuer:   cfg.Issuer,
-		audience: append([]string(nil), cfg.Audience...),
-		leeway:   cfg.Leeway,
-		maxSize:  cfg.MaxTokenSize,
-		now:      cfg.Now,
-		keys:     keys,
+		issuer:      cfg.Issuer,
+		audience:    append([]string(nil), cfg.Audience...),
+		anyAudience: cfg.AnyAudience,
+		leeway:      cfg.Leeway,
+		maxSize:     cfg.MaxTokenSize,
+		now:         cfg.Now,
+		keys:        keys,
 	}
 	algs := cfg.Algorithms
 	if len(algs) == 0 {
@@ -604,7 +613,7 @@ func (v *Verifier) verifyClaims(payload string) (*Claims, error) {
 	if c.Issuer != v.issuer {
 		return nil, verifyFail(ErrWrongIssuer, "wrong issuer", fmt.Sprintf("iss %q", c.Issuer))
 	}
-	audOK := false
+	audOK := v.anyAudience
 	for _, want := range v.audience {
 		if c.Audience.Contains(want) {
 			audOK = true

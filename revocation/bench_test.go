@@ -1,12 +1,16 @@
 package revocation
 
 import (
+	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"fmt"
 	"runtime"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokenwarden/tokenwarden/jwks"
 )
@@ -156,5 +160,81 @@ func BenchmarkEd25519Verify(b *testing.B) {
 		if !ed25519.Verify(pub, msg, sig) {
 			b.Fatal("bad signature")
 		}
+	}
+}
+
+// BenchmarkReplay100k measures a sidecar start: 100,000 signed events are
+// in the stream (a real embedded server); the time is from Run to
+// CaughtUp, with a fresh set each time.
+func BenchmarkReplay100k(b *testing.B) {
+	n := newNATS(b)
+	_, js := n.connect()
+	ensureStream(b, js)
+	pub, priv := newKey(b)
+	publishSigned(b, js, priv, mixedEvents(benchEvents, time.Now()))
+	for _, workers := range []int{1, runtime.GOMAXPROCS(0)} {
+		b.Run(fmt.Sprintf("verify-workers=%d", workers), func(b *testing.B) {
+			for b.Loop() {
+				set := NewSet()
+				c := NewConsumer(js, testPrefix, []ed25519.PublicKey{pub}, set,
+					WithLogger(testLogger()), WithVerifyWorkers(workers))
+				ctx, cancel := context.WithCancel(context.Background())
+				done := make(chan struct{})
+				start := time.Now()
+				go func() { defer close(done); _ = c.Run(ctx) }()
+				for !c.CaughtUp() {
+					time.Sleep(time.Millisecond)
+				}
+				took := time.Since(start)
+				b.StopTimer()
+				cancel()
+				<-done
+				if set.Len() != benchEvents {
+					b.Fatalf("caught up with %d events, want %d", set.Len(), benchEvents)
+				}
+				b.ReportMetric(took.Seconds(), "s/replay")
+				b.ReportMetric(benchEvents/took.Seconds(), "events/s")
+				b.StartTimer()
+			}
+		})
+	}
+}
+
+// publishSigned signs events on every core and publishes them
+// asynchronously, as fast as JetStream takes them.
+func publishSigned(b *testing.B, js jetstream.JetStream, priv ed25519.PrivateKey, events []*Event) {
+	b.Helper()
+	signed := make([][]byte, len(events))
+	var wg sync.WaitGroup
+	procs := runtime.GOMAXPROCS(0)
+	for w := range procs {
+		wg.Go(func() {
+			for i := w; i < len(events); i += procs {
+				data, err := Sign(events[i], priv)
+				if err != nil {
+					panic(err)
+				}
+				signed[i] = data
+			}
+		})
+	}
+	wg.Wait()
+	for i, e := range events {
+		if _, err := js.PublishAsync(Subject(testPrefix, e.Kind), signed[i],
+			jetstream.WithMsgID(e.ID), jetstream.WithMsgTTL(time.Hour)); err != nil {
+			b.Fatal(err)
+		}
+		if i%2000 == 1999 {
+			select {
+			case <-js.PublishAsyncComplete():
+			case <-time.After(time.Minute):
+				b.Fatal("async publish stalled")
+			}
+		}
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-time.After(time.Minute):
+		b.Fatal("async publish stalled")
 	}
 }

@@ -79,7 +79,18 @@ const (
 	maxBackoff = 5 * time.Second
 	// requestTimeout bounds each JetStream API call of the consumer.
 	requestTimeout = 10 * time.Second
+	// streamCheck is how often a running consumer makes sure the stream it
+	// reads is still the one it bound: a stream deleted and created again
+	// starts its sequences over, and a consumer resuming at its old
+	// sequence would skip the new stream's first events.
+	streamCheck = 30 * time.Second
+	// resetAttempts is how often the ordered consumer tries to recreate
+	// itself (backing off 1s, 2s, 4s, 8s) before it gives up; Run then
+	// logs the failure and starts over from the last sequence processed.
+	resetAttempts = 5
 )
+
+var errStreamRecreated = errors.New("revocation stream was deleted or recreated")
 
 // Consumer replays the revocation stream into a Set and then follows it.
 type Consumer struct {
@@ -96,11 +107,16 @@ type Consumer struct {
 	caughtUp atomic.Bool
 	lastSeq  atomic.Uint64
 
-	// Owned by the applying goroutine of the current session.
-	target    uint64 // stream's last sequence when the replay began
-	started   time.Time
-	lastDrop  time.Time
+	// Owned by the goroutine of Run (which applies events too).
+	target     uint64    // stream's last sequence when the replay began
+	created    time.Time // creation time of the stream last bound
+	started    time.Time
+	lastDrop   time.Time
 	suppressed int
+
+	// Tests shorten these.
+	streamCheck   time.Duration
+	resetAttempts int
 }
 
 // NewConsumer returns a consumer of prefix's revocation stream that
@@ -116,6 +132,9 @@ func NewConsumer(js jetstream.JetStream, prefix string, trusted []ed25519.Public
 		now:     time.Now,
 		obs:     nopObserver{},
 		workers: runtime.GOMAXPROCS(0),
+
+		streamCheck:   streamCheck,
+		resetAttempts: resetAttempts,
 	}
 	for _, o := range opts {
 		o(c)
@@ -139,13 +158,15 @@ func (c *Consumer) LastSeq() uint64 { return c.lastSeq.Load() }
 // Run consumes until ctx is done, then returns nil. It binds the stream,
 // retrying with backoff while the stream does not exist or NATS is
 // unreachable, replays it from the start with an ordered consumer and
-// follows it. Every message is verified before it reaches the set;
-// anything else is dropped and reported. After a disconnect the ordered
-// consumer resumes after the last message delivered; if it fails
-// altogether, Run recreates it from the sequence after the last one
-// processed, so no event is skipped and none is processed twice. Run
-// returns an error only if it cannot work at all: no trusted key, or the
-// NATS connection closed for good.
+// follows it. Every message is verified (on several goroutines) before it
+// reaches the set, in stream order; anything else is dropped and
+// reported. After a disconnect the ordered consumer resumes after the last
+// message it delivered; if it gives up, Run recreates it from the sequence
+// after the last one processed; if the stream was deleted and created
+// again, Run replays the new one from its start. No event is skipped, and
+// Set.Apply's idempotence means none is applied twice. Run returns an
+// error only if it cannot work at all: no trusted key, or the NATS
+// connection closed for good. GC of the set is the caller's (Set.RunGC).
 func (c *Consumer) Run(ctx context.Context) error {
 	if len(c.trusted) == 0 {
 		return errors.New("revocation consumer: no trusted distribution key")
@@ -200,8 +221,8 @@ type job struct {
 // last session stopped and processes messages until something fails. It
 // reports whether it processed any message.
 func (c *Consumer) session(ctx context.Context) (progress bool, err error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 
 	rctx, rcancel := context.WithTimeout(ctx, requestTimeout)
 	stream, err := c.js.Stream(rctx, StreamName(c.prefix))
@@ -209,16 +230,18 @@ func (c *Consumer) session(ctx context.Context) (progress bool, err error) {
 	if err != nil {
 		return false, fmt.Errorf("bind stream: %w", err)
 	}
-	state := stream.CachedInfo().State
+	info := stream.CachedInfo()
+	state := info.State
 	last := c.lastSeq.Load()
-	if state.LastSeq < last {
+	if last > 0 && (state.LastSeq < last || !c.created.IsZero() && !info.Created.Equal(c.created)) {
 		// The stream was deleted and made again: its sequences start over.
 		// Replay it whole; Apply ignores the events the set already holds.
-		c.log.Warn("revocation stream restarted its sequence, replaying it", "stream", StreamName(c.prefix),
+		c.log.Warn("revocation stream was recreated, replaying it", "stream", StreamName(c.prefix),
 			"last_seq", state.LastSeq, "had", last)
 		last = 0
 		c.lastSeq.Store(0)
 	}
+	c.created = info.Created
 	if !c.caughtUp.Load() {
 		c.target = state.LastSeq
 		if state.Msgs == 0 || state.LastSeq <= last {
@@ -226,9 +249,13 @@ func (c *Consumer) session(ctx context.Context) (progress bool, err error) {
 		}
 	}
 
-	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy}
+	// The ordered consumer replays from the start (or resumes after the
+	// last message processed) and, after a disconnect or a missed
+	// heartbeat, recreates itself from the message after the last one it
+	// delivered.
+	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy, MaxResetAttempts: c.resetAttempts}
 	if last > 0 {
-		cfg = jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: last + 1}
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, last+1
 	}
 	rctx, rcancel = context.WithTimeout(ctx, requestTimeout)
 	cons, err := stream.OrderedConsumer(rctx, cfg)
@@ -254,7 +281,37 @@ func (c *Consumer) session(ctx context.Context) (progress bool, err error) {
 	for range c.workers {
 		go c.verify(ctx, work)
 	}
-	return c.apply(ctx, cons, order, readErr)
+	go c.watchStream(ctx, cancel, stream, info.Created)
+	progress, err = c.apply(ctx, cons, order, readErr)
+	if cause := context.Cause(ctx); ctx.Err() != nil && cause != nil {
+		err = cause
+	}
+	return progress, err
+}
+
+// watchStream ends the session when the stream is gone or is no longer
+// the one the session bound.
+func (c *Consumer) watchStream(ctx context.Context, cancel context.CancelCauseFunc, stream jetstream.Stream, created time.Time) {
+	t := time.NewTicker(c.streamCheck)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		rctx, rcancel := context.WithTimeout(ctx, requestTimeout)
+		info, err := stream.Info(rctx)
+		rcancel()
+		switch {
+		case errors.Is(err, jetstream.ErrStreamNotFound):
+			cancel(errStreamRecreated)
+			return
+		case err == nil && !info.Created.Equal(created):
+			cancel(errStreamRecreated)
+			return
+		}
+	}
 }
 
 // read hands each message to the verifiers and, in stream order, to the

@@ -1,6 +1,7 @@
 package revocation
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -45,10 +46,16 @@ const (
 // row is one (kind, value) of the set. Rows are immutable once inserted:
 // readers hold them without locks, so writers replace them.
 type row struct {
-	key        string // kindCode(kind) + value: the primary key
-	maxBefore  int64  // max IssuedBefore of events (sub, client, all)
-	minExpires int64  // min ExpiresAt of events
-	events     []*Event
+	maxBefore  int64    // max IssuedBefore of events (sub, client, all)
+	minExpires int64    // min ExpiresAt of events
+	events     []*Event // never empty; all of the same kind and value
+}
+
+// key is the row's primary key: kindCode(kind) + value. It is not stored
+// in the row: go-memdb keeps its own copy in the index.
+func (r *row) key() []byte {
+	e := r.events[0]
+	return append(append(make([]byte, 0, 1+len(e.Value)), kindCode(e.Kind)), e.Value...)
 }
 
 // kindCode is the one-byte prefix of a row key.
@@ -68,17 +75,9 @@ func kindCode(k Kind) byte {
 	return 0
 }
 
-func rowKey(k Kind, value string) string {
-	var b strings.Builder
-	b.Grow(1 + len(value))
-	b.WriteByte(kindCode(k))
-	b.WriteString(value)
-	return b.String()
-}
-
-// keyIndexer indexes rows by key. FromArgs takes a string (the key) or a
-// *lookup, which the hot path fills in a pooled buffer: a lookup then
-// allocates nothing but what go-memdb itself does.
+// keyIndexer indexes rows by key. FromArgs takes a *lookup, a reusable
+// key buffer: from a pool, a lookup allocates nothing but what go-memdb
+// itself does.
 type keyIndexer struct{}
 
 // lookup is the hot path's reusable key buffer, with the argument slice
@@ -105,20 +104,18 @@ func (keyIndexer) FromObject(obj any) (bool, []byte, error) {
 	if !ok {
 		return false, nil, fmt.Errorf("revocation set: unexpected object %T", obj)
 	}
-	return true, []byte(r.key), nil
+	return true, r.key(), nil
 }
 
 func (keyIndexer) FromArgs(args ...any) ([]byte, error) {
 	if len(args) != 1 {
 		return nil, errors.New("revocation set: one key argument expected")
 	}
-	switch a := args[0].(type) {
-	case *lookup:
-		return a.buf, nil
-	case string:
-		return []byte(a), nil
+	l, ok := args[0].(*lookup)
+	if !ok {
+		return nil, fmt.Errorf("revocation set: unexpected key %T", args[0])
 	}
-	return nil, fmt.Errorf("revocation set: unexpected key %T", args[0])
+	return l.buf, nil
 }
 
 // expiresIndexer indexes rows by their earliest expires_at, big-endian so
@@ -219,8 +216,9 @@ func (s *Set) insert(txn *memdb.Txn, e *Event, now int64) bool {
 	if e.ExpiresAt <= now || e.Validate() != nil {
 		return false
 	}
-	key := rowKey(e.Kind, e.Value)
-	raw, err := txn.First(table, indexID, key)
+	l := lookups.Get().(*lookup)
+	raw, err := txn.First(table, indexID, l.key(e.Kind, e.Value)...)
+	lookups.Put(l)
 	if err != nil {
 		return false
 	}
@@ -233,13 +231,12 @@ func (s *Set) insert(txn *memdb.Txn, e *Event, now int64) bool {
 			}
 		}
 		r = &row{
-			key:        old.key,
 			maxBefore:  max(old.maxBefore, ev.IssuedBefore),
 			minExpires: min(old.minExpires, ev.ExpiresAt),
 			events:     append(slices.Clip(old.events), &ev),
 		}
 	} else {
-		r = &row{key: key, maxBefore: ev.IssuedBefore, minExpires: ev.ExpiresAt, events: []*Event{&ev}}
+		r = &row{maxBefore: ev.IssuedBefore, minExpires: ev.ExpiresAt, events: []*Event{&ev}}
 	}
 	if err := txn.Insert(table, r); err != nil {
 		return false
@@ -254,6 +251,9 @@ func (s *Set) insert(txn *memdb.Txn, e *Event, now int64) bool {
 // with c.IssuedAt <= issued_before. Check takes no lock: it reads one
 // immutable snapshot of the set.
 func (s *Set) Check(c *jwks.Claims) (revoked bool, reason string) {
+	if c == nil {
+		return false, ""
+	}
 	txn := s.db.Txn(false)
 	l := lookups.Get().(*lookup)
 	defer lookups.Put(l)
@@ -329,7 +329,7 @@ func (s *Set) GC(now time.Time) int {
 			}
 			continue
 		}
-		nr := &row{key: r.key, events: keep, minExpires: keep[0].ExpiresAt}
+		nr := &row{events: keep, minExpires: keep[0].ExpiresAt}
 		for _, e := range keep {
 			nr.maxBefore = max(nr.maxBefore, e.IssuedBefore)
 			nr.minExpires = min(nr.minExpires, e.ExpiresAt)
@@ -370,10 +370,7 @@ func (s *Set) Events() []*Event {
 		}
 	}
 	slices.SortFunc(out, func(a, b *Event) int {
-		if c := compareInt(a.IssuedAtMs, b.IssuedAtMs); a.IssuedAt == b.IssuedAt && c != 0 {
-			return c
-		}
-		if c := compareInt(a.IssuedAt, b.IssuedAt); c != 0 {
+		if c := cmp.Compare(a.Time().UnixMilli(), b.Time().UnixMilli()); c != 0 {
 			return c
 		}
 		return strings.Compare(a.ID, b.ID)
@@ -381,20 +378,14 @@ func (s *Set) Events() []*Event {
 	return out
 }
 
-func compareInt(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
-
-// RunGC calls GC every interval with now() until ctx is done.
+// RunGC calls GC every interval (default a minute) with now() (default
+// time.Now) until ctx is done.
 func (s *Set) RunGC(ctx context.Context, every time.Duration, now func() time.Time) {
 	if now == nil {
 		now = time.Now
+	}
+	if every <= 0 {
+		every = time.Minute
 	}
 	t := time.NewTicker(every)
 	defer t.Stop()

@@ -20,6 +20,7 @@ import (
 
 	"github.com/tokenwarden/tokenwarden/internal/embeddednats"
 	"github.com/tokenwarden/tokenwarden/jwks"
+	"github.com/tokenwarden/tokenwarden/revocation"
 )
 
 const (
@@ -51,6 +52,7 @@ type world struct {
 	t     testing.TB
 	nats  *embeddednats.Server
 	kv    jetstream.KeyValue
+	js    jetstream.JetStream
 	ring  *jwks.Ring
 	dist  ed25519.PrivateKey
 	seq   uint64
@@ -90,6 +92,11 @@ func (w *world) bucket() jetstream.KeyValue {
 	if err != nil {
 		w.t.Fatal(err)
 	}
+	// The revocation stream, as the issuer creates it.
+	if _, err := revocation.EnsureStream(context.Background(), js, revocation.StreamConfig{Prefix: "tokenwarden"}); err != nil {
+		w.t.Fatal(err)
+	}
+	w.js = js
 	return kv
 }
 

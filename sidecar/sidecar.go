@@ -5,6 +5,7 @@ package sidecar
 
 import (
 	"context"
+	"crypto/ed25519"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/tokenwarden/tokenwarden/internal/natsconn"
 	"github.com/tokenwarden/tokenwarden/jwks"
+	"github.com/tokenwarden/tokenwarden/revocation"
 )
 
 // Sidecar is one running sidecar.
@@ -25,6 +27,11 @@ type Sidecar struct {
 	keys     *jwks.Cache
 	verifier *Verifier
 	metrics  *metrics
+	trusted  []ed25519.PublicKey
+	// revocations is the set the verifier consults; the consumer fills it
+	// from the stream, and readiness waits for its replay.
+	revocations *revocation.Set
+	consumer    atomic.Pointer[revocation.Consumer]
 
 	natsUp atomic.Bool
 	// kick asks Run for an on-demand key refresh (a token named an unknown
@@ -54,7 +61,9 @@ func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
 // WithClock replaces time.Now, for tests.
 func WithClock(now func() time.Time) Option { return func(o *options) { o.now = now } }
 
-// WithRevocations sets the revocation check applied to every verification.
+// WithRevocations replaces the revocation check applied to every
+// verification (default: the revocation set filled from NATS). Readiness
+// then no longer waits for the stream's replay.
 func WithRevocations(r RevocationChecker) Option { return func(o *options) { o.revoked = r } }
 
 // New validates cfg and prepares the sidecar; it serves from a disk-cached
@@ -63,7 +72,7 @@ func New(cfg Config, opts ...Option) (*Sidecar, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("sidecar config: %w", err)
 	}
-	o := options{log: slog.Default(), now: time.Now, revoked: noRevocations{}}
+	o := options{log: slog.Default(), now: time.Now}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -87,7 +96,11 @@ func New(cfg Config, opts ...Option) (*Sidecar, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Sidecar{cfg: cfg, log: o.log, now: o.now, keys: keys, kick: make(chan struct{}, 1)}
+	s := &Sidecar{cfg: cfg, log: o.log, now: o.now, keys: keys, kick: make(chan struct{}, 1), trusted: trusted}
+	if o.revoked == nil {
+		s.revocations = revocation.NewSet(revocation.WithSetClock(o.now))
+		o.revoked = s.revocations
+	}
 	var cache *tokenCache
 	if cfg.TokenCacheSize > 0 {
 		cache = newTokenCache(cfg.TokenCacheSize)
@@ -130,6 +143,17 @@ func (s *Sidecar) Run(ctx context.Context) error {
 			}
 		}
 	})
+	if s.revocations != nil {
+		c := revocation.NewConsumer(js, s.cfg.NATS.Prefix, s.trusted, s.revocations,
+			revocation.WithLogger(s.log), revocation.WithClock(s.now), revocation.WithObserver(s.metrics))
+		s.consumer.Store(c)
+		wg.Go(func() {
+			if err := c.Run(ctx); err != nil && ctx.Err() == nil {
+				s.log.Error("revocation consumer stopped", "err", err)
+			}
+		})
+		wg.Go(func() { s.revocations.RunGC(ctx, 10*time.Second, s.now) })
+	}
 	wg.Wait()
 	return nil
 }
@@ -154,6 +178,15 @@ func (s *Sidecar) readiness() (map[string]string, bool) {
 		checks["keys"] = fmt.Sprintf("ok: %d keys from %s, sequence %d", st.Keys, st.Source, st.Sequence)
 	} else {
 		checks["keys"] = "no verified JWKS bundle yet"
+	}
+	switch c := s.consumer.Load(); {
+	case s.revocations == nil:
+		checks["revocations"] = "external checker"
+	case c != nil && c.CaughtUp():
+		checks["revocations"] = fmt.Sprintf("ok: %d live events, stream sequence %d", s.revocations.Len(), c.LastSeq())
+	default:
+		checks["revocations"] = "replaying the revocation stream"
+		ready = false
 	}
 	if s.natsUp.Load() {
 		checks["nats"] = "connected"

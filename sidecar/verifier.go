@@ -9,15 +9,11 @@ import (
 	"github.com/tokenwarden/tokenwarden/jwks"
 )
 
-// RevocationChecker says whether verified claims have been revoked. The
-// revocation set implements it; until one is configured nothing is revoked.
+// RevocationChecker says whether verified claims have been revoked; the
+// revocation set (revocation.Set) implements it.
 type RevocationChecker interface {
 	Check(c *jwks.Claims) (revoked bool, reason string)
 }
-
-type noRevocations struct{}
-
-func (noRevocations) Check(*jwks.Claims) (bool, string) { return false, "" }
 
 // ErrRevoked is wrapped by the *jwks.VerifyError of a revoked token.
 var ErrRevoked = errors.New("token revoked")

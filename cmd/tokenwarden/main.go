@@ -55,6 +55,7 @@ func newRootCommand(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 		newSidecarCommand(g),
 		newDevCommand(g),
 		newKeysCommand(g),
+		newRevokeCommand(g),
 		newHashPasswordCommand(g),
 		newVersionCommand(g),
 	)

@@ -1,0 +1,489 @@
+package revocation
+
+import (
+	"context"
+	"crypto/ed25519"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tokenwarden/tokenwarden/jwks"
+)
+
+const waitLong = 30 * time.Second
+
+// publishN publishes n jti events and returns them.
+func publishN(t testing.TB, p *Publisher, n int, tag string) []*Event {
+	t.Helper()
+	var out []*Event
+	for i := range n {
+		e := event(t, KindJTI, fmt.Sprintf("%s-%d", tag, i))
+		if _, err := p.Publish(context.Background(), e); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+func ids(es []*Event) []string {
+	out := make([]string, len(es))
+	for i, e := range es {
+		out[i] = e.ID
+	}
+	return out
+}
+
+func TestConsumerReplayThenLive(t *testing.T) {
+	n := newNATS(t)
+	_, js := n.connect()
+	ensureStream(t, js)
+	pub, priv := newKey(t)
+	p := NewPublisher(js, testPrefix, priv)
+
+	// Before the consumer starts: one event of every kind.
+	var published []*Event
+	for _, k := range Kinds {
+		v := "v-" + string(k)
+		if k == KindAll {
+			v = ""
+		}
+		e, err := NewEvent(k, v, time.Now().Add(-time.Minute), time.Now().Add(time.Hour), "", time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.Publish(context.Background(), e); err != nil {
+			t.Fatal(err)
+		}
+		published = append(published, e)
+	}
+	published = append(published, publishN(t, p, 15, "old")...)
+
+	set := NewSet()
+	rec := newRecorder()
+	_, cjs := n.connect()
+	c := NewConsumer(cjs, testPrefix, []ed25519.PublicKey{pub}, set, WithObserver(rec), WithLogger(testLogger()))
+	if c.CaughtUp() {
+		t.Fatal("caught up before running")
+	}
+	runConsumer(t, c)
+	eventually(t, waitLong, "caught up", c.CaughtUp)
+	if set.Len() != len(published) {
+		t.Fatalf("after replay the set holds %d events, want %d", set.Len(), len(published))
+	}
+	if c.LastSeq() != uint64(len(published)) {
+		t.Errorf("LastSeq = %d, want %d", c.LastSeq(), len(published))
+	}
+	for _, e := range published {
+		if e.Kind == KindJTI {
+			if r, _ := set.Check(&jwks.Claims{ID: e.Value, IssuedAt: time.Now().Unix()}); !r {
+				t.Errorf("jti %s not revoked", e.Value)
+			}
+		}
+	}
+
+	live := publishN(t, p, 10, "live")
+	published = append(published, live...)
+	eventually(t, waitLong, "live events applied", func() bool { return set.Len() == len(published) })
+	if r, _ := set.Check(&jwks.Claims{ID: "live-9"}); !r {
+		t.Error("live event not in the set")
+	}
+	got := rec.appliedIDs()
+	if !slices.Equal(got, ids(published)) {
+		t.Errorf("applied %d events in order %v\nwant %v", len(got), got, ids(published))
+	}
+	for _, d := range rec.delays {
+		if d < 0 {
+			t.Errorf("negative delay %s", d)
+		}
+	}
+	if c.LastSeq() != uint64(len(published)) {
+		t.Errorf("LastSeq = %d, want %d", c.LastSeq(), len(published))
+	}
+	if rec.lag != 0 {
+		t.Errorf("lag %d after catching up", rec.lag)
+	}
+}
+
+func TestConsumerDropsForged(t *testing.T) {
+	n := newNATS(t)
+	_, js := n.connect()
+	ensureStream(t, js)
+	pub, priv := newKey(t)
+	_, otherPriv := newKey(t)
+
+	set := NewSet()
+	rec := newRecorder()
+	c := NewConsumer(js, testPrefix, []ed25519.PublicKey{pub}, set, WithObserver(rec), WithLogger(testLogger()))
+	runConsumer(t, c)
+	eventually(t, waitLong, "caught up on the empty stream", c.CaughtUp)
+
+	raw := func(subject string, data []byte) {
+		t.Helper()
+		if _, err := js.Publish(context.Background(), subject, data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	victim := event(t, KindSub, "alice")
+	byOther, err := Sign(victim, otherPriv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundle, err := jwks.SignBundle(&jwks.Bundle{Sequence: 1, IssuedAt: time.Now().Unix(), JWKS: json.RawMessage(`{"keys":[]}`)}, priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	invalid := *event(t, KindAll, "")
+	invalid.IssuedBefore = 0 // an "all" event without a bound would revoke everything, for ever
+	signedInvalid, err := jwks.SignDistributed(&invalid, EventType, priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw(Subject(testPrefix, KindSub), byOther)                     // another key
+	raw(Subject(testPrefix, KindAll), []byte("garbage"))           // not a JWS
+	raw(Subject(testPrefix, KindAll), bundle)                      // right key, wrong typ
+	raw(Subject(testPrefix, KindAll), signedInvalid)               // right key, invalid event
+	raw(Subject(testPrefix, KindSub), []byte(string(byOther)+"x")) // tampered
+
+	good := event(t, KindJTI, "good")
+	if _, err := NewPublisher(js, testPrefix, priv).Publish(context.Background(), good); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, waitLong, "the good event after the forged ones", func() bool { return c.LastSeq() == 6 })
+	if set.Len() != 1 {
+		t.Errorf("set holds %d events, want only the good one", set.Len())
+	}
+	if r, _ := set.Check(&jwks.Claims{Subject: "alice", IssuedAt: time.Now().Unix() - 10}); r {
+		t.Error("forged subject revocation applied")
+	}
+	if r, _ := set.Check(&jwks.Claims{Subject: "bob", IssuedAt: 1}); r {
+		t.Error("invalid all event applied")
+	}
+	if got := rec.drops(DropForged); got != 4 {
+		t.Errorf("forged drops = %d, want 4", got)
+	}
+	if got := rec.drops(DropInvalid); got != 1 {
+		t.Errorf("invalid drops = %d, want 1", got)
+	}
+	if got := rec.appliedIDs(); !slices.Equal(got, []string{good.ID}) {
+		t.Errorf("applied %v, want only %s", got, good.ID)
+	}
+}
+
+// TestConsumerCaughtUp publishes 1000 events first: every one of them is
+// applied while CaughtUp is false, and CaughtUp turns true only after the
+// last of them.
+func TestConsumerCaughtUp(t *testing.T) {
+	n := newNATS(t)
+	_, js := n.connect()
+	ensureStream(t, js)
+	pub, priv := newKey(t)
+	p := NewPublisher(js, testPrefix, priv)
+	const count = 1000
+	ctx := context.Background()
+	var futures []jetstream.PubAckFuture
+	for i := range count {
+		e := event(t, KindJTI, fmt.Sprintf("t-%d", i))
+		data, err := Sign(e, priv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := js.PublishAsync(Subject(testPrefix, KindJTI), data, jetstream.WithMsgID(e.ID))
+		if err != nil {
+			t.Fatal(err)
+		}
+		futures = append(futures, f)
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-time.After(waitLong):
+		t.Fatal("async publish did not complete")
+	}
+	for _, f := range futures {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			t.Fatal(err)
+		}
+	}
+
+	set := NewSet()
+	obs := &caughtUpObserver{}
+	c := NewConsumer(js, testPrefix, []ed25519.PublicKey{pub}, set, WithObserver(obs), WithLogger(testLogger()))
+	obs.c = c
+	runConsumer(t, c)
+	// Whenever CaughtUp is seen true, the whole replay is in the set
+	// (CaughtUp is read first; the set only grows).
+	deadline := time.Now().Add(waitLong)
+	for !c.CaughtUp() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not caught up after %s; set holds %d", waitLong, set.Len())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if set.Len() != count {
+		t.Fatalf("caught up with %d events in the set, want %d", set.Len(), count)
+	}
+	if got := obs.before.Load(); got != count {
+		t.Errorf("%d events applied before CaughtUp, want %d", got, count)
+	}
+	if _, err := p.Publish(ctx, event(t, KindJTI, "live")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, waitLong, "live event", func() bool { return obs.after.Load() == 1 })
+	if obs.before.Load() != count {
+		t.Errorf("live event counted as replay")
+	}
+}
+
+type caughtUpObserver struct {
+	nopObserver
+	c             *Consumer
+	before, after atomic.Int64
+}
+
+func (o *caughtUpObserver) Applied(*Event, time.Duration) {
+	if o.c.CaughtUp() {
+		o.after.Add(1)
+	} else {
+		o.before.Add(1)
+	}
+}
+
+func TestConsumerWaitsForStream(t *testing.T) {
+	n := newNATS(t)
+	_, js := n.connect()
+	pub, priv := newKey(t)
+	set := NewSet()
+	c := NewConsumer(js, testPrefix, []ed25519.PublicKey{pub}, set, WithLogger(testLogger()))
+	runConsumer(t, c)
+	time.Sleep(300 * time.Millisecond) // a few bind attempts
+	if c.CaughtUp() {
+		t.Fatal("caught up without a stream")
+	}
+	ensureStream(t, js)
+	eventually(t, waitLong, "caught up once the stream exists", c.CaughtUp)
+	publishN(t, NewPublisher(js, testPrefix, priv), 3, "x")
+	eventually(t, waitLong, "events", func() bool { return set.Len() == 3 })
+}
+
+func TestConsumerExpiredTail(t *testing.T) {
+	// The stream's last messages expire before the consumer gets to them:
+	// it must still see that it has caught up.
+	n := newNATS(t)
+	_, js := n.connect()
+	s := ensureStream(t, js)
+	pub, priv := newKey(t)
+	p := NewPublisher(js, testPrefix, priv)
+	publishN(t, p, 2, "kept")
+	now := time.Now()
+	for i := range 2 {
+		e, err := NewEvent(KindJTI, fmt.Sprintf("brief-%d", i), time.Time{}, now.Add(time.Second), "", now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.Publish(context.Background(), e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, waitLong, "the brief events expire from the stream", func() bool {
+		info, err := s.Info(context.Background())
+		return err == nil && info.State.Msgs == 2 && info.State.LastSeq == 4
+	})
+	set := NewSet()
+	c := NewConsumer(js, testPrefix, []ed25519.PublicKey{pub}, set, WithLogger(testLogger()))
+	runConsumer(t, c)
+	eventually(t, waitLong, "caught up", c.CaughtUp)
+	if set.Len() != 2 {
+		t.Errorf("set holds %d, want 2", set.Len())
+	}
+}
+
+// TestConsumerSurvivesRestart stops the NATS server in the middle of a
+// stream of publications and starts it again on the same port and store:
+// every event acknowledged by JetStream reaches the set, once.
+func TestConsumerSurvivesRestart(t *testing.T) {
+	n := newNATS(t)
+	_, pjs := n.connect()
+	ensureStream(t, pjs)
+	pub, priv := newKey(t)
+	p := NewPublisher(pjs, testPrefix, priv)
+
+	set := NewSet()
+	rec := newRecorder()
+	_, cjs := n.connect()
+	c := NewConsumer(cjs, testPrefix, []ed25519.PublicKey{pub}, set, WithObserver(rec), WithLogger(testLogger()))
+	runConsumer(t, c)
+	eventually(t, waitLong, "caught up", c.CaughtUp)
+
+	// A publisher that keeps going, retrying each event until JetStream
+	// acknowledges it (the same event id, so a retry is stored once).
+	var mu sync.Mutex
+	var acked []*Event
+	stop := make(chan struct{})
+	pubDone := make(chan struct{})
+	go func() {
+		defer close(pubDone)
+		for i := 0; ; i++ {
+			now := time.Now()
+			e, _ := NewEvent(KindJTI, fmt.Sprintf("r-%d", i), time.Time{}, now.Add(time.Hour), "", now)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				_, err := p.Publish(ctx, e)
+				cancel()
+				if err == nil {
+					break
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			mu.Lock()
+			acked = append(acked, e)
+			mu.Unlock()
+			time.Sleep(2 * time.Millisecond)
+		}
+	}()
+	ackedCount := func() int { mu.Lock(); defer mu.Unlock(); return len(acked) }
+
+	eventually(t, waitLong, "some events before the restart", func() bool { return ackedCount() >= 50 })
+	n.stop()
+	beforeRestart := ackedCount()
+	time.Sleep(500 * time.Millisecond)
+	n.start()
+	eventually(t, waitLong, "more events after the restart", func() bool { return ackedCount() >= beforeRestart+50 })
+	close(stop)
+	<-pubDone
+
+	mu.Lock()
+	want := ids(acked)
+	mu.Unlock()
+	eventually(t, waitLong, fmt.Sprintf("all %d acknowledged events in the set", len(want)), func() bool {
+		return set.Len() >= len(want)
+	})
+	if set.Len() != len(want) {
+		t.Errorf("set holds %d events, want %d", set.Len(), len(want))
+	}
+	got := rec.appliedIDs()
+	seen := map[string]int{}
+	for _, id := range got {
+		seen[id]++
+	}
+	for id, k := range seen {
+		if k > 1 {
+			t.Errorf("event %s applied %d times", id, k)
+		}
+	}
+	for _, id := range want {
+		if seen[id] == 0 {
+			t.Errorf("event %s lost", id)
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("applied out of publication order")
+	}
+}
+
+func TestConsumerNoTrustedKey(t *testing.T) {
+	n := newNATS(t)
+	_, js := n.connect()
+	c := NewConsumer(js, testPrefix, nil, NewSet(), WithLogger(testLogger()))
+	if err := c.Run(context.Background()); err == nil {
+		t.Fatal("Run without a trusted key succeeded")
+	}
+}
+
+func TestConsumerConnectionClosed(t *testing.T) {
+	n := newNATS(t)
+	nc, js := n.connect()
+	pub, _ := newKey(t)
+	c := NewConsumer(js, testPrefix, []ed25519.PublicKey{pub}, NewSet(), WithLogger(testLogger()))
+	done := make(chan error, 1)
+	go func() { done <- c.Run(context.Background()) }()
+	time.Sleep(100 * time.Millisecond)
+	nc.Close()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Error("Run returned nil after the connection closed")
+		}
+	case <-time.After(waitLong):
+		t.Fatal("Run did not return after the connection closed")
+	}
+}
+
+// TestConsumerResumes stops Run and runs it again: the new ordered
+// consumer starts right after the last message processed.
+func TestConsumerResumes(t *testing.T) {
+	n := newNATS(t)
+	_, js := n.connect()
+	s := ensureStream(t, js)
+	pub, priv := newKey(t)
+	p := NewPublisher(js, testPrefix, priv)
+	set := NewSet()
+	rec := newRecorder()
+	c := NewConsumer(js, testPrefix, []ed25519.PublicKey{pub}, set, WithObserver(rec), WithLogger(testLogger()))
+	first := publishN(t, p, 10, "a")
+	stop := runConsumer(t, c)
+	eventually(t, waitLong, "first events", func() bool { return set.Len() == 10 })
+	stop()
+	second := publishN(t, p, 5, "b")
+	runConsumer(t, c)
+	eventually(t, waitLong, "events published while stopped", func() bool { return set.Len() == 15 })
+
+	found := false
+	for info := range s.ListConsumers(context.Background()).Info() {
+		if info.Config.DeliverPolicy == jetstream.DeliverByStartSequencePolicy && info.Config.OptStartSeq == 11 {
+			found = true
+		}
+	}
+	if !found {
+		t.Error("no consumer resuming at sequence 11")
+	}
+	if got, want := rec.appliedIDs(), append(ids(first), ids(second)...); !slices.Equal(got, want) {
+		t.Errorf("applied %v, want %v", got, want)
+	}
+	if c.LastSeq() != 15 {
+		t.Errorf("LastSeq = %d, want 15", c.LastSeq())
+	}
+}
+
+// TestConsumerStreamRecreated deletes the stream under a running consumer
+// and creates it again: the new stream's sequences start over, and the
+// consumer must read them from the start rather than wait for its old
+// sequence.
+func TestConsumerStreamRecreated(t *testing.T) {
+	n := newNATS(t)
+	_, js := n.connect()
+	ensureStream(t, js)
+	pub, priv := newKey(t)
+	p := NewPublisher(js, testPrefix, priv)
+	set := NewSet()
+	c := NewConsumer(js, testPrefix, []ed25519.PublicKey{pub}, set, WithLogger(testLogger()))
+	c.streamCheck = 50 * time.Millisecond
+	publishN(t, p, 10, "old")
+	runConsumer(t, c)
+	eventually(t, waitLong, "old events", func() bool { return set.Len() == 10 })
+
+	if err := js.DeleteStream(context.Background(), StreamName(testPrefix)); err != nil {
+		t.Fatal(err)
+	}
+	ensureStream(t, js)
+	publishN(t, p, 3, "new")
+	eventually(t, waitLong, "events of the new stream", func() bool { return set.Len() == 13 })
+	for _, v := range []string{"new-0", "new-1", "new-2"} {
+		if r, _ := set.Check(&jwks.Claims{ID: v}); !r {
+			t.Errorf("%s not revoked", v)
+		}
+	}
+	eventually(t, waitLong, "LastSeq follows the new stream", func() bool { return c.LastSeq() == 3 })
+}

@@ -1,0 +1,199 @@
+package revocation
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tokenwarden/tokenwarden/internal/embeddednats"
+)
+
+const testPrefix = "tokenwarden"
+
+func newKey(t testing.TB) (ed25519.PublicKey, ed25519.PrivateKey) {
+	t.Helper()
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pub, priv
+}
+
+func testLogger() *slog.Logger {
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// natsEnv is a real embedded NATS server with JetStream that a test can
+// stop and start again on the same port and store directory.
+type natsEnv struct {
+	t     testing.TB
+	dir   string
+	addr  string
+	srv   *embeddednats.Server
+	conns []*nats.Conn
+}
+
+func newNATS(t testing.TB) *natsEnv {
+	t.Helper()
+	n := &natsEnv{t: t, dir: filepath.Join(t.TempDir(), "nats"), addr: "127.0.0.1:0"}
+	n.start()
+	// The first start picked a free port; restarts reuse it.
+	_, port, _ := net.SplitHostPort(n.srv.Addr().String())
+	n.addr = net.JoinHostPort("127.0.0.1", port)
+	t.Cleanup(func() {
+		for _, c := range n.conns {
+			c.Close()
+		}
+		if n.srv != nil {
+			n.srv.Stop()
+		}
+	})
+	return n
+}
+
+func (n *natsEnv) start() {
+	n.t.Helper()
+	srv, err := embeddednats.Start(embeddednats.Config{Addr: n.addr, StoreDir: n.dir})
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	n.srv = srv
+}
+
+func (n *natsEnv) stop() {
+	n.srv.Stop()
+	n.srv = nil
+}
+
+func (n *natsEnv) url() string { return "nats://" + n.addr }
+
+// connect opens a client that reconnects for ever, quickly, like a sidecar.
+func (n *natsEnv) connect() (*nats.Conn, jetstream.JetStream) {
+	n.t.Helper()
+	nc, err := nats.Connect(n.url(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond),
+		nats.RetryOnFailedConnect(true))
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	n.conns = append(n.conns, nc)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	return nc, js
+}
+
+func ensureStream(t testing.TB, js jetstream.JetStream) jetstream.Stream {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := EnsureStream(ctx, js, StreamConfig{Prefix: testPrefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// event makes a valid event of kind with value that expires in an hour.
+func event(t testing.TB, kind Kind, value string) *Event {
+	t.Helper()
+	now := time.Now()
+	e, err := NewEvent(kind, value, time.Time{}, now.Add(time.Hour), "", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not within %s: %s", within, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// recorder is an Observer that remembers what it was told.
+type recorder struct {
+	mu      sync.Mutex
+	applied []string
+	delays  []time.Duration
+	dropped map[string]int
+	lag     uint64
+}
+
+func newRecorder() *recorder { return &recorder{dropped: map[string]int{}} }
+
+func (r *recorder) Applied(e *Event, d time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.applied = append(r.applied, e.ID)
+	r.delays = append(r.delays, d)
+}
+
+func (r *recorder) Dropped(reason string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.dropped[reason]++
+}
+
+func (r *recorder) Lag(n uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.lag = n
+}
+
+func (r *recorder) appliedIDs() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.applied...)
+}
+
+func (r *recorder) drops(reason string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.dropped[reason]
+}
+
+// runConsumer starts c.Run in the background and stops it at cleanup,
+// failing the test if Run returned an error.
+func runConsumer(t testing.TB, c *Consumer) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("consumer Run: %v", err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Errorf("consumer Run did not return within 30s of cancel")
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}
