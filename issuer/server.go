@@ -152,6 +152,11 @@ func (s *Server) setStatus(check, problem string) {
 	}
 }
 
+// Ready returns nil once this replica can serve every request: NATS
+// reachable, key ring loaded, revocation stream replayed; else what is
+// missing. It is what /readyz reports.
+func (s *Server) Ready() error { return s.ready() }
+
 // ready returns nil when this replica can serve requests that need state.
 func (s *Server) ready() error {
 	s.mu.Lock()

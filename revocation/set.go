@@ -33,10 +33,13 @@ const (
 // them (what Check needs for sub, client and all) and the earliest
 // expires_at among them, which the "expires" index orders for GC.
 //
-// One row per value rather than one per event keeps Check to a single
-// exact lookup per kind in a unique index, and keeps the number of radix
-// trees an event lives in — the bulk of go-memdb's memory, each tree node
-// carrying its own watch channel — to two.
+// One row per value rather than one per event (with indexes on id,
+// (kind, value) and expires_at, and a second table of maxima) keeps Check
+// to a single exact lookup per kind in a unique index, and the number of
+// radix trees an event lives in — the bulk of go-memdb's memory, each tree
+// node carrying its own watch channel — to two. Duplicate ids are found
+// among the row's events: an event id names one (kind, value), as the
+// issuer signed it.
 const (
 	table        = "revocations"
 	indexID      = "id"
@@ -159,6 +162,11 @@ type Set struct {
 	db  *memdb.MemDB
 	now func() time.Time
 	n   atomic.Int64 // live events, updated by writers before commit
+	// all is the highest issued_before of the "all" events (0: none), the
+	// one bound every Check needs: an atomic saves a lookup on the hot
+	// path. Writers (serialised by go-memdb) raise it before committing an
+	// "all" event and lower it only after GC has committed.
+	all atomic.Int64
 }
 
 // SetOption configures a Set.
@@ -242,14 +250,19 @@ func (s *Set) insert(txn *memdb.Txn, e *Event, now int64) bool {
 		return false
 	}
 	s.n.Add(1)
+	if ev.Kind == KindAll && ev.IssuedBefore > s.all.Load() {
+		s.all.Store(ev.IssuedBefore)
+	}
 	return true
 }
 
 // Check reports whether a token with claims c is revoked, and if so a
 // short kind-based reason. It is revoked when the set holds an event for
 // its jti, for its sid (when it has one), or a sub, client or all event
-// with c.IssuedAt <= issued_before. Check takes no lock: it reads one
-// immutable snapshot of the set.
+// with c.IssuedAt <= issued_before. Check takes no lock: it makes up to
+// four exact lookups in one immutable snapshot of the set (go-memdb's
+// read transactions are lock-free) and reads the "all" bound from an
+// atomic.
 func (s *Set) Check(c *jwks.Claims) (revoked bool, reason string) {
 	if c == nil {
 		return false, ""
@@ -281,7 +294,7 @@ func (s *Set) Check(c *jwks.Claims) (revoked bool, reason string) {
 			return true, ReasonClient
 		}
 	}
-	if r := get(KindAll, ""); r != nil && c.IssuedAt <= r.maxBefore {
+	if b := s.all.Load(); b > 0 && c.IssuedAt <= b {
 		return true, ReasonAll
 	}
 	return false, ""
@@ -315,7 +328,9 @@ func (s *Set) GC(now time.Time) int {
 		due = append(due, r)
 	}
 	removed := 0
+	all := s.all.Load()
 	for _, r := range due {
+		isAll := r.events[0].Kind == KindAll
 		keep := make([]*Event, 0, len(r.events))
 		for _, e := range r.events {
 			if e.ExpiresAt > cut {
@@ -327,6 +342,9 @@ func (s *Set) GC(now time.Time) int {
 			if err := txn.Delete(table, r); err != nil {
 				return 0 // the transaction is aborted: nothing removed
 			}
+			if isAll {
+				all = 0
+			}
 			continue
 		}
 		nr := &row{events: keep, minExpires: keep[0].ExpiresAt}
@@ -337,9 +355,13 @@ func (s *Set) GC(now time.Time) int {
 		if err := txn.Insert(table, nr); err != nil {
 			return 0
 		}
+		if isAll {
+			all = nr.maxBefore
+		}
 	}
 	s.n.Add(-int64(removed))
 	txn.Commit()
+	s.all.Store(all)
 	return removed
 }
 

@@ -330,3 +330,35 @@ func TestRunGC(t *testing.T) {
 	cancel()
 	<-done
 }
+
+// TestSetGCAll: the bound of the "all" events follows GC like any other.
+func TestSetGCAll(t *testing.T) {
+	s := fixedSet()
+	newest := ev(t, KindAll, "", 30)
+	newest.ExpiresAt = at.Add(time.Minute).Unix()
+	older := ev(t, KindAll, "", -30)
+	for _, e := range []*Event{newest, older} {
+		if !s.Apply(e) {
+			t.Fatal("Apply")
+		}
+	}
+	revokedAt := func(offset int64) bool {
+		r, _ := s.Check(&jwks.Claims{IssuedAt: at.Unix() + offset})
+		return r
+	}
+	if !revokedAt(30) || revokedAt(31) {
+		t.Fatal("bound is not the newest issued_before")
+	}
+	if n := s.GC(at.Add(time.Minute)); n != 1 {
+		t.Fatalf("GC removed %d, want 1", n)
+	}
+	if revokedAt(0) || !revokedAt(-30) {
+		t.Error("after GC the bound is not the remaining event's")
+	}
+	if n := s.GC(at.Add(2 * time.Hour)); n != 1 {
+		t.Fatalf("GC removed %d, want 1", n)
+	}
+	if revokedAt(-1000) {
+		t.Error("no all event left, still revoked")
+	}
+}

@@ -20,14 +20,18 @@ type metrics struct {
 	propagationDelay prometheus.Histogram
 	consumerLag      prometheus.Gauge
 	replayed         func() bool
+	onApplied        func(*revocation.Event)
 }
 
 // Applied implements revocation.Observer. Events replayed at start-up are
 // counted but not timed: their "delay" is only their age.
-func (m *metrics) Applied(_ *revocation.Event, delay time.Duration) {
+func (m *metrics) Applied(e *revocation.Event, delay time.Duration) {
 	m.eventsApplied.Inc()
 	if m.replayed() {
 		m.propagationDelay.Observe(max(delay, 0).Seconds())
+	}
+	if m.onApplied != nil {
+		m.onApplied(e)
 	}
 }
 

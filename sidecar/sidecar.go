@@ -50,9 +50,10 @@ func (s *Sidecar) kickRefresh() {
 type Option func(*options)
 
 type options struct {
-	log     *slog.Logger
-	now     func() time.Time
-	revoked RevocationChecker
+	log       *slog.Logger
+	now       func() time.Time
+	revoked   RevocationChecker
+	onRevoked func(*revocation.Event)
 }
 
 // WithLogger sets the logger (default slog.Default()).
@@ -65,6 +66,12 @@ func WithClock(now func() time.Time) Option { return func(o *options) { o.now = 
 // verification (default: the revocation set filled from NATS). Readiness
 // then no longer waits for the stream's replay.
 func WithRevocations(r RevocationChecker) Option { return func(o *options) { o.revoked = r } }
+
+// WithOnRevocation calls f after each revocation event is applied, from the
+// consumer's goroutine (f must not block): the moment from which the
+// verifier rejects the tokens it matches. Benchmarks use it to measure
+// propagation; an embedding app could use it to drop sessions of its own.
+func WithOnRevocation(f func(*revocation.Event)) Option { return func(o *options) { o.onRevoked = f } }
 
 // New validates cfg and prepares the sidecar; it serves from a disk-cached
 // bundle at once if there is one. Run connects to NATS.
@@ -108,11 +115,22 @@ func New(cfg Config, opts ...Option) (*Sidecar, error) {
 	s.verifier = &Verifier{v: v, keys: keys, cache: cache, revoked: o.revoked,
 		leeway: int64(v.Leeway() / time.Second), now: o.now, unknownKID: s.kickRefresh}
 	s.metrics = newMetrics(s)
+	s.metrics.onApplied = o.onRevoked
 	return s, nil
 }
 
 // Verifier is the verification pipeline, for in-process use.
 func (s *Sidecar) Verifier() *Verifier { return s.verifier }
+
+// Revocations is the revocation set the verifier consults (nil when
+// WithRevocations replaced it).
+func (s *Sidecar) Revocations() *revocation.Set { return s.revocations }
+
+// Ready reports what /readyz reports: keys held and revocations replayed.
+func (s *Sidecar) Ready() bool {
+	_, ready := s.readiness()
+	return ready
+}
 
 // Run connects to NATS and keeps the keys current until ctx ends. While
 // NATS is unreachable the sidecar keeps verifying with the keys it holds.

@@ -106,6 +106,9 @@ func newDevCommand(g *globals) *cobra.Command {
 			defer cancel()
 			errc := make(chan error, 2)
 			go func() { errc <- runIssuer(ctx, log, srv, issuerLn); cancel() }()
+			// The sidecar starts once the issuer has made the bucket and the
+			// stream it reads, so a first start logs no retries.
+			waitIssuer(ctx, srv)
 			go func() { errc <- runSidecar(ctx, log, sc, sidecarLn); cancel() }()
 			return errors.Join(<-errc, <-errc)
 		},
@@ -115,6 +118,14 @@ func newDevCommand(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&o.sidecarAddr, "sidecar-addr", "127.0.0.1:8181", "sidecar listen address")
 	cmd.Flags().StringVar(&o.natsAddr, "nats-addr", "127.0.0.1:4222", "embedded NATS listen address")
 	return cmd
+}
+
+// waitIssuer waits (at most 30s) until the issuer is ready.
+func waitIssuer(ctx context.Context, srv *issuer.Server) {
+	deadline := time.Now().Add(30 * time.Second)
+	for srv.Ready() != nil && time.Now().Before(deadline) && ctx.Err() == nil {
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func checkFree(addr string) error {

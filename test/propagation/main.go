@@ -1,0 +1,355 @@
+// Command propagation measures how fast a revocation reaches sidecars: from
+// the moment the issuer's admin API returns 201 to the moment each of N
+// sidecars (in-process, each on its own NATS connection, each with its own
+// key cache and revocation consumer) has applied the event and rejects the
+// token. In the same run it measures the floor: one plain NATS message
+// fanned out to N plain connections. Everything runs on 127.0.0.1 and every
+// phase is bounded in time.
+//
+//	go run ./test/propagation -n 1,100,1000 -events 20
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/tokenwarden/tokenwarden/internal/embeddednats"
+	"github.com/tokenwarden/tokenwarden/issuer"
+	"github.com/tokenwarden/tokenwarden/issuer/directory"
+	"github.com/tokenwarden/tokenwarden/jwks"
+	"github.com/tokenwarden/tokenwarden/revocation"
+	"github.com/tokenwarden/tokenwarden/sidecar"
+)
+
+func main() {
+	ns := flag.String("n", "1,100,1000", "sidecar counts, comma-separated")
+	events := flag.Int("events", 20, "revocations per sidecar count")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile here")
+	flag.Parse()
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err == nil && pprof.StartCPUProfile(f) == nil {
+			defer pprof.StopCPUProfile()
+		}
+	}
+	if err := run(*ns, *events); err != nil {
+		pprof.StopCPUProfile()
+		fmt.Fprintln(os.Stderr, "propagation:", err)
+		os.Exit(1)
+	}
+}
+
+func run(counts string, events int) error {
+	dir, err := os.MkdirTemp("", "propagation")
+	if err != nil {
+		return err
+	}
+	defer func() { _ = os.RemoveAll(dir) }()
+	srv, err := embeddednats.Start(embeddednats.Config{Addr: "127.0.0.1:0", StoreDir: filepath.Join(dir, "nats")})
+	if err != nil {
+		return err
+	}
+	defer srv.Stop()
+	iss, err := startIssuer(dir, srv.URL())
+	if err != nil {
+		return err
+	}
+	defer iss.stop()
+
+	fmt.Printf("revocation propagation, %d events per row; floor = one core NATS message to the same number of connections\n", events)
+	fmt.Printf("%6s  %-28s  %-28s  %s\n", "N", "tokenwarden p50/p99/max", "bare fan-out p50/p99/max", "p99 ratio, missed")
+	for _, f := range strings.Split(counts, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return fmt.Errorf("bad count %q", f)
+		}
+		tw, missed, err := measureSidecars(iss, srv.URL(), n, events)
+		if err != nil {
+			return err
+		}
+		bare, err := measureFanout(srv.URL(), n, events)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("%6d  %-28s  %-28s  %.2f, %d\n", n, tw, bare, float64(tw.p99)/float64(max(bare.p99, time.Microsecond)), missed)
+		if missed > 0 {
+			return fmt.Errorf("%d event deliveries missed at N=%d", missed, n)
+		}
+	}
+	return nil
+}
+
+type stats struct{ p50, p99, max time.Duration }
+
+func (s stats) String() string {
+	r := func(d time.Duration) string { return d.Round(10 * time.Microsecond).String() }
+	return r(s.p50) + " / " + r(s.p99) + " / " + r(s.max)
+}
+
+func summarize(d []time.Duration) stats {
+	slices.Sort(d)
+	if len(d) == 0 {
+		return stats{}
+	}
+	at := func(p float64) time.Duration { return d[min(len(d)-1, int(float64(len(d))*p))] }
+	return stats{p50: at(0.5), p99: at(0.99), max: d[len(d)-1]}
+}
+
+type issuerProc struct {
+	url    string
+	dist   ed25519.PublicKey
+	admin  string
+	stop   func()
+	server *issuer.Server
+}
+
+func startIssuer(dir, natsURL string) (*issuerProc, error) {
+	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+	der, _ := x509.MarshalPKCS8PrivateKey(priv)
+	write := func(name string, b []byte) string {
+		p := filepath.Join(dir, name)
+		_ = os.WriteFile(p, b, 0o600)
+		return p
+	}
+	p := directory.Params{Memory: 64, Time: 1, Threads: 1}
+	h, err := directory.HashPassword([]byte("admin-secret"), p)
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	kek := make([]byte, 32)
+	_, _ = rand.Read(kek)
+	cfg := issuer.DefaultConfig()
+	cfg.Issuer = "http://" + ln.Addr().String()
+	cfg.NATS.URL = natsURL
+	cfg.DistributionKeyFile = write("dist.key", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
+	cfg.KeyEncryptionKey = base64.StdEncoding.EncodeToString(kek)
+	cfg.UsersFile = write("users.yaml", []byte("users: []\n"))
+	cfg.ClientsFile = write("clients.yaml", []byte(fmt.Sprintf("clients:\n  - id: admin\n    secret_hash: %q\n    grants: [client_credentials]\n    scopes: [\"tokenwarden:admin\"]\n", h)))
+	s, err := issuer.New(cfg, issuer.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
+	if err != nil {
+		return nil, err
+	}
+	hs := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = hs.Serve(ln) }()
+	go func() { defer close(done); _ = s.Run(ctx) }()
+	ip := &issuerProc{url: cfg.Issuer, dist: pub, server: s, stop: func() { cancel(); <-done; _ = hs.Close() }}
+	if err := waitOK(ip.url+"/readyz", 30*time.Second); err != nil {
+		return nil, err
+	}
+	form := url.Values{"grant_type": {"client_credentials"}, "scope": {issuer.AdminScope}}
+	req, _ := http.NewRequest("POST", ip.url+"/oauth2/token", strings.NewReader(form.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.SetBasicAuth("admin", "admin-secret")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	var tok struct {
+		AccessToken string `json:"access_token"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&tok); err != nil || tok.AccessToken == "" {
+		return nil, errors.New("no admin token")
+	}
+	ip.admin = tok.AccessToken
+	return ip, nil
+}
+
+func waitOK(u string, within time.Duration) error {
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		if resp, err := http.Get(u); err == nil { // #nosec G107 -- loopback URL built here
+			_ = resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return nil
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("%s not ready within %s", u, within)
+}
+
+// applyLog records when each sidecar applied each event.
+type applyLog struct {
+	mu   sync.Mutex
+	when map[string][]time.Time // event id → apply times
+}
+
+func (l *applyLog) record(id string, t time.Time) {
+	l.mu.Lock()
+	l.when[id] = append(l.when[id], t)
+	l.mu.Unlock()
+}
+
+func (l *applyLog) count(id string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.when[id])
+}
+
+func measureSidecars(iss *issuerProc, natsURL string, n, events int) (stats, int, error) {
+	log := &applyLog{when: map[string][]time.Time{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	scs := make([]*sidecar.Sidecar, 0, n)
+	for range n {
+		cfg := sidecar.DefaultConfig()
+		cfg.Listen = "127.0.0.1:0"
+		cfg.Issuer = iss.url
+		cfg.Audience = []string{iss.url}
+		cfg.NATS.URL = natsURL
+		cfg.DistributionPublicKeys = []string{base64.StdEncoding.EncodeToString(iss.dist)}
+		sc, err := sidecar.New(cfg, sidecar.WithLogger(quiet), sidecar.WithOnRevocation(func(e *revocation.Event) { log.record(e.ID, time.Now()) }))
+		if err != nil {
+			return stats{}, 0, err
+		}
+		scs = append(scs, sc)
+		wg.Go(func() { _ = sc.Run(ctx) })
+	}
+	// Wait until every sidecar holds keys and has replayed the stream.
+	deadline := time.Now().Add(2 * time.Minute)
+	for _, sc := range scs {
+		for !sc.Ready() {
+			if time.Now().After(deadline) {
+				return stats{}, 0, fmt.Errorf("N=%d: sidecars not ready within 2 minutes", n)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	var delays []time.Duration
+	missed := 0
+	for range events {
+		jti := "prop-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+		body, _ := json.Marshal(map[string]string{"kind": "jti", "value": jti})
+		req, _ := http.NewRequest("POST", iss.url+"/admin/v1/revocations", bytes.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", "Bearer "+iss.admin)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return stats{}, 0, err
+		}
+		t0 := time.Now()
+		var ev struct {
+			ID string `json:"id"`
+		}
+		_ = json.NewDecoder(resp.Body).Decode(&ev)
+		_ = resp.Body.Close()
+		if resp.StatusCode != http.StatusCreated {
+			return stats{}, 0, fmt.Errorf("admin API: %d", resp.StatusCode)
+		}
+		wait := time.Now().Add(10 * time.Second)
+		for log.count(ev.ID) < n && time.Now().Before(wait) {
+			time.Sleep(time.Millisecond)
+		}
+		log.mu.Lock()
+		for _, at := range log.when[ev.ID] {
+			delays = append(delays, max(at.Sub(t0), 0)) // applied before the 201 arrived: 0
+		}
+		missed += n - len(log.when[ev.ID])
+		log.mu.Unlock()
+		// Every sidecar now rejects a token with that jti.
+		claims := &jwks.Claims{ID: jti, Subject: "x", ClientID: "x"}
+		for _, sc := range scs {
+			if revoked, _ := sc.Revocations().Check(claims); !revoked {
+				missed++
+			}
+		}
+		time.Sleep(20 * time.Millisecond) // let the fan-out settle between events
+	}
+	return summarize(delays), missed, nil
+}
+
+// measureFanout is the floor: one core NATS message to n subscribers, each
+// on its own connection, timed from publish to each receipt.
+func measureFanout(natsURL string, n, events int) (stats, error) {
+	subj := "bench.fanout." + strconv.FormatInt(time.Now().UnixNano(), 36)
+	var mu sync.Mutex
+	got := map[int][]time.Time{}
+	conns := make([]*nats.Conn, 0, n)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for range n {
+		c, err := nats.Connect(natsURL)
+		if err != nil {
+			return stats{}, err
+		}
+		conns = append(conns, c)
+		if _, err := c.Subscribe(subj, func(m *nats.Msg) {
+			i, _ := strconv.Atoi(string(m.Data))
+			now := time.Now()
+			mu.Lock()
+			got[i] = append(got[i], now)
+			mu.Unlock()
+		}); err != nil {
+			return stats{}, err
+		}
+		if err := c.Flush(); err != nil {
+			return stats{}, err
+		}
+	}
+	pub, err := nats.Connect(natsURL)
+	if err != nil {
+		return stats{}, err
+	}
+	defer pub.Close()
+	var delays []time.Duration
+	for i := range events {
+		t0 := time.Now()
+		if err := pub.Publish(subj, []byte(strconv.Itoa(i))); err != nil {
+			return stats{}, err
+		}
+		_ = pub.Flush()
+		wait := time.Now().Add(10 * time.Second)
+		for time.Now().Before(wait) {
+			mu.Lock()
+			k := len(got[i])
+			mu.Unlock()
+			if k >= n {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+		mu.Lock()
+		for _, at := range got[i] {
+			delays = append(delays, at.Sub(t0))
+		}
+		mu.Unlock()
+		time.Sleep(20 * time.Millisecond)
+	}
+	return summarize(delays), nil
+}
