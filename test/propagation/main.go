@@ -243,7 +243,7 @@ func measureSidecars(iss *issuerProc, natsURL string, n, events int) (stats, int
 	for _, sc := range scs {
 		for !sc.Ready() {
 			if time.Now().After(deadline) {
-				return stats{}, 0, fmt.Errorf("N=%d: sidecars not ready within 2 minutes", n)
+				return stats{}, 0, fmt.Errorf("%d sidecars not ready within 2 minutes", n)
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
