@@ -39,12 +39,17 @@ vuln:
 LOAD_DURATION ?= 10s
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./jwks/ ./issuer/... ./sidecar/
+	$(GO) test -run '^$$' -bench 'Check|Apply|Verify|Memory' -benchmem -benchtime $(BENCHTIME) ./revocation/
+	$(GO) test -run '^$$' -bench 'Replay' -benchtime 1x ./revocation/
 	$(GO) run ./test/sidecarload -bin $(BIN) -c 32 -d $(LOAD_DURATION)
+	$(GO) run ./test/propagation -n 1,100,1000 -events 20
 
 ## fuzz: each fuzz target for a bounded time
 FUZZTIME ?= 30s
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime $(FUZZTIME) ./jwks/
+	$(GO) test -run '^$$' -fuzz '^FuzzVerifyRequest$$' -fuzztime $(FUZZTIME) ./sidecar/
+	$(GO) test -run '^$$' -fuzz '^FuzzVerifyEvent$$' -fuzztime $(FUZZTIME) ./revocation/
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./issuer/directory/
 	$(GO) test -run '^$$' -fuzz '^FuzzVerifyPassword$$' -fuzztime $(FUZZTIME) ./issuer/directory/
 

@@ -25,6 +25,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -281,9 +282,12 @@ func measureSidecars(iss *issuerProc, natsURL string, n, events int) (stats, int
 		log.mu.Unlock()
 		// Every sidecar now rejects a token with that jti.
 		claims := &jwks.Claims{ID: jti, Subject: "x", ClientID: "x"}
-		for _, sc := range scs {
+		for i, sc := range scs {
 			if revoked, _ := sc.Revocations().Check(claims); !revoked {
 				missed++
+				rec := httptest.NewRecorder()
+				sc.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
+				fmt.Fprintf(os.Stderr, "sidecar %d missed event %s: readyz %d %s", i, ev.ID, rec.Code, rec.Body.String())
 			}
 		}
 		time.Sleep(20 * time.Millisecond) // let the fan-out settle between events
