@@ -68,6 +68,10 @@ type NATSConfig struct {
 	// RefreshRetention bounds how long an unused refresh-token family is
 	// kept; it must be at least the longest refresh-token lifetime.
 	RefreshRetention time.Duration `yaml:"refresh_retention"`
+	// MaxConsumers is how many consumers the JWKS bucket and the revocation
+	// stream accept: every sidecar holds one of each. nats-server's own
+	// default is 1,000 per stream, too few for a large cluster.
+	MaxConsumers int `yaml:"max_consumers"`
 }
 
 // KeysConfig is the rotation policy of the signing keys.
@@ -97,6 +101,7 @@ func DefaultConfig() Config {
 			Prefix:           "tokenwarden",
 			Replicas:         1,
 			RefreshRetention: 7 * 24 * time.Hour,
+			MaxConsumers:     100_000,
 		},
 		Keys: KeysConfig{
 			Algorithm:        string(jwks.ES256),
@@ -126,6 +131,9 @@ func (c *Config) Validate() error {
 	}
 	if c.NATS.Prefix == "" || strings.ContainsAny(c.NATS.Prefix, ". *>\t") {
 		add("nats.prefix: %q must be non-empty without dots, spaces or wildcards", c.NATS.Prefix)
+	}
+	if c.NATS.MaxConsumers < 1000 {
+		add("nats.max_consumers: %d, want at least 1000 (one per sidecar)", c.NATS.MaxConsumers)
 	}
 	if c.NATS.Replicas < 1 || c.NATS.Replicas > 5 {
 		add("nats.replicas: %d, want 1 to 5", c.NATS.Replicas)

@@ -418,3 +418,26 @@ func mustReq(t *testing.T, method, u string) *http.Request {
 	}
 	return req
 }
+
+// TestConsumerLimits: the JWKS bucket and the revocation stream accept one
+// consumer per sidecar beyond nats-server's default of 1,000 per stream.
+func TestConsumerLimits(t *testing.T) {
+	e := newEnv(t)
+	in := e.start()
+	in.waitReady(t)
+	nc, err := nats.Connect(e.nats.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	for _, name := range []string{"KV_tokenwarden_jwks", "TOKENWARDEN_REVOCATIONS"} {
+		st, err := js.Stream(t.Context(), name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := st.CachedInfo().Config.MaxConsumers; got != 100_000 {
+			t.Errorf("%s: MaxConsumers %d", name, got)
+		}
+	}
+}

@@ -268,6 +268,10 @@ func (s *Server) setupBuckets(ctx context.Context, js jetstream.JetStream) error
 	if err != nil {
 		return err
 	}
+	// Every sidecar watches this bucket with a consumer of its own.
+	if err := raiseConsumerLimit(ctx, js, "KV_"+BundleBucket(p), s.cfg.NATS.MaxConsumers); err != nil {
+		return err
+	}
 	fams, err := mk(p+"_refresh", "tokenwarden refresh-token families (hashes only)", s.cfg.NATS.RefreshRetention)
 	if err != nil {
 		return err
@@ -275,11 +279,29 @@ func (s *Server) setupBuckets(ctx context.Context, js jetstream.JetStream) error
 	// Events live until their expires_at (per-message TTL); MaxAge is only
 	// the upper bound, generous against clients whose TTLs grow later.
 	maxAge := max(24*time.Hour, 2*(s.maxTokenTTL()+s.cfg.Leeway))
-	if _, err := revocation.EnsureStream(ctx, js, revocation.StreamConfig{Prefix: p, Replicas: r, MaxAge: maxAge}); err != nil {
+	if _, err := revocation.EnsureStream(ctx, js, revocation.StreamConfig{Prefix: p, Replicas: r, MaxAge: maxAge, MaxConsumers: s.cfg.NATS.MaxConsumers}); err != nil {
 		return fmt.Errorf("revocation stream: %w", err)
 	}
 	s.keys.kv, s.keys.bundles, s.families = ring, bundles, familyStore{kv: fams}
 	s.publisher = revocation.NewPublisher(js, p, s.dist)
+	return nil
+}
+
+// raiseConsumerLimit sets the consumer limit of a KV bucket's stream, which
+// the KV API does not expose.
+func raiseConsumerLimit(ctx context.Context, js jetstream.JetStream, stream string, n int) error {
+	st, err := js.Stream(ctx, stream)
+	if err != nil {
+		return fmt.Errorf("stream %s: %w", stream, err)
+	}
+	cfg := st.CachedInfo().Config
+	if cfg.MaxConsumers == n {
+		return nil
+	}
+	cfg.MaxConsumers = n
+	if _, err := js.UpdateStream(ctx, cfg); err != nil {
+		return fmt.Errorf("stream %s: set consumer limit: %w", stream, err)
+	}
 	return nil
 }
 

@@ -244,9 +244,6 @@ func (c *Consumer) session(ctx context.Context) (progress bool, err error) {
 	c.created = info.Created
 	if !c.caughtUp.Load() {
 		c.target = state.LastSeq
-		if state.Msgs == 0 || state.LastSeq <= last {
-			c.markCaughtUp(0)
-		}
 	}
 
 	// The ordered consumer replays from the start (or resumes after the
@@ -262,6 +259,12 @@ func (c *Consumer) session(ctx context.Context) (progress bool, err error) {
 	rcancel()
 	if err != nil {
 		return false, fmt.Errorf("create consumer: %w", err)
+	}
+	// Caught up only once a consumer exists: an empty stream is replayed,
+	// but a sidecar that cannot follow it (a consumer limit, permissions)
+	// must not report ready.
+	if !c.caughtUp.Load() && (state.Msgs == 0 || state.LastSeq <= last) {
+		c.markCaughtUp(0)
 	}
 	if info := cons.CachedInfo(); info != nil && info.NumPending == 0 && !c.caughtUp.Load() {
 		c.markCaughtUp(0)

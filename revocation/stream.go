@@ -51,7 +51,15 @@ type StreamConfig struct {
 	// DuplicateWindow (default 2m) is how long a retried publish of the
 	// same event is recognised as a duplicate.
 	DuplicateWindow time.Duration
+	// MaxConsumers bounds the consumers of the stream: one per sidecar and
+	// issuer replica (default DefaultMaxConsumers). It must be set: a
+	// nats-server applies its own default of 1,000 per stream otherwise,
+	// and the 1,001st sidecar could never follow revocations.
+	MaxConsumers int
 }
+
+// DefaultMaxConsumers is the default of StreamConfig.MaxConsumers.
+const DefaultMaxConsumers = 100_000
 
 // EnsureStream creates the revocation stream, or updates it to cfg: file
 // storage, the subjects prefix.revocations.>, discard old, MaxAge, the
@@ -71,6 +79,9 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig)
 	if cfg.DuplicateWindow == 0 {
 		cfg.DuplicateWindow = DefaultDuplicateWindow
 	}
+	if cfg.MaxConsumers <= 0 {
+		cfg.MaxConsumers = DefaultMaxConsumers
+	}
 	if cfg.MaxAge < 0 || cfg.DuplicateWindow < 0 {
 		return nil, errors.New("revocation stream: negative max age or duplicate window")
 	}
@@ -78,17 +89,18 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig)
 		return nil, fmt.Errorf("revocation stream: duplicate window %s longer than max age %s", cfg.DuplicateWindow, cfg.MaxAge)
 	}
 	s, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:        StreamName(cfg.Prefix),
-		Description: "tokenwarden revocation events (signed JWS), each kept until it expires",
-		Subjects:    []string{subjects(cfg.Prefix)},
-		Retention:   jetstream.LimitsPolicy,
-		Discard:     jetstream.DiscardOld,
-		Storage:     jetstream.FileStorage,
-		Replicas:    cfg.Replicas,
-		MaxAge:      cfg.MaxAge,
-		Duplicates:  cfg.DuplicateWindow,
-		MaxMsgSize:  maxStoredMsgSize,
-		AllowMsgTTL: true,
+		Name:         StreamName(cfg.Prefix),
+		Description:  "tokenwarden revocation events (signed JWS), each kept until it expires",
+		Subjects:     []string{subjects(cfg.Prefix)},
+		Retention:    jetstream.LimitsPolicy,
+		Discard:      jetstream.DiscardOld,
+		Storage:      jetstream.FileStorage,
+		Replicas:     cfg.Replicas,
+		MaxAge:       cfg.MaxAge,
+		Duplicates:   cfg.DuplicateWindow,
+		MaxMsgSize:   maxStoredMsgSize,
+		AllowMsgTTL:  true,
+		MaxConsumers: cfg.MaxConsumers,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("revocation stream %s: %w", StreamName(cfg.Prefix), err)

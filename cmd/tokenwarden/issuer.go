@@ -21,6 +21,7 @@ func issuerSettings(c *issuer.Config) []setting {
 		{flag: "nats-prefix", usage: "prefix of the NATS buckets and streams", bind: &c.NATS.Prefix},
 		{flag: "nats-creds", usage: "NATS credentials file", bind: &c.NATS.CredsFile},
 		{flag: "nats-replicas", usage: "replicas of the JetStream buckets", bind: &c.NATS.Replicas},
+		{flag: "nats-max-consumers", usage: "consumers the JWKS bucket and revocation stream accept (one each per sidecar)", bind: &c.NATS.MaxConsumers},
 		{flag: "users-file", usage: "users YAML file", bind: &c.UsersFile},
 		{flag: "clients-file", usage: "clients YAML file", bind: &c.ClientsFile},
 		{flag: "distribution-key-file", usage: "Ed25519 private key (PKCS#8 PEM) that signs bundles and events", bind: &c.DistributionKeyFile},
