@@ -8,12 +8,15 @@ import (
 	"encoding/base64"
 	"encoding/pem"
 	"fmt"
+	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -25,9 +28,13 @@ import (
 // cluster is a deployment of separate processes sharing one nats-server:
 // an issuer and two sidecars.
 type cluster struct {
-	issuer   string
-	sidecars []string
-	admin    []string // env for admin commands
+	issuer      string
+	issuerProc  *proc
+	sidecars    []string
+	sockets     []string // the sidecars' Unix sockets
+	admin       []string // env for admin commands
+	dir         string
+	clientsFile string
 }
 
 func hashSecret(t *testing.T, secret string) string {
@@ -77,17 +84,21 @@ func startCluster(t *testing.T) *cluster {
 	issuerURL := "http://" + issuerAddr
 	// Configuration through a file, the environment and flags at once.
 	cfgFile := write("issuer.yaml", fmt.Sprintf("issuer: %s\nusers_file: %s\nclients_file: %s\nkeys:\n  propagation_delay: 1s\n", issuerURL, users, clients))
-	start(t, "issuer", []string{"TOKENWARDEN_KEY_ENCRYPTION_KEY=" + base64.StdEncoding.EncodeToString(kek), "TOKENWARDEN_NATS_URL=" + natsURL},
+	issuerProc := start(t, "issuer", []string{"TOKENWARDEN_KEY_ENCRYPTION_KEY=" + base64.StdEncoding.EncodeToString(kek), "TOKENWARDEN_NATS_URL=" + natsURL},
 		twBin, "issuer", "--config", cfgFile, "--listen", issuerAddr, "--distribution-key-file", distKey, "--log-format", "json")
 	waitOK(t, issuerURL+"/readyz", 60*time.Second)
 
-	c := &cluster{issuer: issuerURL, admin: []string{"TOKENWARDEN_ISSUER=" + issuerURL, "TOKENWARDEN_CLIENT_ID=admin", "TOKENWARDEN_CLIENT_SECRET=admin-secret"}}
+	c := &cluster{issuer: issuerURL, admin: []string{"TOKENWARDEN_ISSUER=" + issuerURL, "TOKENWARDEN_CLIENT_ID=admin", "TOKENWARDEN_CLIENT_SECRET=admin-secret"},
+		dir: dir, clientsFile: clients}
+	c.issuerProc = issuerProc
 	for i := range 2 {
 		addr := freeAddr(t)
-		start(t, fmt.Sprintf("sidecar-%d", i), nil, twBin, "sidecar", "--listen", addr, "--issuer", issuerURL, "--audience", "orders-api",
+		sock := filepath.Join(dir, fmt.Sprintf("sidecar-%d.sock", i))
+		start(t, fmt.Sprintf("sidecar-%d", i), nil, twBin, "sidecar", "--listen", addr, "--socket", sock, "--issuer", issuerURL, "--audience", "orders-api",
 			"--nats-url", natsURL, "--distribution-public-key-file", distPub, "--cache-dir", filepath.Join(dir, fmt.Sprintf("cache-%d", i)))
 		waitOK(t, "http://"+addr+"/readyz", 60*time.Second)
 		c.sidecars = append(c.sidecars, "http://"+addr)
+		c.sockets = append(c.sockets, sock)
 	}
 	return c
 }
@@ -214,5 +225,70 @@ func TestSeparateProcesses(t *testing.T) {
 	list, _ := tw(t, c.admin, "keys", "list")
 	if strings.Count(list, "retired") < 3 {
 		t.Errorf("expected 3 retired keys still published:\n%s", list)
+	}
+}
+
+// TestUnixSocketAndSIGHUP: the sidecar answers on its Unix socket, and the
+// issuer reloads its clients file on SIGHUP.
+func TestUnixSocketAndSIGHUP(t *testing.T) {
+	c := startCluster(t)
+	cc := clientcredentials.Config{ClientID: "web", ClientSecret: "web-secret", TokenURL: c.issuer + "/oauth2/token"}
+	tok, err := cc.Token(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", c.sockets[0])
+	}}}
+	req, _ := http.NewRequest("GET", "http://sidecar/verify", nil)
+	req.Header.Set("Authorization", "Bearer "+tok.AccessToken)
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("X-Auth-Subject") != "web" {
+		t.Fatalf("over the Unix socket: %d", resp.StatusCode)
+	}
+	resp, err = hc.PostForm("http://sidecar/introspect", url.Values{"token": {tok.AccessToken}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("introspection over the Unix socket: %d", resp.StatusCode)
+	}
+
+	// A new client, then SIGHUP: it works at once.
+	clients, _ := os.ReadFile(c.clientsFile)
+	added := string(clients) + fmt.Sprintf("  - id: batch\n    secret_hash: %q\n    grants: [client_credentials]\n    scopes: [read]\n    audience: orders-api\n", hashSecret(t, "batch-secret"))
+	if err := os.WriteFile(c.clientsFile, []byte(added), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.issuerProc.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	batch := clientcredentials.Config{ClientID: "batch", ClientSecret: "batch-secret", TokenURL: c.issuer + "/oauth2/token"}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := batch.Token(t.Context()); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("new client after SIGHUP: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// A broken file is refused; the clients before it keep working.
+	if err := os.WriteFile(c.clientsFile, []byte("clients: [\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.issuerProc.cmd.Process.Signal(syscall.SIGHUP)
+	time.Sleep(300 * time.Millisecond)
+	if _, err := batch.Token(t.Context()); err != nil {
+		t.Fatalf("a broken clients file took effect: %v", err)
+	}
+	if !strings.Contains(c.issuerProc.out.String(), "clients") {
+		t.Errorf("no log line about the broken clients file:\n%s", c.issuerProc.out.String())
 	}
 }
