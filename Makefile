@@ -8,7 +8,7 @@ GOLANGCI    := github.com/golangci/golangci-lint/v2/cmd/golangci-lint@v2.15.0
 GOVULNCHECK := golang.org/x/vuln/cmd/govulncheck@v1.9.0
 BENCHTIME   ?= 2s
 
-.PHONY: all build demo test lint vet vuln bench fuzz tidy clean
+.PHONY: all build deps demo test lint vet vuln bench fuzz tidy clean
 
 all: build
 
@@ -19,8 +19,14 @@ build:
 demo: build
 	./$(BIN) dev
 
+## deps: system packages the tests need (nginx for test/proxies), installed when missing
+deps:
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || { \
+	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+	  $$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends nginx; }
+
 ## test: everything CI runs: vet, then every test with the race detector
-test:
+test: deps
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 20m ./...
 

@@ -31,8 +31,6 @@ const realm = `Bearer realm="tokenwarden"`
 // Handler returns the sidecar's HTTP API.
 func (s *Sidecar) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("/verify", s.handleVerify)
-	mux.HandleFunc("/verify/", s.handleVerify)
 	mux.HandleFunc("/introspect", s.handleIntrospect)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
@@ -47,7 +45,16 @@ func (s *Sidecar) Handler() http.Handler {
 		writeJSON(w, code, map[string]any{"status": status, "checks": checks})
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{}))
-	return mux
+	// /verify/… is matched before the mux: ServeMux would answer a path
+	// that is not in clean form (/verify/a//b, as Envoy forwards a client's
+	// path) with a redirect instead of a verdict.
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if p := r.URL.Path; p == "/verify" || strings.HasPrefix(p, "/verify/") {
+			s.handleVerify(w, r)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
 }
 
 // handleVerify answers any method on /verify and /verify/…: nginx

@@ -25,7 +25,7 @@ func TestVerifyEndpoint(t *testing.T) {
 
 	t.Run("valid, any method and path", func(t *testing.T) {
 		for _, m := range []string{"GET", "POST", "DELETE", "PATCH"} {
-			for _, p := range []string{"/verify", "/verify/", "/verify/api/orders/42"} {
+			for _, p := range []string{"/verify", "/verify/", "/verify/api/orders/42", "/verify/api//orders", "/verify/a/../b"} {
 				a := sc.verify(t, m, p, tok)
 				if a.status != 200 {
 					t.Fatalf("%s %s: %d %v", m, p, a.status, a.header)

@@ -217,13 +217,15 @@ func (c *Client) VerifyToken(ctx context.Context, token string, scopes ...string
 		ctx, cancel = context.WithTimeout(ctx, c.timeout)
 		defer cancel()
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	// The URL is the sidecar address the app was configured with; only the
+	// query (scope names) comes from the call.
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil) // #nosec G704 -- configured sidecar address
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	req.Header.Set("Authorization", "Bearer "+token)
 	req.Header.Set("User-Agent", "tokenwarden-client")
-	resp, err := c.hc.Do(req)
+	resp, err := c.hc.Do(req) // #nosec G704 -- configured sidecar address
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
@@ -288,7 +290,9 @@ func BearerToken(authorization []string) (string, error) {
 	if len(authorization) > 1 {
 		return "", &Error{Status: http.StatusUnauthorized, Code: CodeInvalidRequest, Description: "more than one Authorization header"}
 	}
-	scheme, rest, ok := strings.Cut(authorization[0], " ")
+	// HTTP trims a field value's surrounding whitespace (RFC 9110 §5.5),
+	// so "Bearer " reaches the sidecar as "Bearer": no token.
+	scheme, rest, ok := strings.Cut(strings.Trim(authorization[0], " \t"), " ")
 	if !ok || !strings.EqualFold(scheme, "Bearer") {
 		return "", ErrNoToken
 	}
