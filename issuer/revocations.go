@@ -95,8 +95,10 @@ func (s *Server) handleCreateRevocation(w http.ResponseWriter, r *http.Request) 
 			return
 		}
 	}
+	// issued_before bounds sub, client and all; a jti or sid event ignores
+	// it and must outlive every token issued until now.
 	horizon := now
-	if !issuedBefore.IsZero() {
+	if !issuedBefore.IsZero() && req.Kind != revocation.KindJTI && req.Kind != revocation.KindSID {
 		horizon = issuedBefore
 	}
 	exp := revocation.ExpiryFor(req.Kind, time.Time{}, horizon, s.maxTokenTTL(), s.cfg.Leeway)

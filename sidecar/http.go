@@ -244,8 +244,10 @@ func fromLoopback(r *http.Request) bool {
 	if err != nil {
 		return false
 	}
+	// Exactly 127.0.0.1 or ::1, not all of 127/8: a service mesh such as
+	// Istio forwards other pods' traffic from 127.0.0.6.
 	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
+	return ip != nil && (ip.Equal(net.IPv4(127, 0, 0, 1)) || ip.Equal(net.IPv6loopback))
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -33,6 +33,8 @@ type Sidecar struct {
 	revocations *revocation.Set
 	consumer    atomic.Pointer[revocation.Consumer]
 
+	setClock func() time.Time // the revocation set's clock: now minus leeway
+
 	natsUp atomic.Bool
 	// kick asks Run for an on-demand key refresh (a token named an unknown
 	// kid); the cache rate-limits the refreshes themselves.
@@ -105,7 +107,12 @@ func New(cfg Config, opts ...Option) (*Sidecar, error) {
 	}
 	s := &Sidecar{cfg: cfg, log: o.log, now: o.now, keys: keys, kick: make(chan struct{}, 1), trusted: trusted}
 	if o.revoked == nil {
-		s.revocations = revocation.NewSet(revocation.WithSetClock(o.now))
+		// An event lives until the last token it matches has expired, by
+		// the issuer's reckoning. This sidecar accepts tokens for its own
+		// leeway past exp, so it keeps events that much longer: a larger
+		// leeway here must not revive revoked tokens.
+		s.setClock = func() time.Time { return o.now().Add(-v.Leeway()) }
+		s.revocations = revocation.NewSet(revocation.WithSetClock(s.setClock))
 		o.revoked = s.revocations
 	}
 	var cache *tokenCache
@@ -170,7 +177,7 @@ func (s *Sidecar) Run(ctx context.Context) error {
 				s.log.Error("revocation consumer stopped", "err", err)
 			}
 		})
-		wg.Go(func() { s.revocations.RunGC(ctx, 10*time.Second, s.now) })
+		wg.Go(func() { s.revocations.RunGC(ctx, 10*time.Second, s.setClock) })
 	}
 	wg.Wait()
 	return nil
@@ -191,10 +198,15 @@ func (s *Sidecar) natsState(up bool) {
 func (s *Sidecar) readiness() (map[string]string, bool) {
 	st := s.keys.Status()
 	checks := map[string]string{}
-	ready := s.keys.Ready()
-	if ready {
+	// Keys from the HTTPS fallback verify tokens, but only a bundle signed
+	// by the distribution key makes the sidecar ready.
+	ready := s.keys.Ready() && st.Source != jwks.CacheSourceHTTP
+	switch {
+	case ready:
 		checks["keys"] = fmt.Sprintf("ok: %d keys from %s, sequence %d", st.Keys, st.Source, st.Sequence)
-	} else {
+	case s.keys.Ready():
+		checks["keys"] = fmt.Sprintf("%d unsigned keys from the HTTPS fallback; waiting for a signed bundle", st.Keys)
+	default:
 		checks["keys"] = "no verified JWKS bundle yet"
 	}
 	switch c := s.consumer.Load(); {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/tokenwarden/tokenwarden/internal/embeddednats"
 	"github.com/tokenwarden/tokenwarden/jwks"
+	"github.com/tokenwarden/tokenwarden/revocation"
 )
 
 func TestVerifyEndpoint(t *testing.T) {
@@ -194,7 +195,7 @@ func TestIntrospection(t *testing.T) {
 	for _, c := range []struct {
 		addr string
 		ok   bool
-	}{{"127.0.0.1:5", true}, {"[::1]:5", true}, {"@", true}, {"10.0.0.3:5", false}, {"[2001:db8::1]:5", false}, {"junk", false}} {
+	}{{"127.0.0.1:5", true}, {"[::1]:5", true}, {"@", true}, {"10.0.0.3:5", false}, {"127.0.0.6:5", false}, {"[2001:db8::1]:5", false}, {"junk", false}} {
 		if got := fromLoopback(&http.Request{RemoteAddr: c.addr}); got != c.ok {
 			t.Errorf("fromLoopback(%q) = %v", c.addr, got)
 		}
@@ -467,5 +468,35 @@ func TestConfigValidation(t *testing.T) {
 	}
 	if _, err := ParseDistributionPublicKey("-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----"); err == nil {
 		t.Error("truncated PEM accepted")
+	}
+}
+
+// TestLeewayOutlivesEventExpiry: an event expires with the last token it
+// matches, by the issuer's leeway; a sidecar with a larger leeway accepts
+// tokens for longer, so it must keep the event for longer too.
+func TestLeewayOutlivesEventExpiry(t *testing.T) {
+	w := newWorld(t, jwks.ES256)
+	cfg := w.config()
+	cfg.Leeway = 2 * time.Minute
+	sc := w.start(cfg)
+	sc.waitReady(t)
+	tok := w.token()
+	jti := introspect(t, sc, tok)["jti"].(string)
+	exp := w.clock.Now().Add(10 * time.Minute)
+	now := w.clock.Now()
+	e, err := revocation.NewEvent(revocation.KindJTI, jti, time.Time{}, exp.Add(30*time.Second), "test", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := revocation.NewPublisher(w.js, "tokenwarden", w.dist).Publish(t.Context(), e); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "event applied", func() bool { return sc.verify(t, "GET", "/verify", tok).status == 401 })
+	// Past the event's expiry, within this sidecar's leeway: still revoked,
+	// also after a GC.
+	w.clock.Advance(10*time.Minute + 90*time.Second)
+	sc.Revocations().GC(sc.setClock()) // what the sidecar's GC loop does
+	if a := sc.verify(t, "GET", "/verify", tok); a.status != 401 {
+		t.Fatalf("revoked token accepted once the event expired by the issuer's clock: %d", a.status)
 	}
 }

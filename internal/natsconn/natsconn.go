@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net/url"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -64,12 +66,12 @@ func Connect(o Options) (*nats.Conn, error) {
 	}
 	nc, err := nats.Connect(o.URL, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("nats %s: %w", o.URL, err)
+		return nil, fmt.Errorf("nats %s: %w", Redact(o.URL), err)
 	}
 	if nc.IsConnected() {
 		state(true)
 	} else {
-		log.Warn("NATS not reachable yet; retrying in the background", "url", o.URL)
+		log.Warn("NATS not reachable yet; retrying in the background", "url", Redact(o.URL))
 		state(false)
 	}
 	return nc, nil
@@ -116,4 +118,26 @@ func Sleep(ctx context.Context, d time.Duration) bool {
 	case <-t.C:
 		return true
 	}
+}
+
+// Redact hides the password (or token) of every URL in a comma-separated
+// NATS server list, so it can be logged.
+func Redact(urls string) string {
+	parts := strings.Split(urls, ",")
+	for i, p := range parts {
+		u, err := url.Parse(strings.TrimSpace(p))
+		if err != nil {
+			parts[i] = "<unparseable URL>"
+			continue
+		}
+		if u.User != nil {
+			if _, has := u.User.Password(); has {
+				u.User = url.UserPassword(u.User.Username(), "xxxxx")
+			} else {
+				u.User = url.User("xxxxx") // a token in the user part
+			}
+		}
+		parts[i] = u.String()
+	}
+	return strings.Join(parts, ",")
 }

@@ -55,7 +55,8 @@ func run(bin string, conns int, dur time.Duration) error {
 
 	// The rest of the system: NATS and an issuer (dev also runs a sidecar,
 	// which is not measured).
-	dev := exec.CommandContext(ctx, bin, "dev", // #nosec G204 -- the operator names the binary to measure "--data", filepath.Join(dir, "dev"), "--issuer-addr", "127.0.0.1:0",
+	// #nosec G204 -- the operator names the binary to measure
+	dev := exec.CommandContext(ctx, bin, "dev", "--data", filepath.Join(dir, "dev"), "--issuer-addr", "127.0.0.1:0",
 		"--sidecar-addr", "127.0.0.1:0", "--nats-addr", "127.0.0.1:0", "--log-level", "warn")
 	out, err := dev.StdoutPipe()
 	if err != nil {
@@ -76,7 +77,8 @@ func run(bin string, conns int, dur time.Duration) error {
 	if err != nil {
 		return err
 	}
-	sc := exec.CommandContext(ctx, bin, "sidecar", // #nosec G204 -- as above "--listen", addr, "--issuer", issuerURL, "--audience", "demo-api",
+	// #nosec G204 -- as above
+	sc := exec.CommandContext(ctx, bin, "sidecar", "--listen", addr, "--issuer", issuerURL, "--audience", "demo-api",
 		"--nats-url", natsURL, "--distribution-public-key-file", filepath.Join(dir, "dev", "distribution.pub"), "--log-level", "warn")
 	sc.Stderr = os.Stderr
 	if err := sc.Start(); err != nil {
