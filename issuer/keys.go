@@ -160,6 +160,11 @@ func (m *keyManager) load(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
+			// Sidecars accept only a higher sequence than the one they hold
+			// (on disk, too). A ring made after the bucket was lost must
+			// still outrank every bundle published before, so its sequence
+			// starts at the clock (milliseconds), not at 1.
+			r.Sequence = max(r.Sequence, uint64(m.now().UnixMilli())) // #nosec G115 -- after 1970
 			b, err := m.encode(r)
 			if err != nil {
 				return err

@@ -441,3 +441,29 @@ func TestConsumerLimits(t *testing.T) {
 		}
 	}
 }
+
+// TestNewRingOutranksOldBundles: after the key bucket is lost, the new
+// ring's bundles still have higher sequences than every bundle before, so
+// sidecars holding an old one (on disk) accept them.
+func TestNewRingOutranksOldBundles(t *testing.T) {
+	e := newEnv(t)
+	a := e.start()
+	a.waitReady(t)
+	before := a.keys.current().ring.Sequence
+	a.stop()
+	nc, err := nats.Connect(e.nats.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	if err := js.DeleteKeyValue(t.Context(), "tokenwarden_keys"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(5 * time.Millisecond)
+	b := e.start()
+	b.waitReady(t)
+	if after := b.keys.current().ring.Sequence; after <= before {
+		t.Fatalf("new ring sequence %d does not outrank %d", after, before)
+	}
+}

@@ -60,6 +60,7 @@ func (s *Server) publish(ctx context.Context, e *revocation.Event) (uint64, erro
 	// a refresh right after the 201 must already see it. Apply is
 	// idempotent by event id, so the later delivery changes nothing.
 	s.revocations.Apply(e)
+	s.sweeper.enqueue(e)
 	s.metrics.revocationsPublished.WithLabelValues(string(e.Kind)).Inc()
 	s.log.Info("revocation stored", "id", e.ID, "kind", e.Kind, "sequence", seq, "expires_at", e.Expires().UTC())
 	return seq, nil

@@ -42,6 +42,7 @@ type Server struct {
 
 	publisher   *revocation.Publisher
 	revocations *revocation.Set
+	sweeper     *sweeper
 	consumer    atomic.Pointer[revocation.Consumer]
 
 	userLimiter *failureLimiter
@@ -111,6 +112,7 @@ func New(cfg Config, opts ...Option) (*Server, error) {
 		return nil, err
 	}
 	s.revocations = revocation.NewSet(revocation.WithSetClock(s.now))
+	s.sweeper = newSweeper(s)
 	s.metrics.setSize(s.revocations.Len)
 	return s, nil
 }
@@ -211,8 +213,10 @@ func (s *Server) Run(ctx context.Context) error {
 		return nil
 	}
 	s.setStatus("keys", "")
+	sweep := s.sweeper
+	wg.Go(func() { sweep.run(ctx) })
 	consumer := revocation.NewConsumer(js, s.cfg.NATS.Prefix, []ed25519.PublicKey{s.DistributionPublicKey()}, s.revocations,
-		revocation.WithLogger(s.log), revocation.WithClock(s.now))
+		revocation.WithLogger(s.log), revocation.WithClock(s.now), revocation.WithObserver(sweep))
 	s.consumer.Store(consumer)
 	wg.Go(func() {
 		if err := consumer.Run(ctx); err != nil && ctx.Err() == nil {

@@ -356,3 +356,47 @@ func TestNoScopeAdminForbidden(t *testing.T) {
 		t.Fatalf("%d %v", r.Status, r.Body)
 	}
 }
+
+// TestRevocationEndsRefreshForGood: a sub revocation revokes the user's
+// refresh-token families in NATS, so they stay dead after the event has
+// expired (events live only as long as access tokens).
+func TestRevocationEndsRefreshForGood(t *testing.T) {
+	e := newEnv(t)
+	clock := newFakeClock()
+	in := e.start(WithClock(clock.Now))
+	in.waitReady(t)
+	login := in.login(t, "")
+	bob := in.post(t, "app", "app-secret", url.Values{"grant_type": {"password"}, "username": {"bob"}, "password": {"bob-pw"}})
+	body := strings.NewReader(`{"kind":"sub","value":"alice"}`)
+	req, _ := http.NewRequest("POST", in.url+"/admin/v1/revocations", body)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+in.adminToken(t))
+	if r := do(t, req); r.Status != 201 {
+		t.Fatalf("revoke: %d %v", r.Status, r.Body)
+	}
+	fid, _ := parseRefreshToken(login.str("refresh_token"))
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		f, _, err := in.families.get(t.Context(), fid)
+		if err == nil && f.Revoked {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("family not revoked by the sweep")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// An hour later the event is gone; the refresh token stays dead, bob's
+	// lives on.
+	clock.Advance(time.Hour)
+	in.revocations.GC(clock.Now())
+	if in.revocations.Len() != 0 {
+		t.Fatalf("%d events left after GC", in.revocations.Len())
+	}
+	if r := in.refresh(t, login.str("refresh_token"), ""); r.Status != 400 {
+		t.Fatalf("refresh after the event expired: %d %v", r.Status, r.Body)
+	}
+	if r := in.refresh(t, bob.str("refresh_token"), ""); r.Status != 200 {
+		t.Fatalf("bob's refresh: %d %v", r.Status, r.Body)
+	}
+}
