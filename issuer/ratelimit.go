@@ -50,6 +50,33 @@ func (l *failureLimiter) blocked(key string, now time.Time) (bool, int) {
 	return true, int(math.Ceil(wait))
 }
 
+// attempt takes one attempt for key before the expensive check, so that
+// concurrent requests cannot all slip past an almost empty bucket; release
+// gives it back once the check has succeeded (successes cost nothing). With
+// no attempt left it returns ok=false and the seconds until there is one.
+func (l *failureLimiter) attempt(key string, now time.Time) (release func(), ok bool, wait int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b, found := l.buckets[key]
+	if !found {
+		if len(l.buckets) >= l.max {
+			l.sweep(now)
+		}
+		b = rate.NewLimiter(l.limit, l.burst)
+		l.buckets[key] = b
+	}
+	r := b.ReserveN(now, 1)
+	if d := r.DelayFrom(now); !r.OK() || d > 0 {
+		r.CancelAt(now)
+		return nil, false, max(int(math.Ceil(d.Seconds())), 1)
+	}
+	return func() {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		r.CancelAt(now)
+	}, true, 0
+}
+
 // fail records a failed attempt for key.
 func (l *failureLimiter) fail(key string, now time.Time) {
 	l.mu.Lock()

@@ -52,6 +52,11 @@ func (s *Server) publish(ctx context.Context, e *revocation.Event) (uint64, erro
 	}
 	ctx, cancel := context.WithTimeout(ctx, publishTimeout)
 	defer cancel()
+	// The deny record first: once the event is out, the refresh tokens it
+	// covers must stay dead after the event has expired.
+	if err := s.denied.add(ctx, e); err != nil {
+		return 0, err
+	}
 	seq, err := s.publisher.Publish(ctx, e)
 	if err != nil {
 		return 0, err
@@ -60,7 +65,6 @@ func (s *Server) publish(ctx context.Context, e *revocation.Event) (uint64, erro
 	// a refresh right after the 201 must already see it. Apply is
 	// idempotent by event id, so the later delivery changes nothing.
 	s.revocations.Apply(e)
-	s.sweeper.enqueue(e)
 	s.metrics.revocationsPublished.WithLabelValues(string(e.Kind)).Inc()
 	s.log.Info("revocation stored", "id", e.ID, "kind", e.Kind, "sequence", seq, "expires_at", e.Expires().UTC())
 	return seq, nil
@@ -200,6 +204,9 @@ func (s *Server) revoke(ctx context.Context, clientID, token string) error {
 		s.log.Warn("client tried to revoke another client's access token", "client_id", clientID, "jti", c.ID)
 		return nil
 	}
+	if revoked, _ := s.revocations.Check(&jwks.Claims{ID: c.ID}); revoked {
+		return nil // already revoked: publishing again would only load every sidecar
+	}
 	if _, _, err := s.revokeEvent(ctx, revocation.KindJTI, c.ID, time.Unix(c.Expiry, 0), "revoked by client "+clientID); err != nil {
 		return errUnavailable("revocation not stored")
 	}
@@ -221,6 +228,9 @@ func (s *Server) logout(ctx context.Context, clientID, fid, token string) error 
 	}
 	if f.ClientID != clientID || !s.ownsToken(f, token) {
 		return nil
+	}
+	if revoked, _ := s.revocations.Check(&jwks.Claims{SessionID: f.SessionID}); f.Revoked && revoked {
+		return nil // logged out already
 	}
 	if _, err := s.families.revoke(ctx, f.ID, "logout"); err != nil {
 		return errUnavailable("refresh token store unavailable")
@@ -249,9 +259,13 @@ func (s *Server) ownsToken(f *family, token string) bool {
 	return false
 }
 
-// familyRevoked applies the revocation set to a refresh-token family as if
-// it were a token issued at login: a revoked session, user or client, or a
-// revoke-all after the login, ends the family too.
+// familyRevoked applies the revocation set and the deny records to a
+// refresh-token family as if it were a token issued at login: a revoked
+// session, user or client, or a revoke-all after the login, ends the
+// family too.
 func (s *Server) familyRevoked(f *family) (bool, string) {
-	return s.revocations.Check(&jwks.Claims{Subject: f.Subject, ClientID: f.ClientID, SessionID: f.SessionID, IssuedAt: f.CreatedAt.Unix()})
+	if revoked, reason := s.revocations.Check(&jwks.Claims{Subject: f.Subject, ClientID: f.ClientID, SessionID: f.SessionID, IssuedAt: f.CreatedAt.Unix()}); revoked {
+		return true, reason
+	}
+	return s.denied.covers(f)
 }

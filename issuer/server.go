@@ -42,7 +42,7 @@ type Server struct {
 
 	publisher   *revocation.Publisher
 	revocations *revocation.Set
-	sweeper     *sweeper
+	denied      *denyList
 	consumer    atomic.Pointer[revocation.Consumer]
 
 	userLimiter *failureLimiter
@@ -112,7 +112,7 @@ func New(cfg Config, opts ...Option) (*Server, error) {
 		return nil, err
 	}
 	s.revocations = revocation.NewSet(revocation.WithSetClock(s.now))
-	s.sweeper = newSweeper(s)
+	s.denied = newDenyList(s.log)
 	s.metrics.setSize(s.revocations.Len)
 	return s, nil
 }
@@ -171,6 +171,9 @@ func (s *Server) ready() error {
 	if c := s.consumer.Load(); c == nil || !c.CaughtUp() {
 		return errors.New("revocations: replaying the revocation stream")
 	}
+	if !s.denied.synced.Load() {
+		return errors.New("revocations: reading the deny records")
+	}
 	return nil
 }
 
@@ -183,6 +186,8 @@ func (s *Server) statusSnapshot() map[string]string {
 	}
 	if c := s.consumer.Load(); c == nil || !c.CaughtUp() {
 		out["revocations"] = "replaying the revocation stream"
+	} else if !s.denied.synced.Load() {
+		out["revocations"] = "reading the deny records"
 	}
 	return out
 }
@@ -213,10 +218,9 @@ func (s *Server) Run(ctx context.Context) error {
 		return nil
 	}
 	s.setStatus("keys", "")
-	sweep := s.sweeper
-	wg.Go(func() { sweep.run(ctx) })
+	wg.Go(func() { s.denied.watch(ctx) })
 	consumer := revocation.NewConsumer(js, s.cfg.NATS.Prefix, []ed25519.PublicKey{s.DistributionPublicKey()}, s.revocations,
-		revocation.WithLogger(s.log), revocation.WithClock(s.now), revocation.WithObserver(sweep))
+		revocation.WithLogger(s.log), revocation.WithClock(s.now))
 	s.consumer.Store(consumer)
 	wg.Go(func() {
 		if err := consumer.Run(ctx); err != nil && ctx.Err() == nil {
@@ -286,7 +290,11 @@ func (s *Server) setupBuckets(ctx context.Context, js jetstream.JetStream) error
 	if _, err := revocation.EnsureStream(ctx, js, revocation.StreamConfig{Prefix: p, Replicas: r, MaxAge: maxAge, MaxConsumers: s.cfg.NATS.MaxConsumers}); err != nil {
 		return fmt.Errorf("revocation stream: %w", err)
 	}
-	s.keys.kv, s.keys.bundles, s.families = ring, bundles, familyStore{kv: fams}
+	denied, err := mk(p+"_denied", "tokenwarden deny records: revoked sessions, users, clients (for refresh tokens)", s.cfg.NATS.RefreshRetention)
+	if err != nil {
+		return err
+	}
+	s.keys.kv, s.keys.bundles, s.families, s.denied.kv = ring, bundles, familyStore{kv: fams}, denied
 	s.publisher = revocation.NewPublisher(js, p, s.dist)
 	return nil
 }

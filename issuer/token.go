@@ -169,15 +169,6 @@ func (s *Server) passwordGrant(ctx context.Context, c *directory.Client, form ur
 	if username == "" || password == "" {
 		return nil, errInvalidRequest("username and password required")
 	}
-	now := s.now()
-	if blocked, wait := s.userLimiter.blocked(username, now); blocked {
-		s.metrics.rateLimited.WithLabelValues("user").Inc()
-		return nil, errRateLimited(wait)
-	}
-	if blocked, wait := s.ipLimiter.blocked(ip, now); blocked {
-		s.metrics.rateLimited.WithLabelValues("ip").Inc()
-		return nil, errRateLimited(wait)
-	}
 	// Refuse before hashing if state is unavailable: a login that cannot be
 	// stored must not cost argon2 work or count as a failure.
 	if s.needsRefresh(c) {
@@ -185,16 +176,33 @@ func (s *Server) passwordGrant(ctx context.Context, c *directory.Client, form ur
 			return nil, errUnavailable(err.Error())
 		}
 	}
+	// Each attempt takes a token from the user's and the IP's bucket before
+	// the password is checked and gets it back only if it was right: so
+	// concurrent guesses are counted as they start, not as they finish.
+	now := s.now()
+	releaseUser, ok, wait := s.userLimiter.attempt(username, now)
+	if !ok {
+		s.metrics.rateLimited.WithLabelValues("user").Inc()
+		return nil, errRateLimited(wait)
+	}
+	releaseIP, ok, wait := s.ipLimiter.attempt(ip, now)
+	if !ok {
+		releaseUser()
+		s.metrics.rateLimited.WithLabelValues("ip").Inc()
+		return nil, errRateLimited(wait)
+	}
 	u, err := s.directory().AuthenticateUser(username, password)
 	if err != nil {
 		if errors.Is(err, directory.ErrInvalidCredentials) {
-			s.userLimiter.fail(username, now)
-			s.ipLimiter.fail(ip, now)
 			s.log.Info("login failed", "username", logSafe(username), "client_id", c.ID, "ip", ip)
 			return nil, errInvalidGrant("invalid username or password")
 		}
+		releaseUser()
+		releaseIP()
 		return nil, err
 	}
+	releaseUser()
+	releaseIP()
 	scope, err := grantScope(form.Get("scope"), c.Scopes, u.Scopes)
 	if err != nil {
 		return nil, err

@@ -357,9 +357,10 @@ func TestNoScopeAdminForbidden(t *testing.T) {
 	}
 }
 
-// TestRevocationEndsRefreshForGood: a sub revocation revokes the user's
-// refresh-token families in NATS, so they stay dead after the event has
-// expired (events live only as long as access tokens).
+// TestRevocationEndsRefreshForGood: a sub revocation leaves a durable deny
+// record, so the user's refresh tokens from before stay dead after the
+// event has expired (events live only as long as access tokens), on every
+// replica.
 func TestRevocationEndsRefreshForGood(t *testing.T) {
 	e := newEnv(t)
 	clock := newFakeClock()
@@ -374,18 +375,9 @@ func TestRevocationEndsRefreshForGood(t *testing.T) {
 	if r := do(t, req); r.Status != 201 {
 		t.Fatalf("revoke: %d %v", r.Status, r.Body)
 	}
-	fid, _ := parseRefreshToken(login.str("refresh_token"))
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		f, _, err := in.families.get(t.Context(), fid)
-		if err == nil && f.Revoked {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("family not revoked by the sweep")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	// A replica started later reads the deny record too.
+	other := e.start(WithClock(clock.Now))
+	other.waitReady(t)
 	// An hour later the event is gone; the refresh token stays dead, bob's
 	// lives on.
 	clock.Advance(time.Hour)
@@ -393,10 +385,68 @@ func TestRevocationEndsRefreshForGood(t *testing.T) {
 	if in.revocations.Len() != 0 {
 		t.Fatalf("%d events left after GC", in.revocations.Len())
 	}
-	if r := in.refresh(t, login.str("refresh_token"), ""); r.Status != 400 {
+	other.revocations.GC(clock.Now())
+	if r := other.refresh(t, login.str("refresh_token"), ""); r.Status != 400 {
 		t.Fatalf("refresh after the event expired: %d %v", r.Status, r.Body)
 	}
 	if r := in.refresh(t, bob.str("refresh_token"), ""); r.Status != 200 {
 		t.Fatalf("bob's refresh: %d %v", r.Status, r.Body)
+	}
+}
+
+// TestLoginRateLimitConcurrent: guesses sent at once are counted as they
+// start, so a burst cannot get more than the limit evaluated.
+func TestLoginRateLimitConcurrent(t *testing.T) {
+	e := newEnv(t)
+	e.cfg.RateLimit.FailuresPerUser = 3
+	clock := newFakeClock()
+	in := e.start(WithClock(clock.Now))
+	in.waitReady(t)
+	var evaluated, limited atomic.Int32
+	var wg sync.WaitGroup
+	for range 50 {
+		wg.Go(func() {
+			r := in.post(t, "app", "app-secret", url.Values{"grant_type": {"password"}, "username": {"alice"}, "password": {"guess"}})
+			switch r.Status {
+			case 400:
+				evaluated.Add(1)
+			case 429:
+				limited.Add(1)
+			default:
+				t.Errorf("status %d", r.Status)
+			}
+		})
+	}
+	wg.Wait()
+	if evaluated.Load() > 3 || evaluated.Load()+limited.Load() != 50 {
+		t.Fatalf("%d guesses evaluated, %d limited; want at most 3 evaluated", evaluated.Load(), limited.Load())
+	}
+}
+
+// TestRepeatedRevokeIsIdempotent: revoking the same refresh or access token
+// again publishes nothing more, so a client cannot flood the sidecars.
+func TestRepeatedRevokeIsIdempotent(t *testing.T) {
+	e := newEnv(t)
+	in := e.start()
+	in.waitReady(t)
+	login := in.login(t, "")
+	revoke := func(tok string) {
+		t.Helper()
+		req, _ := http.NewRequest("POST", in.url+"/oauth2/revoke", strings.NewReader(url.Values{"token": {tok}}.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.SetBasicAuth("app", "app-secret")
+		if r := do(t, req); r.Status != 200 {
+			t.Fatalf("revoke: %d %v", r.Status, r.Body)
+		}
+	}
+	access := in.login(t, "").str("access_token")
+	for range 20 {
+		revoke(login.str("refresh_token"))
+		revoke(access)
+	}
+	for kind, want := range map[string]float64{"sid": 1, "jti": 1} {
+		if got := testutilCounter(t, in.metrics.revocationsPublished.WithLabelValues(kind)); got != want {
+			t.Errorf("%s events published: %v, want %v", kind, got, want)
+		}
 	}
 }

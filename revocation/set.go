@@ -232,7 +232,21 @@ func (s *Set) insert(txn *memdb.Txn, e *Event, now int64) bool {
 	}
 	ev := *e
 	var r *row
-	if old, _ := raw.(*row); old != nil {
+	old, _ := raw.(*row)
+	if old != nil && (e.Kind == KindJTI || e.Kind == KindSID) {
+		// A token or session is revoked or not: one event per row is
+		// enough, the one that lasts longest. Keeping every repeat would
+		// let a client that revokes the same session over and over make
+		// each insert (and every sidecar) slower.
+		if have := old.events[0]; have.ID == e.ID || have.ExpiresAt >= e.ExpiresAt {
+			return false
+		}
+		if err := txn.Insert(table, &row{minExpires: ev.ExpiresAt, events: []*Event{&ev}}); err != nil {
+			return false
+		}
+		return true
+	}
+	if old != nil {
 		for _, have := range old.events {
 			if have.ID == e.ID {
 				return false
@@ -360,8 +374,11 @@ func (s *Set) GC(now time.Time) int {
 		}
 	}
 	s.n.Add(-int64(removed))
-	txn.Commit()
+	// Stored before the commit, while this transaction still holds the
+	// write lock: an Apply(all) right after the commit must not be
+	// overwritten by this older bound.
 	s.all.Store(all)
+	txn.Commit()
 	return removed
 }
 

@@ -117,12 +117,16 @@ func TestSetApply(t *testing.T) {
 	if s.Len() != 1 {
 		t.Errorf("Len = %d, want 1", s.Len())
 	}
-	// A second event for the same value is a different event.
-	if !s.Apply(ev(t, KindJTI, "tok-1", 0)) {
-		t.Error("second event for the same jti = false")
+	// A second event for the same jti that lasts no longer adds nothing:
+	// the token is revoked once (see TestRepeatedSessionRevocationsKeepOneEvent).
+	if s.Apply(ev(t, KindJTI, "tok-1", 0)) {
+		t.Error("second, no longer-lived event for the same jti = true")
 	}
-	if s.Len() != 2 {
-		t.Errorf("Len = %d, want 2", s.Len())
+	if !s.Apply(ev(t, KindSub, "alice", 0)) || !s.Apply(ev(t, KindSub, "alice", 0)) {
+		t.Error("two events for the same sub are two events")
+	}
+	if s.Len() != 3 {
+		t.Errorf("Len = %d, want 3", s.Len())
 	}
 
 	expired := ev(t, KindJTI, "tok-old", 0)
@@ -135,8 +139,8 @@ func TestSetApply(t *testing.T) {
 	if s.Apply(invalid) {
 		t.Error("Apply of an invalid event = true")
 	}
-	if s.Len() != 2 {
-		t.Errorf("Len = %d, want 2", s.Len())
+	if s.Len() != 3 {
+		t.Errorf("Len = %d, want 3", s.Len())
 	}
 
 	// The set keeps its own copy.
@@ -360,5 +364,32 @@ func TestSetGCAll(t *testing.T) {
 	}
 	if revokedAt(-1000) {
 		t.Error("no all event left, still revoked")
+	}
+}
+
+// TestRepeatedSessionRevocationsKeepOneEvent: revoking the same session or
+// token again keeps one event (the longest-lived), so repeats cost nothing.
+func TestRepeatedSessionRevocationsKeepOneEvent(t *testing.T) {
+	now := time.Now()
+	s := NewSet(WithSetClock(func() time.Time { return now }))
+	for i := range 1000 {
+		e, err := NewEvent(KindSID, "s1", time.Time{}, now.Add(time.Hour+time.Duration(i)*time.Second), "logout", now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Apply(e)
+	}
+	if s.Len() != 1 || len(s.Events()) != 1 {
+		t.Fatalf("len %d, events %d", s.Len(), len(s.Events()))
+	}
+	if got := s.Events()[0].ExpiresAt; got < now.Add(time.Hour+999*time.Second).Unix() {
+		t.Fatalf("kept expiry %d", got)
+	}
+	shorter, _ := NewEvent(KindSID, "s1", time.Time{}, now.Add(time.Minute), "logout", now)
+	if s.Apply(shorter) {
+		t.Fatal("a shorter-lived repeat replaced a longer one")
+	}
+	if revoked, _ := s.Check(&jwks.Claims{SessionID: "s1"}); !revoked {
+		t.Fatal("session not revoked")
 	}
 }
