@@ -122,7 +122,8 @@ func TestSetApply(t *testing.T) {
 	if s.Apply(ev(t, KindJTI, "tok-1", 0)) {
 		t.Error("second, no longer-lived event for the same jti = true")
 	}
-	if !s.Apply(ev(t, KindSub, "alice", 0)) || !s.Apply(ev(t, KindSub, "alice", 0)) {
+	first, second := ev(t, KindSub, "alice", 0), ev(t, KindSub, "alice", 0)
+	if !s.Apply(first) || !s.Apply(second) {
 		t.Error("two events for the same sub are two events")
 	}
 	if s.Len() != 3 {
