@@ -3,6 +3,7 @@ package directory
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -318,5 +319,17 @@ func BenchmarkAuthenticateClientCached(b *testing.B) {
 	})
 	if n := d.shared.argonCalls.Load(); n != 1 {
 		b.Fatalf("%d argon2id calls; the benchmark did not hit the cache", n)
+	}
+}
+
+func TestClientIDMayNotBeAUsername(t *testing.T) {
+	h, err := HashPassword([]byte("x"), Params{Memory: 64, Time: 1, Threads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	users := []byte("users:\n  - username: svc\n    password_hash: \"" + h + "\"\n")
+	clients := []byte("clients:\n  - id: svc\n    secret_hash: \"" + h + "\"\n    grants: [client_credentials]\n")
+	if _, err := Parse(users, clients); err == nil || !strings.Contains(err.Error(), "also a username") {
+		t.Fatalf("overlap accepted: %v", err)
 	}
 }

@@ -174,6 +174,11 @@ func parse(usersYAML, clientsYAML []byte, usersName, clientsName string, sh *sha
 		if err == nil {
 			if _, dup := d.clients[r.client.ID]; dup {
 				err = fmt.Errorf("duplicate client id (first defined %s)", where(firstLine[r.client.ID]))
+			} else if _, clash := d.users[r.client.ID]; clash {
+				// A client_credentials token's sub is the client id: a user
+				// of the same name would be indistinguishable to apps, and
+				// revoked together with it.
+				err = errors.New("client id is also a username (the sub of client tokens is the client id)")
 			}
 		}
 		if err != nil {
