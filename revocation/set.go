@@ -78,6 +78,21 @@ func kindCode(k Kind) byte {
 	return 0
 }
 
+// kindSlot numbers the kinds 0 to 4.
+func kindSlot(k Kind) int {
+	switch k {
+	case KindJTI:
+		return 0
+	case KindSID:
+		return 1
+	case KindSub:
+		return 2
+	case KindClient:
+		return 3
+	}
+	return 4
+}
+
 // keyIndexer indexes rows by key. FromArgs takes a *lookup, a reusable
 // key buffer: from a pool, a lookup allocates nothing but what go-memdb
 // itself does.
@@ -162,6 +177,8 @@ type Set struct {
 	db  *memdb.MemDB
 	now func() time.Time
 	n   atomic.Int64 // live events, updated by writers before commit
+	// rows counts rows by kind (kindSlot), so Check skips kinds with none.
+	rows [5]atomic.Int64
 	// all is the highest issued_before of the "all" events (0: none), the
 	// one bound every Check needs: an atomic saves a lookup on the hot
 	// path. Writers (serialised by go-memdb) raise it before committing an
@@ -259,6 +276,7 @@ func (s *Set) insert(txn *memdb.Txn, e *Event, now int64) bool {
 		}
 	} else {
 		r = &row{maxBefore: ev.IssuedBefore, minExpires: ev.ExpiresAt, events: []*Event{&ev}}
+		s.rows[kindSlot(ev.Kind)].Add(1) // before the row is visible
 	}
 	if err := txn.Insert(table, r); err != nil {
 		return false
@@ -281,10 +299,20 @@ func (s *Set) Check(c *jwks.Claims) (revoked bool, reason string) {
 	if c == nil {
 		return false, ""
 	}
-	txn := s.db.Txn(false)
+	// A kind with no rows needs no lookup: with no jti, sid, sub or client
+	// revocation held (the common case), Check allocates nothing at all.
+	// rows is raised before a row becomes visible and lowered only after it
+	// is gone, so it is never too low.
+	var txn *memdb.Txn
 	l := lookups.Get().(*lookup)
 	defer lookups.Put(l)
 	get := func(k Kind, value string) *row {
+		if value == "" || s.rows[kindSlot(k)].Load() == 0 {
+			return nil
+		}
+		if txn == nil {
+			txn = s.db.Txn(false)
+		}
 		raw, err := txn.First(table, indexID, l.key(k, value)...)
 		if err != nil {
 			return nil
@@ -292,21 +320,17 @@ func (s *Set) Check(c *jwks.Claims) (revoked bool, reason string) {
 		r, _ := raw.(*row)
 		return r
 	}
-	if c.ID != "" && get(KindJTI, c.ID) != nil {
+	if get(KindJTI, c.ID) != nil {
 		return true, ReasonToken
 	}
-	if c.SessionID != "" && get(KindSID, c.SessionID) != nil {
+	if get(KindSID, c.SessionID) != nil {
 		return true, ReasonSession
 	}
-	if c.Subject != "" {
-		if r := get(KindSub, c.Subject); r != nil && c.IssuedAt <= r.maxBefore {
-			return true, ReasonSubject
-		}
+	if r := get(KindSub, c.Subject); r != nil && c.IssuedAt <= r.maxBefore {
+		return true, ReasonSubject
 	}
-	if c.ClientID != "" {
-		if r := get(KindClient, c.ClientID); r != nil && c.IssuedAt <= r.maxBefore {
-			return true, ReasonClient
-		}
+	if r := get(KindClient, c.ClientID); r != nil && c.IssuedAt <= r.maxBefore {
+		return true, ReasonClient
 	}
 	if b := s.all.Load(); b > 0 && c.IssuedAt <= b {
 		return true, ReasonAll
@@ -342,6 +366,7 @@ func (s *Set) GC(now time.Time) int {
 		due = append(due, r)
 	}
 	removed := 0
+	var gone [5]int64 // rows deleted, by kind
 	all := s.all.Load()
 	for _, r := range due {
 		isAll := r.events[0].Kind == KindAll
@@ -356,6 +381,7 @@ func (s *Set) GC(now time.Time) int {
 			if err := txn.Delete(table, r); err != nil {
 				return 0 // the transaction is aborted: nothing removed
 			}
+			gone[kindSlot(r.events[0].Kind)]++
 			if isAll {
 				all = 0
 			}
@@ -379,6 +405,9 @@ func (s *Set) GC(now time.Time) int {
 	// overwritten by this older bound.
 	s.all.Store(all)
 	txn.Commit()
+	for k, n := range gone {
+		s.rows[k].Add(-n) // after the rows are gone
+	}
 	return removed
 }
 
