@@ -7,8 +7,11 @@ LDFLAGS     := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 GOLANGCI    := github.com/golangci/golangci-lint/v2/cmd/golangci-lint@v2.15.0
 GOVULNCHECK := golang.org/x/vuln/cmd/govulncheck@v1.9.0
 BENCHTIME   ?= 2s
+HELM        ?= $(GO) run helm.sh/helm/v3/cmd/helm@v3.22.0
+CHART       := charts/tokenwarden
+IMAGE       ?= tokenwarden:$(VERSION)
 
-.PHONY: all build deps demo test lint vet vuln bench fuzz tidy clean
+.PHONY: all build deps demo test chart image lint vet vuln bench fuzz tidy clean
 
 all: build
 
@@ -26,9 +29,23 @@ deps:
 	  $$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends nginx; }
 
 ## test: everything CI runs: vet, then every test with the race detector
-test: deps
+test: deps chart
 	$(GO) vet ./...
-	$(GO) test -race -count=1 -timeout 20m ./...
+	$(GO) test -race -count=1 -timeout 30m ./...
+
+## chart: helm lint and helm template of the chart for the defaults and every example values file
+chart:
+	$(HELM) lint --strict $(CHART)
+	$(HELM) template tokenwarden $(CHART) --namespace tokenwarden >/dev/null
+	@for f in $(CHART)/examples/*.yaml; do \
+		echo "== $$f"; \
+		$(HELM) lint --strict $(CHART) -f $$f || exit 1; \
+		$(HELM) template tokenwarden $(CHART) --namespace tokenwarden -f $$f >/dev/null || exit 1; \
+	done
+
+## image: the container image (needs a Docker engine; CI has none)
+image:
+	docker build --build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) -t $(IMAGE) .
 
 lint: vet
 	$(GO) run $(GOLANGCI) run ./...

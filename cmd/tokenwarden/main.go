@@ -53,6 +53,7 @@ func newRootCommand(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 	root.AddCommand(
 		newIssuerCommand(g),
 		newSidecarCommand(g),
+		newInjectorCommand(g),
 		newDevCommand(g),
 		newKeysCommand(g),
 		newRevokeCommand(g),
