@@ -22,11 +22,12 @@ build:
 demo: build
 	./$(BIN) dev
 
-## deps: system packages the tests need (nginx for test/proxies), installed when missing
+## deps: system packages the tests need (nginx for test/proxies, curl for the README
+## walk-through in test/e2e), installed from Debian when missing
 deps:
-	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || { \
+	@{ command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx; } && command -v curl >/dev/null 2>&1 || { \
 	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
-	  $$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends nginx; }
+	  $$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends nginx curl ca-certificates; }
 
 ## test: everything CI runs: vet, then every test with the race detector
 test: deps chart
