@@ -21,6 +21,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tokenwarden/tokenwarden/internal/natsconn"
 )
 
 // This file is the consumer side of the key ring: what a sidecar holds.
@@ -368,7 +370,7 @@ func (c *Cache) runNATS(ctx context.Context, js jetstream.JetStream) {
 		} else {
 			c.log.Log(ctx, level, "JWKS watch unavailable; retrying", "err", err, "retry_in", wait)
 		}
-		if !cacheSleep(ctx, wait) {
+		if !natsconn.Sleep(ctx, wait) {
 			return
 		}
 	}
@@ -626,7 +628,7 @@ func (c *Cache) writeDisk(raw []byte) error {
 // held: first after the grace period, then every RefreshInterval (sooner,
 // with backoff, after a failure), until a signed bundle arrives.
 func (c *Cache) runFallback(ctx context.Context) {
-	if !cacheSleep(ctx, c.grace) {
+	if !natsconn.Sleep(ctx, c.grace) {
 		return
 	}
 	bo := cacheBackoff{min: c.backoffMin, max: c.interval}
@@ -653,7 +655,7 @@ func (c *Cache) runFallback(ctx context.Context) {
 		} else {
 			bo.reset()
 		}
-		if !cacheSleep(ctx, wait) {
+		if !natsconn.Sleep(ctx, wait) {
 			return
 		}
 	}
@@ -729,14 +731,3 @@ func (b *cacheBackoff) next() time.Duration {
 
 func (b *cacheBackoff) reset() { b.cur = 0 }
 
-// cacheSleep waits d or until ctx ends; it reports whether ctx is still live.
-func cacheSleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
-}

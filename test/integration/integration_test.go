@@ -4,129 +4,44 @@
 package integration
 
 import (
-	"context"
-	"encoding/base64"
-	"encoding/json"
-	"io"
-	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/tokenwarden/tokenwarden/internal/embeddednats"
-	"github.com/tokenwarden/tokenwarden/internal/testenv"
+	sys "github.com/tokenwarden/tokenwarden/internal/testenv/system"
 	"github.com/tokenwarden/tokenwarden/issuer"
 	"github.com/tokenwarden/tokenwarden/sidecar"
 )
 
+// system wraps the in-process deployment of internal/testenv/system.
 type system struct {
+	*sys.System
 	t         *testing.T
-	nats      *embeddednats.Server
 	issuerURL string
-	issuer    *issuer.Server
-	dep       *testenv.Deployment
-}
-
-func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
-
-// serve runs p's handler on a loopback HTTP server and p.Run until the test
-// ends.
-func serve(t *testing.T, h http.Handler, run func(context.Context) error) *httptest.Server {
-	hs := httptest.NewServer(h)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done; hs.Close() })
-	return hs
+	nats      *embeddednats.Server
 }
 
 func newSystem(t *testing.T, mod func(*issuer.Config)) *system {
-	dir := t.TempDir()
-	ns := testenv.NATS(t, dir)
-	dep := testenv.NewDeployment(t, dir)
-	hs := httptest.NewUnstartedServer(nil)
-	cfg := issuer.DefaultConfig()
-	cfg.Issuer = "http://" + hs.Listener.Addr().String()
-	cfg.NATS.URL = ns.URL()
-	cfg.UsersFile, cfg.ClientsFile = dep.UsersFile, dep.ClientsFile
-	cfg.DistributionKeyFile, cfg.KeyEncryptionKey = dep.DistributionKeyFile, dep.KeyEncryptionKey
-	if mod != nil {
-		mod(&cfg)
-	}
-	srv, err := issuer.New(cfg, issuer.WithLogger(quiet()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs.Config.Handler = srv.Handler()
-	hs.Start()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = srv.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done; hs.Close() })
-	s := &system{t: t, nats: ns, issuerURL: hs.URL, issuer: srv, dep: dep}
-	waitOK(t, hs.URL+"/readyz")
-	return s
+	st := sys.Start(t, mod)
+	return &system{System: st, t: t, issuerURL: st.IssuerURL, nats: st.NATS}
 }
 
-func (s *system) sidecar(mod func(*sidecar.Config)) string {
-	cfg := sidecar.DefaultConfig()
-	cfg.Issuer = s.issuerURL
-	cfg.Audience = []string{"demo-api"}
-	cfg.NATS.URL = s.nats.URL()
-	cfg.DistributionPublicKeys = []string{base64.StdEncoding.EncodeToString(s.dep.DistributionKey)}
-	if mod != nil {
-		mod(&cfg)
-	}
-	sc, err := sidecar.New(cfg, sidecar.WithLogger(quiet()))
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	hs := serve(s.t, sc.Handler(), sc.Run)
-	waitOK(s.t, hs.URL+"/readyz")
-	return hs.URL
-}
+func (s *system) sidecar(mod func(*sidecar.Config)) string { return s.Sidecar(mod) }
 
-func waitOK(t testing.TB, u string) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		if resp, err := http.Get(u); err == nil {
-			_ = resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return
-			}
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatalf("%s never answered 200", u)
-}
+func waitOK(t testing.TB, u string) { sys.WaitOK(t, u) }
 
 func (s *system) token(t testing.TB, client, secret string, form url.Values) map[string]any {
 	t.Helper()
-	req, _ := http.NewRequest("POST", s.issuerURL+"/oauth2/token", strings.NewReader(form.Encode()))
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	req.SetBasicAuth(client, secret)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = resp.Body.Close() }()
-	var m map[string]any
-	_ = json.NewDecoder(resp.Body).Decode(&m)
-	if resp.StatusCode != 200 {
-		t.Fatalf("token: %d %v", resp.StatusCode, m)
-	}
-	return m
+	return s.Token(t, client, secret, form)
 }
 
 func (s *system) login(t testing.TB) string {
 	t.Helper()
-	return s.token(t, "app", "app-secret", url.Values{"grant_type": {"password"}, "username": {"alice"}, "password": {"alice-pw"}})["access_token"].(string)
+	return s.Login(t, "")
 }
 
 func verify(t testing.TB, sidecarURL, tok string) *http.Response {
