@@ -730,4 +730,3 @@ func (b *cacheBackoff) next() time.Duration {
 }
 
 func (b *cacheBackoff) reset() { b.cur = 0 }
-
