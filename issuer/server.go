@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/tokenwarden/tokenwarden/internal/accesslog"
 	"github.com/tokenwarden/tokenwarden/internal/natsconn"
 	"github.com/tokenwarden/tokenwarden/issuer/directory"
 	"github.com/tokenwarden/tokenwarden/jwks"
@@ -350,26 +352,10 @@ func (s *Server) handleReadyz(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"status": "ready", "checks": checks})
 }
 
-// statusRecorder captures the status code for logs and metrics.
-type statusRecorder struct {
-	http.ResponseWriter
-	code int
-}
-
-func (r *statusRecorder) WriteHeader(code int) {
-	r.code = code
-	r.ResponseWriter.WriteHeader(code)
-}
-
-// instrument logs every request (method, route, status, latency — never
-// the query, headers or body, where secrets travel) and records metrics.
+// instrument logs every request (see package accesslog) and records its
+// latency.
 func (s *Server) instrument(route string, h http.HandlerFunc) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		start := time.Now()
-		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
-		h(rec, r)
-		d := time.Since(start)
-		s.metrics.requestDuration.WithLabelValues(route, fmt.Sprint(rec.code)).Observe(d.Seconds())
-		s.log.Debug("request", "method", r.Method, "route", route, "status", rec.code, "duration", d)
+	return accesslog.Wrap(s.log, slog.LevelInfo, route, h, func(route string, code int, d time.Duration) {
+		s.metrics.requestDuration.WithLabelValues(route, strconv.Itoa(code)).Observe(d.Seconds())
 	})
 }

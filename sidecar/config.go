@@ -60,6 +60,10 @@ type Config struct {
 	// KeyRefreshInterval is the least time between on-demand key refreshes
 	// caused by tokens with an unknown kid.
 	KeyRefreshInterval time.Duration `yaml:"key_refresh_interval"`
+	// AccessLog logs every request at Info (method, route, status,
+	// latency, peer; never tokens). Off saves a log line per verification
+	// on a busy pod.
+	AccessLog bool `yaml:"access_log"`
 }
 
 // NATSConfig says how to reach NATS.
@@ -78,6 +82,7 @@ func DefaultConfig() Config {
 		TokenCacheSize:     10_000,
 		NATS:               NATSConfig{URL: "nats://127.0.0.1:4222", Prefix: "tokenwarden"},
 		KeyRefreshInterval: 30 * time.Second,
+		AccessLog:          true,
 	}
 }
 

@@ -3,6 +3,7 @@ package sidecar
 import (
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"net"
 	"net/http"
 	"strconv"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/tokenwarden/tokenwarden/internal/accesslog"
 	"github.com/tokenwarden/tokenwarden/jwks"
 )
 
@@ -48,12 +50,26 @@ func (s *Sidecar) Handler() http.Handler {
 	// /verify/… is matched before the mux: ServeMux would answer a path
 	// that is not in clean form (/verify/a//b, as Envoy forwards a client's
 	// path) with a redirect instead of a verdict.
+	var log *slog.Logger
+	if s.cfg.AccessLog {
+		log = s.log
+	}
+	verify := accesslog.Wrap(log, slog.LevelInfo, "/verify", http.HandlerFunc(s.handleVerify), nil)
+	other := map[string]http.Handler{}
+	for _, route := range []string{"/introspect", "/healthz", "/readyz", "/metrics"} {
+		other[route] = accesslog.Wrap(log, slog.LevelInfo, route, mux, nil)
+	}
+	unknown := accesslog.Wrap(log, slog.LevelInfo, "other", mux, nil)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if p := r.URL.Path; p == "/verify" || strings.HasPrefix(p, "/verify/") {
-			s.handleVerify(w, r)
+			verify.ServeHTTP(w, r)
 			return
 		}
-		mux.ServeHTTP(w, r)
+		if h, ok := other[r.URL.Path]; ok {
+			h.ServeHTTP(w, r)
+			return
+		}
+		unknown.ServeHTTP(w, r)
 	})
 }
 

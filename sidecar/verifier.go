@@ -18,17 +18,12 @@ type RevocationChecker interface {
 // ErrRevoked is wrapped by the *jwks.VerifyError of a revoked token.
 var ErrRevoked = errors.New("token revoked")
 
-// keySource is what the verifier needs from the key cache.
-type keySource interface {
-	jwks.KeySource
-}
-
 // Verifier is the sidecar's verification pipeline: the verified-token
 // cache, the strict verifier of package jwks on a miss, and the revocation
 // check on every call, hit or miss.
 type Verifier struct {
 	v       *jwks.Verifier
-	keys    keySource
+	keys    jwks.KeySource
 	cache   *tokenCache // nil: caching disabled
 	revoked RevocationChecker
 	leeway  int64

@@ -18,7 +18,7 @@ import (
 type setting struct {
 	flag  string // --flag; the variable is TOKENWARDEN_ + upper snake case
 	usage string
-	bind  any // *string, *int, *[]string (comma-separated) or *time.Duration inside the config struct
+	bind  any // *string, *int, *bool, *[]string (comma-separated) or *time.Duration inside the config struct
 	// envOnly keeps secrets off the command line, where ps would show them.
 	envOnly bool
 }
@@ -37,6 +37,12 @@ func setValue(bind any, v string) error {
 			return fmt.Errorf("%q is not a whole number", v)
 		}
 		*p = n
+	case *bool:
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return fmt.Errorf("%q is not true or false", v)
+		}
+		*p = b
 	case *[]string:
 		var list []string
 		for _, item := range strings.Split(v, ",") {
