@@ -10,7 +10,6 @@ import (
 	"net/url"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,25 +18,10 @@ import (
 	"github.com/tokenwarden/tokenwarden/jwks"
 )
 
-// fakeClock is the one fake the tests use: key rotation is hours long.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
+// fakeClock is testenv.Clock: key rotation is hours long.
+type fakeClock = testenv.Clock
 
-func newFakeClock() *fakeClock { return &fakeClock{t: time.Now().Truncate(time.Second)} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
+func newFakeClock() *fakeClock { return testenv.NewClock() }
 
 // env is what one test shares between issuer instances: a NATS server and
 // the files of a deployment.

@@ -11,7 +11,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokenwarden/tokenwarden/internal/embeddednats"
+	"github.com/tokenwarden/tokenwarden/internal/testenv"
 	"github.com/tokenwarden/tokenwarden/jwks"
 	"github.com/tokenwarden/tokenwarden/revocation"
 )
@@ -28,22 +28,7 @@ const (
 	testAudience = "demo-api"
 )
 
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
+type fakeClock = testenv.Clock
 
 // world is what the issuer would provide: NATS with the JWKS bucket, a key
 // ring and the distribution key. Bundles are published the way the issuer
@@ -75,7 +60,7 @@ func newWorld(t testing.TB, alg jwks.Algorithm) *world {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := &world{t: t, nats: ns, ring: ring, dist: dist, clock: &fakeClock{t: time.Now().Truncate(time.Second)}, dir: dir}
+	w := &world{t: t, nats: ns, ring: ring, dist: dist, clock: testenv.NewClock(), dir: dir}
 	w.kv = w.bucket()
 	w.publish(ring)
 	return w
