@@ -134,20 +134,26 @@ func bearerToken(r *http.Request) (token, problem string) {
 	return rest, ""
 }
 
-// missingScopes returns the required scopes the token lacks, space-separated.
+// missingScopes returns the scopes required by the request (?scope= and
+// X-Required-Scope) that the token lacks, space-separated.
 func missingScopes(c *jwks.Claims, r *http.Request) string {
 	required := r.URL.Query().Get("scope")
 	if h := r.Header.Get(HeaderRequiredScope); h != "" {
-		required = strings.TrimSpace(required + " " + h)
+		required += " " + h
 	}
-	if required == "" {
-		return ""
-	}
+	return MissingScopes(c, required)
+}
+
+// MissingScopes returns the scopes of required (space-separated) that the
+// token lacks, space-separated: the sidecar's rule, exported so an
+// in-process verifier answers exactly as /verify does. A required "scope"
+// that no token can carry (not an RFC 6749 scope-token) is reported as
+// invalid-scope-requested, so it never reaches a quoted WWW-Authenticate
+// value.
+func MissingScopes(c *jwks.Claims, required string) string {
 	var missing []string
 	for _, sc := range strings.Fields(required) {
 		if !validScopeToken(sc) {
-			// Not a scope any token can carry (RFC 6749 §3.3); it must not
-			// reach the quoted WWW-Authenticate value either.
 			missing = append(missing, "invalid-scope-requested")
 			continue
 		}

@@ -41,37 +41,10 @@ func (p inProcess) VerifyToken(_ context.Context, token string, scopes ...string
 		}
 		return nil, &Error{Status: http.StatusUnauthorized, Code: CodeInvalidToken, Description: desc}
 	}
-	if missing := missingScopes(c, scopes); missing != "" {
+	if missing := sidecar.MissingScopes(c, strings.Join(scopes, " ")); missing != "" {
 		return nil, &Error{Status: http.StatusForbidden, Code: CodeInsufficientScope,
 			Description: "the token lacks a required scope", Scope: missing}
 	}
 	return &Identity{Subject: c.Subject, ClientID: c.ClientID, Scopes: c.Scopes(), TokenID: c.ID,
 		ExpiresAt: time.Unix(c.Expiry, 0)}, nil
-}
-
-// missingScopes mirrors the sidecar's rule: every required scope must be
-// granted, and a required "scope" that no token could carry (not an RFC
-// 6749 scope-token) is reported as invalid-scope-requested.
-func missingScopes(c *jwks.Claims, scopes []string) string {
-	var missing []string
-	for _, sc := range strings.Fields(strings.Join(scopes, " ")) {
-		if !validScopeToken(sc) {
-			missing = append(missing, "invalid-scope-requested")
-			continue
-		}
-		if !c.HasScope(sc) {
-			missing = append(missing, sc)
-		}
-	}
-	return strings.Join(missing, " ")
-}
-
-// validScopeToken: RFC 6749 §3.3 scope-token, %x21 / %x23-5B / %x5D-7E.
-func validScopeToken(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if b := s[i]; b < 0x21 || b > 0x7e || b == '"' || b == '\\' {
-			return false
-		}
-	}
-	return s != ""
 }
