@@ -57,15 +57,7 @@ func (l *failureLimiter) blocked(key string, now time.Time) (bool, int) {
 func (l *failureLimiter) attempt(key string, now time.Time) (release func(), ok bool, wait int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	b, found := l.buckets[key]
-	if !found {
-		if len(l.buckets) >= l.max {
-			l.sweep(now)
-		}
-		b = rate.NewLimiter(l.limit, l.burst)
-		l.buckets[key] = b
-	}
-	r := b.ReserveN(now, 1)
+	r := l.bucket(key, now).ReserveN(now, 1)
 	if d := r.DelayFrom(now); !r.OK() || d > 0 {
 		r.CancelAt(now)
 		return nil, false, max(int(math.Ceil(d.Seconds())), 1)
@@ -81,6 +73,12 @@ func (l *failureLimiter) attempt(key string, now time.Time) (release func(), ok 
 func (l *failureLimiter) fail(key string, now time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.bucket(key, now).AllowN(now, 1)
+}
+
+// bucket returns key's bucket, making a full one if there is none. l.mu
+// must be held.
+func (l *failureLimiter) bucket(key string, now time.Time) *rate.Limiter {
 	b, ok := l.buckets[key]
 	if !ok {
 		if len(l.buckets) >= l.max {
@@ -89,7 +87,7 @@ func (l *failureLimiter) fail(key string, now time.Time) {
 		b = rate.NewLimiter(l.limit, l.burst)
 		l.buckets[key] = b
 	}
-	b.AllowN(now, 1)
+	return b
 }
 
 // sweep forgets keys whose bucket has refilled: they hold no information.
