@@ -7,7 +7,6 @@ package issuer
 import (
 	"context"
 	"crypto/ed25519"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -157,28 +156,22 @@ func (s *Server) setStatus(check, problem string) {
 }
 
 // Ready returns nil once this replica can serve every request: NATS
-// reachable, key ring loaded, revocation stream replayed; else what is
-// missing. It is what /readyz reports.
+// reachable, key ring loaded, revocation stream replayed and deny records
+// read; else what is missing. It is what /readyz reports.
 func (s *Server) Ready() error { return s.ready() }
 
 // ready returns nil when this replica can serve requests that need state.
 func (s *Server) ready() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, check := range []string{"nats", "keys"} {
-		if p, bad := s.status[check]; bad {
+	checks := s.statusSnapshot()
+	for _, check := range []string{"nats", "keys", "revocations"} {
+		if p := checks[check]; p != "ok" {
 			return fmt.Errorf("%s: %s", check, p)
 		}
-	}
-	if c := s.consumer.Load(); c == nil || !c.CaughtUp() {
-		return errors.New("revocations: replaying the revocation stream")
-	}
-	if !s.denied.synced.Load() {
-		return errors.New("revocations: reading the deny records")
 	}
 	return nil
 }
 
+// statusSnapshot is every readiness check with "ok" or what is missing.
 func (s *Server) statusSnapshot() map[string]string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
