@@ -23,6 +23,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokenwarden/tokenwarden/internal/embeddednats"
+	"github.com/tokenwarden/tokenwarden/internal/testenv"
 )
 
 const cacheTestBucket = "tokenwarden_jwks"
@@ -166,25 +167,7 @@ func newTestCache(t testing.TB, cfg CacheConfig) *Cache {
 // checks that Run returns nil.
 func cacheRun(t testing.TB, c *Cache, js jetstream.JetStream) (stop func()) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx, js) }()
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			cancel()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Errorf("Run returned %v, want nil", err)
-				}
-			case <-time.After(10 * time.Second):
-				t.Error("Run did not return after its context ended")
-			}
-		})
-	}
-	t.Cleanup(stop)
-	return stop
+	return testenv.Run(t, 10*time.Second, func(ctx context.Context) error { return c.Run(ctx, js) })
 }
 
 func cacheFreeAddr(t testing.TB) string {

@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokenwarden/tokenwarden/internal/embeddednats"
+	"github.com/tokenwarden/tokenwarden/internal/testenv"
 )
 
 const testPrefix = "tokenwarden"
@@ -177,23 +178,5 @@ func (r *recorder) drops(reason string) int {
 // failing the test if Run returned an error.
 func runConsumer(t testing.TB, c *Consumer) (stop func()) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			cancel()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Errorf("consumer Run: %v", err)
-				}
-			case <-time.After(30 * time.Second):
-				t.Errorf("consumer Run did not return within 30s of cancel")
-			}
-		})
-	}
-	t.Cleanup(stop)
-	return stop
+	return testenv.Run(t, 30*time.Second, c.Run)
 }
