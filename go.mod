@@ -3,6 +3,7 @@ module github.com/tokenwarden/tokenwarden
 go 1.26.0
 
 require (
+	filippo.io/edwards25519 v1.2.0
 	github.com/coreos/go-oidc/v3 v3.21.0
 	github.com/hashicorp/go-memdb v1.3.5
 	github.com/lestrrat-go/jwx/v3 v3.4.0

@@ -165,13 +165,43 @@ func BenchmarkEd25519Verify(b *testing.B) {
 
 // BenchmarkReplay100k measures a sidecar start: 100,000 signed events are
 // in the stream (a real embedded server); the time is from Run to
-// CaughtUp, with a fresh set each time.
+// CaughtUp, with a fresh set each time. nats-only is the floor: reading
+// the same messages and doing nothing with them.
 func BenchmarkReplay100k(b *testing.B) {
 	n := newNATS(b)
 	_, js := n.connect()
 	ensureStream(b, js)
 	pub, priv := newKey(b)
 	publishSigned(b, js, priv, mixedEvents(benchEvents, time.Now()))
+	// The floor, in the same run: the same stream read by an ordered
+	// consumer that does nothing with the messages.
+	b.Run("nats-only", func(b *testing.B) {
+		for b.Loop() {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			start := time.Now()
+			stream, err := js.Stream(ctx, StreamName(testPrefix))
+			if err != nil {
+				b.Fatal(err)
+			}
+			cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			it, err := cons.Messages(jetstream.PullMaxMessages(pullBatch))
+			if err != nil {
+				b.Fatal(err)
+			}
+			for range benchEvents {
+				if _, err := it.Next(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			took := time.Since(start)
+			it.Stop()
+			cancel()
+			b.ReportMetric(took.Seconds(), "s/replay")
+		}
+	})
 	for _, workers := range []int{1, runtime.GOMAXPROCS(0)} {
 		b.Run(fmt.Sprintf("verify-workers=%d", workers), func(b *testing.B) {
 			for b.Loop() {

@@ -290,21 +290,45 @@ func Sign(e *Event, key ed25519.PrivateKey) ([]byte, error) {
 // of the payload is looked at. Errors wrap ErrForged (not an event signed
 // by a trusted key) or ErrInvalid (signed, but not a valid event).
 func Verify(data []byte, trusted []ed25519.PublicKey) (*Event, error) {
-	if len(data) > MaxEventSize {
-		return nil, fmt.Errorf("%w: larger than %d bytes", ErrForged, MaxEventSize)
+	events, errs := VerifyBatch([][]byte{data}, trusted)
+	return events[0], errs[0]
+}
+
+// VerifyBatch is Verify for many events at once, with the same answer for
+// each: events[i] is set exactly when errs[i] is nil. The signatures of a
+// batch are checked together, several times faster than one by one, which
+// is what a sidecar replaying the stream needs (see
+// jwks.VerifyDistributedBatch).
+func VerifyBatch(data [][]byte, trusted []ed25519.PublicKey) (events []*Event, errs []error) {
+	events, errs = make([]*Event, len(data)), make([]error, len(data))
+	// Oversized input is refused before any parsing.
+	sized := make([][]byte, 0, len(data))
+	at := make([]int, 0, len(data))
+	for i, d := range data {
+		if len(d) > MaxEventSize {
+			errs[i] = fmt.Errorf("%w: larger than %d bytes", ErrForged, MaxEventSize)
+			continue
+		}
+		sized, at = append(sized, d), append(at, i)
 	}
-	var raw json.RawMessage
-	if err := jwks.VerifyDistributed(data, EventType, trusted, &raw); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrForged, err)
+	payloads, verrs := jwks.VerifyDistributedBatch(sized, EventType, trusted)
+	for j, i := range at {
+		if verrs[j] != nil {
+			errs[i] = fmt.Errorf("%w: %w", ErrForged, verrs[j])
+			continue
+		}
+		var e Event
+		if err := json.Unmarshal(payloads[j], &e); err != nil {
+			errs[i] = fmt.Errorf("%w: decode: %w", ErrInvalid, err)
+			continue
+		}
+		if err := e.Validate(); err != nil {
+			errs[i] = err
+			continue
+		}
+		events[i] = &e
 	}
-	var e Event
-	if err := json.Unmarshal(raw, &e); err != nil {
-		return nil, fmt.Errorf("%w: decode: %w", ErrInvalid, err)
-	}
-	if err := e.Validate(); err != nil {
-		return nil, err
-	}
-	return &e, nil
+	return events, errs
 }
 
 // ExpiryFor computes an event's expires_at: the moment after which no token

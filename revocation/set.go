@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"slices"
 	"strings"
 	"sync"
@@ -28,40 +29,55 @@ const (
 	ReasonAll     = "all tokens revoked"
 )
 
-// The memdb schema: one table with a row per revoked (kind, value). A row
-// carries the live events for its value, the highest issued_before among
-// them (what Check needs for sub, client and all) and the earliest
-// expires_at among them, which the "expires" index orders for GC.
+// The memdb schema: one table of buckets. An entry is one revoked (kind,
+// value) with its live events, the highest issued_before among them (what
+// Check needs for sub, client and all) and the earliest expires_at. Entries
+// are grouped into buckets by kind and a keyed hash of the value: a bucket
+// is a memdb row, its entries a slice sorted by value, and the "expires"
+// index orders buckets by their earliest expires_at, for GC.
 //
-// One row per value rather than one per event (with indexes on id,
-// (kind, value) and expires_at, and a second table of maxima) keeps Check
-// to a single exact lookup per kind in a unique index, and the number of
-// radix trees an event lives in — the bulk of go-memdb's memory, each tree
-// node carrying its own watch channel — to two. Duplicate ids are found
-// among the row's events: an event id names one (kind, value), as the
-// issuer signed it.
+// Why buckets rather than a row per value: go-memdb keeps each row in one
+// radix tree per index, and every tree node carries its own watch channel,
+// so a row per value cost some 900 bytes and two radix inserts per event.
+// With up to bucketCount buckets per kind the trees stay small and fixed,
+// an event costs its own bytes plus one slot in a slice, and Check is still
+// one exact lookup per kind (in a tree of at most bucketCount keys) and a
+// binary search in a bucket of about n/bucketCount entries. The hash is
+// keyed per Set, so no one can choose values that pile into one bucket.
 const (
 	table        = "revocations"
 	indexID      = "id"
 	indexExpires = "expires"
+	// bucketBits sets the number of buckets per kind: 4096 keeps a bucket
+	// of a 100,000-event set at a few dozen entries, cheap to copy on write.
+	bucketBits  = 12
+	bucketCount = 1 << bucketBits
 )
 
-// row is one (kind, value) of the set. Rows are immutable once inserted:
-// readers hold them without locks, so writers replace them.
-type row struct {
+// entry is one (kind, value) of the set.
+type entry struct {
+	value      string
 	maxBefore  int64    // max IssuedBefore of events (sub, client, all)
 	minExpires int64    // min ExpiresAt of events
 	events     []*Event // never empty; all of the same kind and value
 }
 
-// key is the row's primary key: kindCode(kind) + value. It is not stored
-// in the row: go-memdb keeps its own copy in the index.
-func (r *row) key() []byte {
-	e := r.events[0]
-	return append(append(make([]byte, 0, 1+len(e.Value)), kindCode(e.Kind)), e.Value...)
+// bucket is a memdb row: the entries of one kind whose values hash to one
+// bucket, sorted by value. Buckets are immutable once committed: readers
+// hold them without locks, so writers replace them (a bucket made in the
+// running write transaction, not yet visible, is changed in place).
+type bucket struct {
+	key        [4]byte // kindCode, then the bucket number, 4 bits a byte
+	minExpires int64   // min over entries
+	entries    []entry
 }
 
-// kindCode is the one-byte prefix of a row key.
+// find returns the index of value's entry, or where it would go.
+func (b *bucket) find(value string) (int, bool) {
+	return slices.BinarySearchFunc(b.entries, value, func(e entry, v string) int { return strings.Compare(e.value, v) })
+}
+
+// kindCode is the one-byte prefix of a bucket key.
 func kindCode(k Kind) byte {
 	switch k {
 	case KindJTI:
@@ -93,36 +109,31 @@ func kindSlot(k Kind) int {
 	return 4
 }
 
-// keyIndexer indexes rows by key. FromArgs takes a *lookup, a reusable
-// key buffer: from a pool, a lookup allocates nothing but what go-memdb
+// keyIndexer indexes buckets by key. FromArgs takes a *lookup, a reusable
+// argument: from a pool, a lookup allocates nothing but what go-memdb
 // itself does.
 type keyIndexer struct{}
 
-// lookup is the hot path's reusable key buffer, with the argument slice
-// for Txn.First already made (a variadic call with a fresh argument would
+// lookup is the hot path's reusable key, with the argument slice for
+// Txn.First already made (a variadic call with a fresh argument would
 // allocate one every time).
 type lookup struct {
-	buf  []byte
+	key  [4]byte
 	args [1]any
 }
 
 var lookups = sync.Pool{New: func() any {
-	l := &lookup{buf: make([]byte, 0, 128)}
+	l := &lookup{}
 	l.args[0] = l
 	return l
 }}
 
-func (l *lookup) key(k Kind, value string) []any {
-	l.buf = append(append(l.buf[:0], kindCode(k)), value...)
-	return l.args[:]
-}
-
 func (keyIndexer) FromObject(obj any) (bool, []byte, error) {
-	r, ok := obj.(*row)
+	b, ok := obj.(*bucket)
 	if !ok {
 		return false, nil, fmt.Errorf("revocation set: unexpected object %T", obj)
 	}
-	return true, r.key(), nil
+	return true, b.key[:], nil
 }
 
 func (keyIndexer) FromArgs(args ...any) ([]byte, error) {
@@ -133,19 +144,19 @@ func (keyIndexer) FromArgs(args ...any) ([]byte, error) {
 	if !ok {
 		return nil, fmt.Errorf("revocation set: unexpected key %T", args[0])
 	}
-	return l.buf, nil
+	return l.key[:], nil
 }
 
-// expiresIndexer indexes rows by their earliest expires_at, big-endian so
-// that byte order is time order (expires_at is never negative).
+// expiresIndexer indexes buckets by their earliest expires_at, big-endian
+// so that byte order is time order (expires_at is never negative).
 type expiresIndexer struct{}
 
 func (expiresIndexer) FromObject(obj any) (bool, []byte, error) {
-	r, ok := obj.(*row)
+	b, ok := obj.(*bucket)
 	if !ok {
 		return false, nil, fmt.Errorf("revocation set: unexpected object %T", obj)
 	}
-	return true, binary.BigEndian.AppendUint64(make([]byte, 0, 8), uint64(max(r.minExpires, 0))), nil // #nosec G115 -- clamped to ≥ 0
+	return true, binary.BigEndian.AppendUint64(make([]byte, 0, 8), uint64(max(b.minExpires, 0))), nil // #nosec G115 -- clamped to ≥ 0
 }
 
 func (expiresIndexer) FromArgs(args ...any) ([]byte, error) {
@@ -174,11 +185,13 @@ var schema = &memdb.DBSchema{Tables: map[string]*memdb.TableSchema{
 // snapshot transactions; writes (Apply, GC) are serialised by go-memdb.
 // A Set is safe for concurrent use.
 type Set struct {
-	db  *memdb.MemDB
-	now func() time.Time
-	n   atomic.Int64 // live events, updated by writers before commit
-	// rows counts rows by kind (kindSlot), so Check skips kinds with none.
-	rows [5]atomic.Int64
+	db   *memdb.MemDB
+	now  func() time.Time
+	seed maphash.Seed
+	n    atomic.Int64 // live events, updated by writers before commit
+	// entries counts entries by kind (kindSlot), so Check skips kinds with
+	// none.
+	entries [5]atomic.Int64
 	// all is the highest issued_before of the "all" events (0: none), the
 	// one bound every Check needs: an atomic saves a lookup on the hot
 	// path. Writers (serialised by go-memdb) raise it before committing an
@@ -199,11 +212,31 @@ func NewSet(opts ...SetOption) *Set {
 	if err != nil {
 		panic("revocation: bad memdb schema: " + err.Error()) // a programming error, caught by any test
 	}
-	s := &Set{db: db, now: time.Now}
+	s := &Set{db: db, now: time.Now, seed: maphash.MakeSeed()}
 	for _, o := range opts {
 		o(s)
 	}
 	return s
+}
+
+// key sets l to the key of the bucket that holds (k, value).
+func (s *Set) key(l *lookup, k Kind, value string) []any {
+	h := maphash.String(s.seed, value) & (bucketCount - 1)
+	// Four bits a byte: radix nodes of at most 16 edges, cheap to copy
+	// when a write changes the path to a bucket.
+	l.key = [4]byte{kindCode(k), byte(h>>8) & 15, byte(h>>4) & 15, byte(h) & 15}
+	return l.args[:]
+}
+
+// writeTxn is a write transaction with the buckets it has made, which it
+// may still change in place.
+type writeTxn struct {
+	*memdb.Txn
+	fresh map[[4]byte]*bucket
+}
+
+func (s *Set) write() *writeTxn {
+	return &writeTxn{Txn: s.db.Txn(true), fresh: map[[4]byte]*bucket{}}
 }
 
 // Apply adds e to the set. It returns false, changing nothing, when the set
@@ -211,7 +244,7 @@ func NewSet(opts ...SetOption) *Set {
 // harmless), when e has already expired, or when e is not valid. The set
 // keeps its own copy of e.
 func (s *Set) Apply(e *Event) bool {
-	txn := s.db.Txn(true)
+	txn := s.write()
 	defer txn.Abort()
 	ok := s.insert(txn, e, s.now().Unix())
 	if ok {
@@ -225,7 +258,7 @@ func (s *Set) Apply(e *Event) bool {
 // and reports which were new.
 func (s *Set) applyAll(events []*Event, applied []bool) {
 	now := s.now().Unix()
-	txn := s.db.Txn(true)
+	txn := s.write()
 	defer txn.Abort()
 	changed := false
 	for i, e := range events {
@@ -237,51 +270,94 @@ func (s *Set) applyAll(events []*Event, applied []bool) {
 	}
 }
 
-func (s *Set) insert(txn *memdb.Txn, e *Event, now int64) bool {
+func (s *Set) insert(txn *writeTxn, e *Event, now int64) bool {
 	if e.ExpiresAt <= now || e.Validate() != nil {
 		return false
 	}
 	l := lookups.Get().(*lookup)
-	raw, err := txn.First(table, indexID, l.key(e.Kind, e.Value)...)
+	raw, err := txn.First(table, indexID, s.key(l, e.Kind, e.Value)...)
+	key := l.key
 	lookups.Put(l)
 	if err != nil {
 		return false
 	}
+	old, _ := raw.(*bucket)
+	var have *entry
+	i, found := 0, false
+	if old != nil {
+		i, found = old.find(e.Value)
+		if found {
+			have = &old.entries[i]
+		}
+	}
 	ev := *e
-	var r *row
-	old, _ := raw.(*row)
-	if old != nil && (e.Kind == KindJTI || e.Kind == KindSID) {
-		// A token or session is revoked or not: one event per row is
+	var ne entry
+	switch {
+	case have == nil:
+		ne = entry{value: ev.Value, maxBefore: ev.IssuedBefore, minExpires: ev.ExpiresAt, events: []*Event{&ev}}
+	case e.Kind == KindJTI || e.Kind == KindSID:
+		// A token or session is revoked or not: one event per entry is
 		// enough, the one that lasts longest. Keeping every repeat would
 		// let a client that revokes the same session over and over make
 		// each insert (and every sidecar) slower.
-		if have := old.events[0]; have.ID == e.ID || have.ExpiresAt >= e.ExpiresAt {
+		if h := have.events[0]; h.ID == e.ID || h.ExpiresAt >= e.ExpiresAt {
 			return false
 		}
-		if err := txn.Insert(table, &row{minExpires: ev.ExpiresAt, events: []*Event{&ev}}); err != nil {
-			return false
-		}
-		return true
-	}
-	if old != nil {
-		for _, have := range old.events {
-			if have.ID == e.ID {
+		ne = entry{value: ev.Value, minExpires: ev.ExpiresAt, events: []*Event{&ev}}
+	default:
+		for _, h := range have.events {
+			if h.ID == e.ID {
 				return false
 			}
 		}
-		r = &row{
-			maxBefore:  max(old.maxBefore, ev.IssuedBefore),
-			minExpires: min(old.minExpires, ev.ExpiresAt),
-			events:     append(slices.Clip(old.events), &ev),
+		ne = entry{
+			value:      have.value,
+			maxBefore:  max(have.maxBefore, ev.IssuedBefore),
+			minExpires: min(have.minExpires, ev.ExpiresAt),
+			events:     append(slices.Clip(have.events), &ev),
 		}
+	}
+
+	// The bucket to write: a copy of the committed one, or the one this
+	// transaction made, which is changed in place. go-memdb computes the
+	// index keys to remove from the object it holds, so a bucket in
+	// place whose earliest expiry changes is deleted first, under its old
+	// key.
+	b, inPlace := txn.fresh[key], true
+	if b == nil {
+		b, inPlace = &bucket{key: key}, false
+		if old != nil {
+			b.entries = slices.Clone(old.entries)
+		}
+		txn.fresh[key] = b
+	}
+	minExpires := ne.minExpires
+	for j := range b.entries {
+		if !found || j != i {
+			minExpires = min(minExpires, b.entries[j].minExpires)
+		}
+	}
+	reinsert := !inPlace || minExpires != b.minExpires
+	if inPlace && reinsert {
+		if err := txn.Delete(table, b); err != nil {
+			return false
+		}
+	}
+	if found {
+		b.entries[i] = ne
 	} else {
-		r = &row{maxBefore: ev.IssuedBefore, minExpires: ev.ExpiresAt, events: []*Event{&ev}}
-		s.rows[kindSlot(ev.Kind)].Add(1) // before the row is visible
+		b.entries = slices.Insert(b.entries, i, ne)
+		s.entries[kindSlot(ev.Kind)].Add(1) // before the entry is visible
 	}
-	if err := txn.Insert(table, r); err != nil {
-		return false
+	b.minExpires = minExpires
+	if reinsert {
+		if err := txn.Insert(table, b); err != nil {
+			return false
+		}
 	}
-	s.n.Add(1)
+	if have == nil || e.Kind != KindJTI && e.Kind != KindSID {
+		s.n.Add(1)
+	}
 	if ev.Kind == KindAll && ev.IssuedBefore > s.all.Load() {
 		s.all.Store(ev.IssuedBefore)
 	}
@@ -299,26 +375,33 @@ func (s *Set) Check(c *jwks.Claims) (revoked bool, reason string) {
 	if c == nil {
 		return false, ""
 	}
-	// A kind with no rows needs no lookup: with no jti, sid, sub or client
-	// revocation held (the common case), Check allocates nothing at all.
-	// rows is raised before a row becomes visible and lowered only after it
-	// is gone, so it is never too low.
+	// A kind with no entries needs no lookup: with no jti, sid, sub or
+	// client revocation held (the common case), Check allocates nothing at
+	// all. entries is raised before an entry becomes visible and lowered
+	// only after it is gone, so it is never too low.
 	var txn *memdb.Txn
 	l := lookups.Get().(*lookup)
 	defer lookups.Put(l)
-	get := func(k Kind, value string) *row {
-		if value == "" || s.rows[kindSlot(k)].Load() == 0 {
+	get := func(k Kind, value string) *entry {
+		if value == "" || s.entries[kindSlot(k)].Load() == 0 {
 			return nil
 		}
 		if txn == nil {
 			txn = s.db.Txn(false)
 		}
-		raw, err := txn.First(table, indexID, l.key(k, value)...)
+		raw, err := txn.First(table, indexID, s.key(l, k, value)...)
 		if err != nil {
 			return nil
 		}
-		r, _ := raw.(*row)
-		return r
+		b, _ := raw.(*bucket)
+		if b == nil {
+			return nil
+		}
+		i, found := b.find(value)
+		if !found {
+			return nil
+		}
+		return &b.entries[i]
 	}
 	if get(KindJTI, c.ID) != nil {
 		return true, ReasonToken
@@ -326,10 +409,10 @@ func (s *Set) Check(c *jwks.Claims) (revoked bool, reason string) {
 	if get(KindSID, c.SessionID) != nil {
 		return true, ReasonSession
 	}
-	if r := get(KindSub, c.Subject); r != nil && c.IssuedAt <= r.maxBefore {
+	if e := get(KindSub, c.Subject); e != nil && c.IssuedAt <= e.maxBefore {
 		return true, ReasonSubject
 	}
-	if r := get(KindClient, c.ClientID); r != nil && c.IssuedAt <= r.maxBefore {
+	if e := get(KindClient, c.ClientID); e != nil && c.IssuedAt <= e.maxBefore {
 		return true, ReasonClient
 	}
 	if b := s.all.Load(); b > 0 && c.IssuedAt <= b {
@@ -346,8 +429,8 @@ func (s *Set) Len() int { return int(s.n.Load()) }
 // only as far as now, and returns how many it removed.
 func (s *Set) GC(now time.Time) int {
 	cut := now.Unix()
-	// Find the rows to touch in a read snapshot first, so that a GC with
-	// nothing to do never takes the write lock.
+	// Look in a read snapshot first, so that a GC with nothing to do never
+	// takes the write lock.
 	if !s.hasExpired(s.db.Txn(false), cut) {
 		return 0
 	}
@@ -357,46 +440,62 @@ func (s *Set) GC(now time.Time) int {
 	if err != nil {
 		return 0
 	}
-	var due []*row
+	var due []*bucket
 	for raw := it.Next(); raw != nil; raw = it.Next() {
-		r := raw.(*row)
-		if r.minExpires > cut {
+		b := raw.(*bucket)
+		if b.minExpires > cut {
 			break
 		}
-		due = append(due, r)
+		due = append(due, b)
 	}
 	removed := 0
-	var gone [5]int64 // rows deleted, by kind
+	var gone [5]int64 // entries deleted, by kind
 	all := s.all.Load()
-	for _, r := range due {
-		isAll := r.events[0].Kind == KindAll
-		keep := make([]*Event, 0, len(r.events))
-		for _, e := range r.events {
-			if e.ExpiresAt > cut {
-				keep = append(keep, e)
+	for _, b := range due {
+		slot := kindSlot(b.entries[0].events[0].Kind)
+		isAll := slot == kindSlot(KindAll)
+		nb := &bucket{key: b.key, entries: make([]entry, 0, len(b.entries))}
+		for _, e := range b.entries {
+			if e.minExpires > cut {
+				nb.entries = append(nb.entries, e)
+				continue
+			}
+			keep := make([]*Event, 0, len(e.events))
+			for _, ev := range e.events {
+				if ev.ExpiresAt > cut {
+					keep = append(keep, ev)
+				}
+			}
+			removed += len(e.events) - len(keep)
+			if len(keep) == 0 {
+				gone[slot]++
+				continue
+			}
+			ne := entry{value: e.value, events: keep, minExpires: keep[0].ExpiresAt}
+			for _, ev := range keep {
+				ne.maxBefore = max(ne.maxBefore, ev.IssuedBefore)
+				ne.minExpires = min(ne.minExpires, ev.ExpiresAt)
+			}
+			nb.entries = append(nb.entries, ne)
+		}
+		if isAll {
+			all = 0
+			for _, e := range nb.entries {
+				all = max(all, e.maxBefore)
 			}
 		}
-		removed += len(r.events) - len(keep)
-		if len(keep) == 0 {
-			if err := txn.Delete(table, r); err != nil {
+		if len(nb.entries) == 0 {
+			if err := txn.Delete(table, b); err != nil {
 				return 0 // the transaction is aborted: nothing removed
-			}
-			gone[kindSlot(r.events[0].Kind)]++
-			if isAll {
-				all = 0
 			}
 			continue
 		}
-		nr := &row{events: keep, minExpires: keep[0].ExpiresAt}
-		for _, e := range keep {
-			nr.maxBefore = max(nr.maxBefore, e.IssuedBefore)
-			nr.minExpires = min(nr.minExpires, e.ExpiresAt)
+		nb.minExpires = nb.entries[0].minExpires
+		for _, e := range nb.entries {
+			nb.minExpires = min(nb.minExpires, e.minExpires)
 		}
-		if err := txn.Insert(table, nr); err != nil {
+		if err := txn.Insert(table, nb); err != nil {
 			return 0
-		}
-		if isAll {
-			all = nr.maxBefore
 		}
 	}
 	s.n.Add(-int64(removed))
@@ -406,7 +505,7 @@ func (s *Set) GC(now time.Time) int {
 	s.all.Store(all)
 	txn.Commit()
 	for k, n := range gone {
-		s.rows[k].Add(-n) // after the rows are gone
+		s.entries[k].Add(-n) // after the entries are gone
 	}
 	return removed
 }
@@ -416,7 +515,7 @@ func (s *Set) hasExpired(txn *memdb.Txn, cut int64) bool {
 	if err != nil || raw == nil {
 		return false
 	}
-	return raw.(*row).minExpires <= cut
+	return raw.(*bucket).minExpires <= cut
 }
 
 // Events returns copies of the live (unexpired) events, ordered by iat
@@ -430,10 +529,12 @@ func (s *Set) Events() []*Event {
 	}
 	var out []*Event
 	for raw := it.Next(); raw != nil; raw = it.Next() {
-		for _, e := range raw.(*row).events {
-			if e.ExpiresAt > now {
-				c := *e
-				out = append(out, &c)
+		for _, e := range raw.(*bucket).entries {
+			for _, ev := range e.events {
+				if ev.ExpiresAt > now {
+					c := *ev
+					out = append(out, &c)
+				}
 			}
 		}
 	}

@@ -3,6 +3,7 @@ package revocation
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"sync"
 	"testing"
@@ -392,5 +393,149 @@ func TestRepeatedSessionRevocationsKeepOneEvent(t *testing.T) {
 	}
 	if revoked, _ := s.Check(&jwks.Claims{SessionID: "s1"}); !revoked {
 		t.Fatal("session not revoked")
+	}
+}
+
+// TestSetModel applies random events (one at a time and in batches, as a
+// replay does), with repeats and GC rounds, and after every step compares
+// the set with a plain model and checks its indexes agree: go-memdb
+// derives the index keys to remove from the object it holds, so a bucket
+// changed in place without care leaves stale keys behind.
+func TestSetModel(t *testing.T) {
+	now := at
+	s := NewSet(WithSetClock(func() time.Time { return now }))
+	rnd := rand.New(rand.NewPCG(1, 2))
+	live := map[string]*Event{} // id → event the model holds
+	var pool []*Event           // events seen, for repeats
+	mk := func() *Event {
+		kind := Kinds[rnd.IntN(len(Kinds))]
+		value := ""
+		if kind != KindAll {
+			value = fmt.Sprintf("v%d", rnd.IntN(40)) // few values: many events per entry and bucket
+		}
+		e, err := NewEvent(kind, value, now.Add(-time.Duration(rnd.IntN(100))*time.Second),
+			now.Add(time.Duration(1+rnd.IntN(600))*time.Second), "", now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	// modelApply mirrors Apply: jti and sid keep the one event that lasts
+	// longest; other kinds keep every event.
+	modelApply := func(e *Event) bool {
+		if _, ok := live[e.ID]; ok || e.ExpiresAt <= now.Unix() {
+			return false
+		}
+		if e.Kind == KindJTI || e.Kind == KindSID {
+			for id, h := range live {
+				if h.Kind == e.Kind && h.Value == e.Value {
+					if h.ExpiresAt >= e.ExpiresAt {
+						return false
+					}
+					delete(live, id)
+				}
+			}
+		}
+		live[e.ID] = e
+		return true
+	}
+	check := func(step int) {
+		t.Helper()
+		if s.Len() != len(live) {
+			t.Fatalf("step %d: Len = %d, model holds %d", step, s.Len(), len(live))
+		}
+		txn := s.db.Txn(false)
+		byID, byExp := map[*bucket]bool{}, map[*bucket]bool{}
+		var counted [5]int64
+		it, _ := txn.Get(table, indexID)
+		for raw := it.Next(); raw != nil; raw = it.Next() {
+			b := raw.(*bucket)
+			byID[b] = true
+			m := b.entries[0].minExpires
+			for i, e := range b.entries {
+				m = min(m, e.minExpires)
+				if i > 0 && b.entries[i-1].value >= e.value {
+					t.Fatalf("step %d: bucket %x not sorted", step, b.key)
+				}
+				counted[kindSlot(e.events[0].Kind)]++
+			}
+			if m != b.minExpires {
+				t.Fatalf("step %d: bucket %x minExpires %d, entries say %d", step, b.key, b.minExpires, m)
+			}
+		}
+		it, _ = txn.Get(table, indexExpires)
+		for raw := it.Next(); raw != nil; raw = it.Next() {
+			b := raw.(*bucket)
+			if byExp[b] || !byID[b] {
+				t.Fatalf("step %d: expires index holds bucket %x twice or a bucket that is gone", step, b.key)
+			}
+			byExp[b] = true
+		}
+		if len(byExp) != len(byID) {
+			t.Fatalf("step %d: %d buckets by id, %d by expiry", step, len(byID), len(byExp))
+		}
+		for k := range counted {
+			if counted[k] != s.entries[k].Load() {
+				t.Fatalf("step %d: kind %d: %d entries, counter says %d", step, k, counted[k], s.entries[k].Load())
+			}
+		}
+		for _, e := range live {
+			c := &jwks.Claims{IssuedAt: e.IssuedBefore}
+			switch e.Kind {
+			case KindJTI:
+				c.ID = e.Value
+			case KindSID:
+				c.SessionID = e.Value
+			case KindSub:
+				c.Subject = e.Value
+			case KindClient:
+				c.ClientID = e.Value
+			}
+			if revoked, _ := s.Check(c); !revoked {
+				t.Fatalf("step %d: live %s %q not revoked", step, e.Kind, e.Value)
+			}
+		}
+	}
+	for step := range 300 {
+		switch r := rnd.IntN(10); {
+		case r < 4:
+			e := mk()
+			if rnd.IntN(4) == 0 && len(pool) > 0 {
+				e = pool[rnd.IntN(len(pool))]
+			}
+			pool = append(pool, e)
+			if got, want := s.Apply(e), modelApply(e); got != want {
+				t.Fatalf("step %d: Apply = %v, model says %v", step, got, want)
+			}
+		case r < 8:
+			batch := make([]*Event, 1+rnd.IntN(30))
+			want := make([]bool, len(batch))
+			for i := range batch {
+				batch[i] = mk()
+				if rnd.IntN(4) == 0 && len(pool) > 0 {
+					batch[i] = pool[rnd.IntN(len(pool))]
+				}
+				pool = append(pool, batch[i])
+				want[i] = modelApply(batch[i])
+			}
+			got := make([]bool, len(batch))
+			s.applyAll(batch, got)
+			if !slices.Equal(got, want) {
+				t.Fatalf("step %d: applyAll = %v, model says %v", step, got, want)
+			}
+		default:
+			now = now.Add(time.Duration(rnd.IntN(120)) * time.Second)
+			removed := 0
+			for id, e := range live {
+				if e.ExpiresAt <= now.Unix() {
+					delete(live, id)
+					removed++
+				}
+			}
+			if n := s.GC(now); n != removed {
+				t.Fatalf("step %d: GC removed %d, model %d", step, n, removed)
+			}
+		}
+		check(step)
 	}
 }
