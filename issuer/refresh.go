@@ -132,6 +132,14 @@ func parseRefreshToken(token string) (string, bool) {
 	if !ok || len(id) != 22 || len(secret) != 43 {
 		return "", false
 	}
+	// The decoder below skips '\r' and '\n' even in strict mode; an id
+	// with them is no KV key, and the lookup would fail as if the store
+	// were down (503).
+	if strings.ContainsFunc(token, func(r rune) bool {
+		return !(r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.')
+	}) {
+		return "", false
+	}
 	if _, err := base64.RawURLEncoding.Strict().DecodeString(id); err != nil {
 		return "", false
 	}
