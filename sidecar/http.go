@@ -135,10 +135,12 @@ func bearerToken(r *http.Request) (token, problem string) {
 }
 
 // missingScopes returns the scopes required by the request (?scope= and
-// X-Required-Scope) that the token lacks, space-separated.
+// X-Required-Scope) that the token lacks, space-separated. A repeated
+// parameter or header requires every value, not only the first: an
+// ambiguous requirement must fail closed.
 func missingScopes(c *jwks.Claims, r *http.Request) string {
-	required := r.URL.Query().Get("scope")
-	if h := r.Header.Get(HeaderRequiredScope); h != "" {
+	required := strings.Join(r.URL.Query()["scope"], " ")
+	for _, h := range r.Header.Values(HeaderRequiredScope) {
 		required += " " + h
 	}
 	return MissingScopes(c, required)
