@@ -3,11 +3,13 @@ package revocation
 import (
 	"context"
 	"crypto/ed25519"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -16,8 +18,8 @@ import (
 )
 
 // Observer receives what a Consumer does, for metrics. Its methods are
-// called from the consumer's applying goroutine, one at a time, and must
-// not block.
+// called one at a time (from the goroutine that applies the stream or from
+// the live subscription's) and must not block.
 type Observer interface {
 	// Applied: e was verified and added to the set. delay is the time
 	// from the event's iat (millisecond precision) to now. Events replayed
@@ -60,7 +62,11 @@ func WithObserver(o Observer) ConsumerOption { return func(c *Consumer) { c.obs 
 
 // WithVerifyWorkers sets how many goroutines verify signatures (default
 // GOMAXPROCS). Events are still applied in stream order.
-func WithVerifyWorkers(n int) ConsumerOption { return func(c *Consumer) { c.workers = n } }
+
+// WithLiveSubscription turns the live subscription on or off (default on):
+// see Run.
+func WithLiveSubscription(on bool) ConsumerOption { return func(c *Consumer) { c.live = on } }
+func WithVerifyWorkers(n int) ConsumerOption      { return func(c *Consumer) { c.workers = n } }
 
 // Tuning of the consumer.
 const (
@@ -106,7 +112,12 @@ type Consumer struct {
 	log     *slog.Logger
 	now     func() time.Time
 	obs     Observer
+	obsMu   sync.Mutex // one Observer call at a time
 	workers int
+	live    bool
+	// seen holds events the live subscription verified, by digest of the
+	// signed bytes, so the ordered consumer need not check them again.
+	seen seenCache
 
 	running  atomic.Bool
 	caughtUp atomic.Bool
@@ -137,6 +148,7 @@ func NewConsumer(js jetstream.JetStream, prefix string, trusted []ed25519.Public
 		now:     time.Now,
 		obs:     nopObserver{},
 		workers: runtime.GOMAXPROCS(0),
+		live:    true,
 
 		streamCheck:   streamCheck,
 		resetAttempts: resetAttempts,
@@ -160,7 +172,20 @@ func (c *Consumer) CaughtUp() bool { return c.caughtUp.Load() }
 // or dropped).
 func (c *Consumer) LastSeq() uint64 { return c.lastSeq.Load() }
 
-// Run consumes until ctx is done, then returns nil. It binds the stream,
+// Run consumes until ctx is done, then returns nil.
+//
+// Events reach the set two ways. A plain NATS subscription on the stream's
+// subjects (the live subscription) applies each event as it is published:
+// that is NATS's cheapest fan-out, several times faster than JetStream
+// delivering a stored message to each of a thousand consumers. It may miss
+// events (disconnects, a slow consumer) and may see an event the stream
+// did not store (the issuer then answered 503, and a revocation the issuer
+// signed is applied all the same), so it is only a shortcut: the ordered
+// consumer below is what guarantees that every stored event is applied and
+// what CaughtUp reports on. An event the live subscription verified is not
+// verified again when the ordered consumer delivers the same bytes.
+//
+// The ordered consumer: Run binds the stream,
 // retrying with backoff while the stream does not exist or NATS is
 // unreachable, replays it from the start with an ordered consumer and
 // follows it. Every message is verified (on several goroutines) before it
@@ -181,6 +206,14 @@ func (c *Consumer) Run(ctx context.Context) error {
 	}
 	defer c.running.Store(false)
 	c.started = c.now()
+	if c.live {
+		sub, err := c.js.Conn().Subscribe(subjects(c.prefix), c.onLive)
+		if err != nil {
+			c.log.Warn("revocation live subscription failed; events arrive through JetStream only", "err", err)
+		} else {
+			defer func() { _ = sub.Unsubscribe() }()
+		}
+	}
 	backoff := minBackoff
 	failures := 0
 	for {
@@ -393,19 +426,43 @@ func (c *Consumer) verify(ctx context.Context, work <-chan *job) {
 
 func (c *Consumer) verifyBatch(batch []*job, data [][]byte) {
 	for _, j := range batch {
-		if j.err == nil {
-			data = append(data, j.data)
+		if j.err != nil {
+			continue
 		}
+		if ev := c.seen.take(j.data); ev != nil {
+			j.ev = ev
+			continue
+		}
+		data = append(data, j.data)
 	}
 	events, errs := VerifyBatch(data, c.trusted)
 	k := 0
 	for _, j := range batch {
-		if j.err == nil {
+		if j.err == nil && j.ev == nil {
 			j.ev, j.err = events[k], errs[k]
 			k++
 		}
 		j.data = nil
 		close(j.done)
+	}
+}
+
+// onLive applies an event from the live subscription. A message that does
+// not verify is ignored here: if the stream stored it, the ordered
+// consumer drops and counts it.
+func (c *Consumer) onLive(m *nats.Msg) {
+	if len(m.Data) > MaxEventSize {
+		return
+	}
+	ev, err := Verify(m.Data, c.trusted)
+	if err != nil {
+		return
+	}
+	c.seen.put(m.Data, ev)
+	if c.set.Apply(ev) {
+		c.obsMu.Lock()
+		c.obs.Applied(ev, max(c.now().Sub(ev.Time()), 0))
+		c.obsMu.Unlock()
 	}
 }
 
@@ -481,21 +538,23 @@ func (c *Consumer) applyBatch(batch []*job, events []*Event, applied []bool) {
 	}
 	c.set.applyAll(events, applied[:len(events)])
 	now := c.now()
+	lastJob := batch[len(batch)-1]
+	c.obsMu.Lock()
 	for i, j := range batch {
 		if applied[i] {
 			c.obs.Applied(j.ev, max(now.Sub(j.ev.Time()), 0))
 		} else if j.err == nil {
-			c.log.Debug("revocation event not applied: duplicate or expired", "seq", j.seq, "id", j.ev.ID)
+			c.log.Debug("revocation event not applied: duplicate, expired or applied live", "seq", j.seq, "id", j.ev.ID)
 		}
 	}
-	lastJob := batch[len(batch)-1]
+	c.obs.Lag(lastJob.pending)
+	c.obsMu.Unlock()
 	for i := len(batch) - 1; i >= 0; i-- {
 		if batch[i].seq != 0 {
 			c.lastSeq.Store(batch[i].seq)
 			break
 		}
 	}
-	c.obs.Lag(lastJob.pending)
 	if !c.caughtUp.Load() && (c.lastSeq.Load() >= c.target || lastJob.pending == 0) {
 		c.markCaughtUp(lastJob.pending)
 	}
@@ -509,7 +568,9 @@ func (c *Consumer) dropped(j *job) {
 	if errors.Is(j.err, ErrInvalid) {
 		reason = DropInvalid
 	}
+	c.obsMu.Lock()
 	c.obs.Dropped(reason)
+	c.obsMu.Unlock()
 	now := c.now()
 	if now.Sub(c.lastDrop) < time.Second {
 		c.suppressed++
@@ -536,8 +597,61 @@ func (c *Consumer) checkReplayed(ctx context.Context, cons jetstream.Consumer) {
 
 func (c *Consumer) markCaughtUp(lag uint64) {
 	if c.caughtUp.CompareAndSwap(false, true) {
+		c.obsMu.Lock()
 		c.obs.Lag(lag)
+		c.obsMu.Unlock()
 		c.log.Info("revocation stream replayed", "stream", StreamName(c.prefix),
 			"last_seq", c.lastSeq.Load(), "events", c.set.Len(), "took", c.now().Sub(c.started).Round(time.Millisecond))
 	}
+}
+
+// seenCache remembers the events the live subscription verified, by the
+// SHA-256 of their signed bytes, until the ordered consumer delivers the
+// same bytes: identical bytes verify identically, so the ordered consumer
+// takes the event instead of checking the signature a second time. It
+// holds at most seenMax events, forgetting the oldest.
+type seenCache struct {
+	mu    sync.Mutex
+	n     atomic.Int32 // len(m), read without the lock
+	m     map[[sha256.Size]byte]*Event
+	order [][sha256.Size]byte // insertion order, for eviction
+}
+
+const seenMax = 4096
+
+func (s *seenCache) put(data []byte, e *Event) {
+	d := sha256.Sum256(data)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m == nil {
+		s.m = make(map[[sha256.Size]byte]*Event)
+	}
+	if _, ok := s.m[d]; ok {
+		return
+	}
+	for len(s.order) >= seenMax {
+		delete(s.m, s.order[0])
+		s.order = s.order[1:]
+	}
+	s.m[d] = e
+	s.order = append(s.order, d)
+	s.n.Store(int32(len(s.m))) // #nosec G115 -- at most seenMax
+}
+
+// take returns and forgets the event verified with exactly these bytes,
+// or nil. With nothing cached (a replay of old events) it costs no hash.
+func (s *seenCache) take(data []byte) *Event {
+	if s.n.Load() == 0 {
+		return nil
+	}
+	d := sha256.Sum256(data)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.m[d]
+	if !ok {
+		return nil
+	}
+	delete(s.m, d)
+	s.n.Store(int32(len(s.m))) // #nosec G115 -- at most seenMax
+	return e
 }

@@ -68,7 +68,8 @@ func TestConsumerReplayThenLive(t *testing.T) {
 	set := NewSet()
 	rec := newRecorder()
 	_, cjs := n.connect()
-	c := NewConsumer(cjs, testPrefix, []ed25519.PublicKey{pub}, set, WithObserver(rec), WithLogger(testLogger()))
+	// The ordered consumer alone, so that the order checked is its own.
+	c := NewConsumer(cjs, testPrefix, []ed25519.PublicKey{pub}, set, WithObserver(rec), WithLogger(testLogger()), WithLiveSubscription(false))
 	if c.CaughtUp() {
 		t.Fatal("caught up before running")
 	}
@@ -307,8 +308,16 @@ func TestConsumerExpiredTail(t *testing.T) {
 
 // TestConsumerSurvivesRestart stops the NATS server in the middle of a
 // stream of publications and starts it again on the same port and store:
-// every event acknowledged by JetStream reaches the set, once.
+// every event acknowledged by JetStream reaches the set, once. With the
+// live subscription off, the ordered consumer alone must lose nothing and
+// keep publication order; with it on, nothing may be applied twice.
 func TestConsumerSurvivesRestart(t *testing.T) {
+	for _, live := range []bool{false, true} {
+		t.Run(fmt.Sprintf("live=%v", live), func(t *testing.T) { testSurvivesRestart(t, live) })
+	}
+}
+
+func testSurvivesRestart(t *testing.T, live bool) {
 	n := newNATS(t)
 	_, pjs := n.connect()
 	ensureStream(t, pjs)
@@ -318,7 +327,7 @@ func TestConsumerSurvivesRestart(t *testing.T) {
 	set := NewSet()
 	rec := newRecorder()
 	_, cjs := n.connect()
-	c := NewConsumer(cjs, testPrefix, []ed25519.PublicKey{pub}, set, WithObserver(rec), WithLogger(testLogger()))
+	c := NewConsumer(cjs, testPrefix, []ed25519.PublicKey{pub}, set, WithObserver(rec), WithLogger(testLogger()), WithLiveSubscription(live))
 	runConsumer(t, c)
 	eventually(t, waitLong, "caught up", c.CaughtUp)
 
@@ -388,7 +397,7 @@ func TestConsumerSurvivesRestart(t *testing.T) {
 			t.Errorf("event %s lost", id)
 		}
 	}
-	if !slices.Equal(got, want) {
+	if !live && !slices.Equal(got, want) {
 		t.Errorf("applied out of publication order")
 	}
 }
@@ -431,7 +440,9 @@ func TestConsumerResumes(t *testing.T) {
 	p := NewPublisher(js, testPrefix, priv)
 	set := NewSet()
 	rec := newRecorder()
-	c := NewConsumer(js, testPrefix, []ed25519.PublicKey{pub}, set, WithObserver(rec), WithLogger(testLogger()))
+	// The ordered consumer alone: the live subscription must not mask a
+	// resume that skips an event.
+	c := NewConsumer(js, testPrefix, []ed25519.PublicKey{pub}, set, WithObserver(rec), WithLogger(testLogger()), WithLiveSubscription(false))
 	first := publishN(t, p, 10, "a")
 	stop := runConsumer(t, c)
 	eventually(t, waitLong, "first events", func() bool { return set.Len() == 10 })
@@ -468,7 +479,8 @@ func TestConsumerStreamRecreated(t *testing.T) {
 	pub, priv := newKey(t)
 	p := NewPublisher(js, testPrefix, priv)
 	set := NewSet()
-	c := NewConsumer(js, testPrefix, []ed25519.PublicKey{pub}, set, WithLogger(testLogger()))
+	// Live subscription off: it would apply the new stream's events itself.
+	c := NewConsumer(js, testPrefix, []ed25519.PublicKey{pub}, set, WithLogger(testLogger()), WithLiveSubscription(false))
 	c.streamCheck = 50 * time.Millisecond
 	publishN(t, p, 10, "old")
 	runConsumer(t, c)
@@ -486,4 +498,93 @@ func TestConsumerStreamRecreated(t *testing.T) {
 		}
 	}
 	eventually(t, waitLong, "LastSeq follows the new stream", func() bool { return c.LastSeq() == 3 })
+}
+
+// TestConsumerLiveSubscription: events reach the set through the plain
+// subscription too, each is applied and observed once although it arrives
+// twice, a forged one is dropped and counted once, and a signed event that
+// JetStream never stored (the stream is gone) is applied all the same.
+func TestConsumerLiveSubscription(t *testing.T) {
+	n := newNATS(t)
+	nc, js := n.connect()
+	ensureStream(t, js)
+	pub, priv := newKey(t)
+	_, otherPriv := newKey(t)
+	p := NewPublisher(js, testPrefix, priv)
+	set := NewSet()
+	rec := newRecorder()
+	_, cjs := n.connect()
+	c := NewConsumer(cjs, testPrefix, []ed25519.PublicKey{pub}, set, WithObserver(rec), WithLogger(testLogger()))
+	runConsumer(t, c)
+	eventually(t, waitLong, "caught up", c.CaughtUp)
+
+	published := publishN(t, p, 20, "e")
+	forged, err := Sign(event(t, KindSub, "alice"), otherPriv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Publish(context.Background(), Subject(testPrefix, KindSub), forged); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, waitLong, "the ordered consumer past every message", func() bool { return c.LastSeq() == 21 })
+	if set.Len() != 20 {
+		t.Errorf("set holds %d events, want 20", set.Len())
+	}
+	got := rec.appliedIDs()
+	slices.Sort(got)
+	want := ids(published)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("observed %d applications, want each of the 20 events once", len(got))
+	}
+	if d := rec.drops(DropForged); d != 1 {
+		t.Errorf("forged drops = %d, want 1", d)
+	}
+
+	// The stream is gone: only the live subscription can deliver.
+	if err := js.DeleteStream(context.Background(), StreamName(testPrefix)); err != nil {
+		t.Fatal(err)
+	}
+	e := event(t, KindJTI, "not-stored")
+	data, err := Sign(e, priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Publish(Subject(testPrefix, KindJTI), data); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, waitLong, "an event seen only live", func() bool {
+		r, _ := set.Check(&jwks.Claims{ID: "not-stored"})
+		return r
+	})
+}
+
+func TestSeenCache(t *testing.T) {
+	var s seenCache
+	e := &Event{ID: "a"}
+	if s.take([]byte("x")) != nil {
+		t.Fatal("empty cache returned an event")
+	}
+	s.put([]byte("x"), e)
+	if s.take([]byte("y")) != nil {
+		t.Fatal("other bytes returned the event")
+	}
+	if s.take([]byte("x")) != e {
+		t.Fatal("event not returned for its bytes")
+	}
+	if s.take([]byte("x")) != nil {
+		t.Fatal("event returned twice")
+	}
+	for i := range seenMax + 10 {
+		s.put(fmt.Appendf(nil, "%d", i), e)
+	}
+	if s.take([]byte("0")) != nil {
+		t.Error("oldest entry not evicted")
+	}
+	if s.take(fmt.Appendf(nil, "%d", seenMax+9)) != e {
+		t.Error("newest entry missing")
+	}
+	if len(s.m) > seenMax {
+		t.Errorf("cache holds %d, want at most %d", len(s.m), seenMax)
+	}
 }

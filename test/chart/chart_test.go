@@ -278,7 +278,10 @@ func checkNATS(t *testing.T, m *manifests, v map[string]any) {
 			t.Errorf("issuer may publish to %s", a)
 		}
 	}
-	if !slices.Equal(sc.subAllow, []string{"_INBOX.>"}) || !slices.Equal(is.subAllow, []string{"_INBOX.>"}) {
+	// Replies and deliveries on _INBOX, and the revocation subjects for the
+	// live subscription; nothing else.
+	want := []string{"_INBOX.>", "tokenwarden.revocations.>"}
+	if !slices.Equal(sc.subAllow, want) || !slices.Equal(is.subAllow, want) {
 		t.Errorf("subscribe permissions: sidecar %v, issuer %v", sc.subAllow, is.subAllow)
 	}
 }

@@ -38,6 +38,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokenwarden/tokenwarden/internal/embeddednats"
 	"github.com/tokenwarden/tokenwarden/issuer"
@@ -99,6 +100,13 @@ func run(counts string, events int) error {
 		bare, err := measureFanout(srv.URL(), n, events)
 		if err != nil {
 			return err
+		}
+		if os.Getenv("PROPAGATION_JS") != "" {
+			js, err := measureJSFanout(srv.URL(), n, events)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("%6d  JetStream ordered-consumer fan-out p50/p99/max: %s\n", n, js)
 		}
 		checks := time.Duration(n) * verifyCost / time.Duration(runtime.GOMAXPROCS(0))
 		fmt.Printf("%6d  %-28s  %-28s  %-18.2f  %.2f, %d\n", n, tw, bare, float64(tw.p99)/float64(max(bare.p99, time.Microsecond)),
@@ -315,6 +323,99 @@ func measureSidecars(iss *issuerProc, natsURL string, n, events int) (stats, int
 		time.Sleep(20 * time.Millisecond) // let the fan-out settle between events
 	}
 	return summarize(delays), missed, nil
+}
+
+// measureJSFanout is the JetStream part of the floor: one message stored
+// in a stream and delivered to n ordered consumers (what a sidecar uses),
+// each on its own connection, timed from the publish's ack to each receipt.
+func measureJSFanout(natsURL string, n, events int) (stats, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	name := "FANOUT_" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	subj := "bench.jsfanout." + name
+	pubc, err := nats.Connect(natsURL)
+	if err != nil {
+		return stats{}, err
+	}
+	defer pubc.Close()
+	pjs, err := jetstream.New(pubc)
+	if err != nil {
+		return stats{}, err
+	}
+	if _, err := pjs.CreateStream(ctx, jetstream.StreamConfig{Name: name, Subjects: []string{subj}, Storage: jetstream.FileStorage, MaxConsumers: -1}); err != nil {
+		return stats{}, err
+	}
+	defer func() { _ = pjs.DeleteStream(context.Background(), name) }()
+	var mu sync.Mutex
+	got := map[int][]time.Time{}
+	conns := make([]*nats.Conn, 0, n)
+	var iters []jetstream.MessagesContext
+	defer func() {
+		for _, it := range iters {
+			it.Stop()
+		}
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for range n {
+		c, err := nats.Connect(natsURL)
+		if err != nil {
+			return stats{}, err
+		}
+		conns = append(conns, c)
+		js, err := jetstream.New(c)
+		if err != nil {
+			return stats{}, err
+		}
+		cons, err := js.OrderedConsumer(ctx, name, jetstream.OrderedConsumerConfig{})
+		if err != nil {
+			return stats{}, err
+		}
+		it, err := cons.Messages(jetstream.PullMaxMessages(2048))
+		if err != nil {
+			return stats{}, err
+		}
+		iters = append(iters, it)
+		go func() {
+			for {
+				m, err := it.Next()
+				if err != nil {
+					return
+				}
+				i, _ := strconv.Atoi(string(m.Data()))
+				now := time.Now()
+				mu.Lock()
+				got[i] = append(got[i], now)
+				mu.Unlock()
+			}
+		}()
+	}
+	time.Sleep(100 * time.Millisecond) // let the pull requests reach the server
+	var delays []time.Duration
+	for i := range events {
+		if _, err := pjs.Publish(ctx, subj, []byte(strconv.Itoa(i))); err != nil {
+			return stats{}, err
+		}
+		t0 := time.Now()
+		wait := time.Now().Add(10 * time.Second)
+		for time.Now().Before(wait) {
+			mu.Lock()
+			k := len(got[i])
+			mu.Unlock()
+			if k >= n {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+		mu.Lock()
+		for _, at := range got[i] {
+			delays = append(delays, max(at.Sub(t0), 0))
+		}
+		mu.Unlock()
+		time.Sleep(20 * time.Millisecond)
+	}
+	return summarize(delays), nil
 }
 
 // measureFanout is the floor: one core NATS message to n subscribers, each
