@@ -11,7 +11,7 @@ HELM        ?= $(GO) run helm.sh/helm/v3/cmd/helm@v3.22.0
 CHART       := charts/tokenwarden
 IMAGE       ?= tokenwarden:$(VERSION)
 
-.PHONY: all build deps demo test chart image lint vet vuln bench fuzz tidy clean
+.PHONY: all build deps demo test chart image lint vet vuln bench soak fuzz tidy clean
 
 all: build
 
@@ -67,6 +67,13 @@ bench: build
 	$(GO) test -run '^$$' -bench 'Replay' -benchtime 1x ./revocation/
 	$(GO) run ./test/sidecarload -bin $(BIN) -c 32 -d $(LOAD_DURATION)
 	$(GO) run ./test/propagation -n 1,100,1000 -events 20
+
+## soak: nats-server, issuer and sidecar as processes for SOAK_DURATION under a steady /verify
+## load (SOAK_RATE/s) with revocations and key rotations; fails on a leak or a wrong answer
+SOAK_DURATION ?= 5m
+SOAK_RATE     ?= 1000
+soak: build
+	$(GO) run ./test/soak -bin $(BIN) -d $(SOAK_DURATION) -rate $(SOAK_RATE)
 
 ## fuzz: each fuzz target for a bounded time. Minimization is off: go test
 ## reports "context deadline exceeded" as a failure when -fuzztime ends while

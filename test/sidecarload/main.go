@@ -18,19 +18,18 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/tokenwarden/tokenwarden/internal/loadtest"
 )
 
 func main() {
@@ -73,7 +72,7 @@ func run(bin string, conns int, dur time.Duration) error {
 	}
 	go func() { _, _ = io.Copy(io.Discard, out) }()
 
-	addr, err := freeAddr()
+	addr, err := loadtest.FreeAddr()
 	if err != nil {
 		return err
 	}
@@ -86,11 +85,11 @@ func run(bin string, conns int, dur time.Duration) error {
 	}
 	defer func() { _ = sc.Process.Signal(os.Interrupt); _ = sc.Wait() }()
 	base := "http://" + addr
-	if err := waitReady(base+"/readyz", 30*time.Second); err != nil {
+	if err := loadtest.WaitReady(base+"/readyz", 30*time.Second); err != nil {
 		return err
 	}
 	time.Sleep(2 * time.Second) // let start-up garbage be collected
-	idle, err := rssKiB(sc.Process.Pid)
+	idle, err := loadtest.RSSKiB(sc.Process.Pid)
 	if err != nil {
 		return err
 	}
@@ -102,7 +101,7 @@ func run(bin string, conns int, dur time.Duration) error {
 	health := load(base+"/healthz", "", conns, dur, nil)
 	var peak atomic.Int64
 	verify := load(base+"/verify", tok, conns, dur, func() {
-		if kib, err := rssKiB(sc.Process.Pid); err == nil && int64(kib) > peak.Load() {
+		if kib, err := loadtest.RSSKiB(sc.Process.Pid); err == nil && int64(kib) > peak.Load() {
 			peak.Store(int64(kib))
 		}
 	})
@@ -136,29 +135,6 @@ func readBanner(r io.Reader) (issuerURL, natsURL string, err error) {
 		}
 	}
 	return "", "", errors.New("tokenwarden dev exited before printing its banner")
-}
-
-func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer func() { _ = ln.Close() }()
-	return ln.Addr().String(), nil
-}
-
-func waitReady(u string, within time.Duration) error {
-	deadline := time.Now().Add(within)
-	for time.Now().Before(deadline) {
-		if resp, err := http.Get(u); err == nil { // #nosec G107 -- loopback URL built here
-			_ = resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return nil
-			}
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return fmt.Errorf("%s not ready within %s", u, within)
 }
 
 func token(issuerURL string) (string, error) {
@@ -256,26 +232,6 @@ func load(u, tok string, conns int, dur time.Duration, sample func()) result {
 	wg.Wait()
 	close(stop)
 	elapsed := time.Since(start)
-	slices.Sort(lat)
-	pct := func(p float64) time.Duration {
-		if len(lat) == 0 {
-			return 0
-		}
-		return lat[min(len(lat)-1, int(float64(len(lat))*p))].Round(time.Microsecond)
-	}
-	return result{rps: float64(count.Load()) / elapsed.Seconds(), p50: pct(0.50), p99: pct(0.99), errors: errs.Load()}
-}
-
-// rssKiB reads a process's resident set size from /proc.
-func rssKiB(pid int) (int, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			return strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(rest), " kB"))
-		}
-	}
-	return 0, errors.New("no VmRSS in /proc status")
+	st := loadtest.Summarize(lat)
+	return result{rps: float64(count.Load()) / elapsed.Seconds(), p50: st.P50.Round(time.Microsecond), p99: st.P99.Round(time.Microsecond), errors: errs.Load()}
 }
