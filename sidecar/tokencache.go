@@ -36,7 +36,9 @@ func newTokenCache(size int) *tokenCache {
 	per := max(size/cacheShards, 1)
 	c := &tokenCache{max: per}
 	for i := range c.shards {
-		c.shards[i].m = make(map[[sha256.Size]byte]cacheEntry, min(per, 1024))
+		// No size hint: a sidecar that sees few distinct tokens should not
+		// hold a full cache's worth of empty buckets.
+		c.shards[i].m = make(map[[sha256.Size]byte]cacheEntry)
 	}
 	return c
 }
