@@ -89,10 +89,14 @@ func (b *bruteForce) guessUntilLimited(t *testing.T, c *http.Client, user func(i
 	t.Helper()
 	for i := 0; i < 1000; i++ {
 		r := b.login(t, c, user(i), fmt.Sprintf("guess-%d", i))
-		switch {
-		case r.Status == http.StatusTooManyRequests:
+		switch r.Status {
+		case http.StatusTooManyRequests:
 			return i, r
-		case r.Status != http.StatusBadRequest || r.str("error") != "invalid_grant":
+		case http.StatusBadRequest:
+			if r.str("error") != "invalid_grant" {
+				t.Fatalf("guess %d: %v", i, r.Body)
+			}
+		default:
 			t.Fatalf("guess %d: %d %v", i, r.Status, r.Body)
 		}
 	}

@@ -475,7 +475,7 @@ func FuzzParseRefreshToken(f *testing.F) {
 		}
 		for _, p := range []string{fid, secret} {
 			if strings.ContainsFunc(p, func(r rune) bool {
-				return !(r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_')
+				return !strings.ContainsRune("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_", r)
 			}) {
 				t.Fatalf("accepted non-base64url %q", token)
 			}

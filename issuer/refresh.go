@@ -126,6 +126,8 @@ func hashToken(token string) string {
 	return hex.EncodeToString(sum[:])
 }
 
+const base64URLAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
 // parseRefreshToken returns the family id of a well-formed token.
 func parseRefreshToken(token string) (string, bool) {
 	id, secret, ok := strings.Cut(token, ".")
@@ -135,9 +137,7 @@ func parseRefreshToken(token string) (string, bool) {
 	// The decoder below skips '\r' and '\n' even in strict mode; an id
 	// with them is no KV key, and the lookup would fail as if the store
 	// were down (503).
-	if strings.ContainsFunc(token, func(r rune) bool {
-		return !(r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.')
-	}) {
+	if strings.Trim(token, base64URLAlphabet+".") != "" {
 		return "", false
 	}
 	if _, err := base64.RawURLEncoding.Strict().DecodeString(id); err != nil {
