@@ -223,7 +223,7 @@ func publicEqual(a, b crypto.PublicKey) bool {
 // names say, for the targets above.
 func TestBundleFuzzSeeds(t *testing.T) {
 	trusted, _ := bundleFuzzKeys()
-	for _, target := range []string{"FuzzVerifyBundle", "FuzzCacheLoadDisk", "FuzzParseKeySet"} {
+	for _, target := range []string{"FuzzVerifyBundle", "FuzzCacheLoadDisk", "FuzzParseKeySet", "FuzzVerifyDistributedBatch"} {
 		files, err := filepath.Glob(filepath.Join("testdata", "fuzz", target, "*"))
 		if err != nil {
 			t.Fatal(err)
@@ -238,6 +238,10 @@ func TestBundleFuzzSeeds(t *testing.T) {
 				t.Fatalf("%s: %v", file, err)
 			}
 			var ok bool
+			if target == "FuzzVerifyDistributedBatch" {
+				valid++ // mixed batches: the target itself checks them
+				continue
+			}
 			if target == "FuzzParseKeySet" {
 				_, err = ParseKeySet([]byte(s))
 			} else {
@@ -308,6 +312,7 @@ func TestWriteBundleFuzzSeeds(t *testing.T) {
 		"valid-unknown-field":   raw(hdr, `{"seq":4,"iat":1,"jwks":`+string(doc)+`,"future":true}`, trusted),
 		"other-key":             sign(&Bundle{Sequence: 9, IssuedAt: 1_700_000_000, JWKS: doc}, BundleType, other),
 		"other-key-trusted-kid": raw(hdr, payload(9, doc), other),
+		"other-key-no-kid":      raw(`{"alg":"EdDSA","typ":"`+BundleType+`"}`, payload(9, doc), other),
 		"tampered-payload":      tampered,
 		"event-typ":             sign(&Bundle{Sequence: 7, IssuedAt: 1, JWKS: doc}, "tokenwarden-revocation+jws", trusted),
 		"token-typ":             raw(`{"alg":"EdDSA","kid":"`+kid+`","typ":"at+jwt"}`, payload(7, doc), trusted),
@@ -346,6 +351,23 @@ func TestWriteBundleFuzzSeeds(t *testing.T) {
 		"other-trusted-kid": bundles["other-key-trusted-kid"],
 	})
 	yB64 := base64.RawURLEncoding.EncodeToString(k.ec.Y.FillBytes(make([]byte, 32)))
+	join := func(names ...string) []byte {
+		var items [][]byte
+		for _, n := range names {
+			items = append(items, bundles[n])
+		}
+		return bytes.Join(items, []byte("\n"))
+	}
+	write(t, "FuzzVerifyDistributedBatch", map[string][]byte{
+		"all-valid":              join("valid-two-keys", "valid-ed-only", "valid-no-kid", "valid-unknown-field"),
+		"one-forged-among-valid": join("valid-two-keys", "other-key-trusted-kid", "valid-ed-only", "valid-no-kid"),
+		"one-tampered":           join("valid-two-keys", "tampered-payload", "valid-ed-only"),
+		"kidless-other-key":      join("valid-no-kid", "other-key-no-kid"),
+		"same-item-twice":        join("valid-two-keys", "valid-two-keys"),
+		"wrong-typ-and-alg":      join("event-typ", "alg-none", "valid-two-keys"),
+		"non-json-payload":       join("trailing-payload", "valid-two-keys", "seq-float"),
+		"malformed":              join("padded-signature", "std-alphabet", "four-parts", "short-signature", "not-a-jws", "empty"),
+	})
 	ec := `{"kty":"EC","crv":"P-256","kid":"e","alg":"ES256","use":"sig","x":"` + base64.RawURLEncoding.EncodeToString(k.ec.X.FillBytes(make([]byte, 32))) + `","y":"` + yB64 + `"}`
 	ed := `{"kty":"OKP","crv":"Ed25519","kid":"d","alg":"EdDSA","x":"` + base64.RawURLEncoding.EncodeToString(pubOf(k.ed)) + `"}`
 	write(t, "FuzzParseKeySet", map[string][]byte{
