@@ -89,6 +89,7 @@ fuzz:
 	$(GO) test $(FUZZFLAGS) -fuzz '^FuzzVerifyBundle$$' ./jwks/
 	$(GO) test $(FUZZFLAGS) -fuzz '^FuzzCacheLoadDisk$$' ./jwks/
 	$(GO) test $(FUZZFLAGS) -fuzz '^FuzzParseKeySet$$' ./jwks/
+	$(GO) test $(FUZZFLAGS) -fuzz '^FuzzVerifyDistributedBatch$$' ./jwks/
 	$(GO) test $(FUZZFLAGS) -fuzz '^FuzzVerifyRequest$$' ./sidecar/
 	$(GO) test $(FUZZFLAGS) -fuzz '^FuzzVerifyTarget$$' ./sidecar/
 	$(GO) test $(FUZZFLAGS) -fuzz '^FuzzIntrospect$$' ./sidecar/
