@@ -132,10 +132,10 @@ func TestBruteForcePerUser(t *testing.T) {
 	for s := 1; s <= 600; s++ {
 		b.clock.Advance(time.Second)
 		r := b.login(t, ip1, "alice", "guess")
-		switch {
-		case r.Status == http.StatusBadRequest:
+		switch r.Status {
+		case http.StatusBadRequest:
 			perMinute[(s-1)/60]++
-		case r.Status == http.StatusTooManyRequests:
+		case http.StatusTooManyRequests:
 			// Retry-After counts down to the next token.
 			if want := 12 - s%12; r.Header.Get("Retry-After") != fmt.Sprint(want) {
 				t.Fatalf("at +%ds: Retry-After %q, want %d", s, r.Header.Get("Retry-After"), want)
