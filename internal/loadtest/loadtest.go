@@ -9,6 +9,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -57,9 +58,10 @@ func RSSKiB(pid int) (int, error) {
 	return 0, errors.New("no VmRSS in /proc status")
 }
 
-// Metrics scrapes a Prometheus text endpoint and returns each metric name
+// Metrics scrapes a Prometheus text endpoint. It returns each metric name
 // with the sum of its samples over all label sets (histogram and summary
-// series keep their _bucket, _sum and _count names).
+// series keep their _bucket, _sum and _count names), and each labelled
+// series under its name and labels as written, e.g. `x_bucket{le="0.1"}`.
 func Metrics(client *http.Client, u string) (map[string]float64, error) {
 	resp, err := client.Get(u)
 	if err != nil {
@@ -78,12 +80,13 @@ func Metrics(client *http.Client, u string) (map[string]float64, error) {
 			continue
 		}
 		name, rest, ok := strings.Cut(line, " ")
+		series := ""
 		if i := strings.IndexByte(line, '{'); i >= 0 {
 			j := strings.LastIndexByte(line, '}')
 			if j < i {
 				continue
 			}
-			name, rest, ok = line[:i], strings.TrimSpace(line[j+1:]), true
+			name, series, rest, ok = line[:i], line[:j+1], strings.TrimSpace(line[j+1:]), true
 		}
 		if !ok {
 			continue
@@ -94,6 +97,9 @@ func Metrics(client *http.Client, u string) (map[string]float64, error) {
 			continue
 		}
 		m[name] += v
+		if series != "" {
+			m[series] += v
+		}
 	}
 	return m, sc.Err()
 }
@@ -112,4 +118,72 @@ func Summarize(d []time.Duration) Stats {
 	slices.Sort(d)
 	at := func(p float64) time.Duration { return d[min(len(d)-1, int(float64(len(d))*p))] }
 	return Stats{N: len(d), P50: at(0.50), P99: at(0.99), Max: d[len(d)-1]}
+}
+
+// Bucket is one cumulative bucket of a Prometheus histogram.
+type Bucket struct{ LE, Count float64 }
+
+// Histogram returns the cumulative buckets of histogram name from a
+// Metrics scrape, by increasing upper bound (the last one +Inf), summed over
+// any other labels.
+func Histogram(m map[string]float64, name string) []Bucket {
+	byLE := map[float64]float64{}
+	prefix := name + "_bucket{"
+	for k, v := range m {
+		if !strings.HasPrefix(k, prefix) {
+			continue
+		}
+		i := strings.Index(k, `le="`)
+		if i < 0 {
+			continue
+		}
+		le, _, _ := strings.Cut(k[i+len(`le="`):], `"`)
+		f, err := strconv.ParseFloat(le, 64) // accepts "+Inf"
+		if err != nil {
+			continue
+		}
+		byLE[f] += v
+	}
+	b := make([]Bucket, 0, len(byLE))
+	for le, n := range byLE {
+		b = append(b, Bucket{LE: le, Count: n})
+	}
+	slices.SortFunc(b, func(x, y Bucket) int { return cmpFloat(x.LE, y.LE) })
+	return b
+}
+
+func cmpFloat(a, b float64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// Quantile estimates the q-quantile of what a histogram observed between
+// two scrapes: the upper bound of the bucket that holds it (+Inf beyond
+// the last finite bound). It returns NaN without observations, or if the
+// scrapes do not have the same buckets.
+func Quantile(q float64, from, to []Bucket) float64 {
+	if len(to) == 0 || (len(from) != 0 && len(from) != len(to)) {
+		return math.NaN()
+	}
+	at := func(i int) float64 {
+		if len(from) == 0 {
+			return to[i].Count
+		}
+		return to[i].Count - from[i].Count
+	}
+	total := at(len(to) - 1)
+	if total <= 0 {
+		return math.NaN()
+	}
+	for i := range to {
+		if at(i) >= q*total {
+			return to[i].LE
+		}
+	}
+	return math.Inf(1)
 }

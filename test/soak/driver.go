@@ -615,6 +615,7 @@ type sample struct {
 	scBundleSeq, scKeys, scDropped, scRejectedBun float64
 	isRSS, isGor, isHeap                          float64
 	natsRSS                                       float64
+	scVerify                                      []loadtest.Bucket // the sidecar's verification-time histogram
 	requests, errors                              int64
 }
 
@@ -661,6 +662,7 @@ func (d *driver) sample(label string) *sample {
 		s.scGor, s.scHeap, s.scEvents, s.scCache = m["go_goroutines"], m["go_memstats_heap_inuse_bytes"], m["tokenwarden_revocation_set_size"], m["tokenwarden_token_cache_entries"]
 		s.scBundleSeq, s.scKeys = m["tokenwarden_jwks_bundle_sequence"], m["tokenwarden_jwks_keys"]
 		s.scDropped, s.scRejectedBun = m["tokenwarden_revocation_events_dropped_total"], m["tokenwarden_jwks_bundles_rejected_total"]
+		s.scVerify = loadtest.Histogram(m, "tokenwarden_verification_duration_seconds")
 	}
 	if m, err := loadtest.Metrics(metricsClient, d.c.issuerURL+"/metrics"); err != nil {
 		fail("issuer metrics", err)

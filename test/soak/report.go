@@ -17,7 +17,7 @@ func (d *driver) report(stopErr error) (failed bool) {
 	ms := func(v time.Duration) string { return fmt.Sprintf("%.2fms", float64(v)/float64(time.Millisecond)) }
 
 	printf(out, "\nverify latency per minute, from the intended send time (open loop at %d/s):\n", d.o.rate)
-	printf(out, "  %-13s %9s %8s %9s %9s %9s  %s\n", "minute", "requests", "req/s", "p50", "p99", "max", "the load tool's longest stall")
+	printf(out, "  %-13s %9s %8s %9s %9s %9s  %-13s  %s\n", "minute", "requests", "req/s", "p50", "p99", "max", "soak's stall", "sidecar's own p99 (verification alone, no HTTP)")
 	d.latMu.Lock()
 	var all []time.Duration
 	for i, l := range d.lat {
@@ -28,11 +28,13 @@ func (d *driver) report(stopErr error) (failed bool) {
 		all = append(all, l...)
 		st := loadtest.Summarize(l)
 		label := fmt.Sprintf("%d (%s)", i+1, span.Round(time.Second))
-		printf(out, "  %-13s %9d %8.0f %9s %9s %9s  %s\n", label, st.N, float64(st.N)/span.Seconds(), ms(st.P50), ms(st.P99), ms(st.Max), ms(d.stall[i]))
+		printf(out, "  %-13s %9d %8.0f %9s %9s %9s  %-13s  %s\n", label, st.N, float64(st.N)/span.Seconds(), ms(st.P50), ms(st.P99), ms(st.Max), ms(d.stall[i]),
+			d.ownP99(time.Duration(i)*time.Minute, time.Duration(i)*time.Minute+span))
 	}
 	d.latMu.Unlock()
 	total := loadtest.Summarize(all)
-	printf(out, "  %-13s %9d %8.0f %9s %9s %9s\n", "all", total.N, float64(total.N)/d.o.duration.Seconds(), ms(total.P50), ms(total.P99), ms(total.Max))
+	printf(out, "  %-13s %9d %8.0f %9s %9s %9s  %-13s  %s\n", "all", total.N, float64(total.N)/d.o.duration.Seconds(), ms(total.P50), ms(total.P99), ms(total.Max),
+		"", d.ownP99(0, d.o.duration))
 
 	errs := d.transportErrors.Load() + d.badStatus.Load()
 	printf(out, "\nrequests: %d sent, %d errors (transport %d, unexpected status %d), %d not sent for want of a live token\n",
@@ -141,6 +143,32 @@ func (d *driver) report(stopErr error) (failed bool) {
 		printf(out, "%s\n", "  - "+r)
 	}
 	return true
+}
+
+// ownP99 is the sidecar's p99 of verification alone (its histogram, no
+// HTTP) between the samples nearest to from and to (since the load started).
+func (d *driver) ownP99(from, to time.Duration) string {
+	d.samplesMu.Lock()
+	defer d.samplesMu.Unlock()
+	var a, b []loadtest.Bucket // a: nil, nothing before the load
+	tol := d.o.sampleEvery / 2
+	for _, s := range d.samples {
+		if s.at <= from+tol && from > 0 {
+			a = s.scVerify
+		}
+		if s.at <= to+tol {
+			b = s.scVerify
+		}
+	}
+	q := loadtest.Quantile(0.99, a, b)
+	switch {
+	case math.IsNaN(q):
+		return "-"
+	case math.IsInf(q, 1):
+		last := b[max(0, len(b)-2)].LE
+		return fmt.Sprintf("> %s", time.Duration(last*float64(time.Second)))
+	}
+	return fmt.Sprintf("≤ %s", time.Duration(q*float64(time.Second)))
 }
 
 func minOf(ss []sample, get func(sample) float64) float64 {
