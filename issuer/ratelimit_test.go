@@ -1,6 +1,10 @@
 package issuer
 
 import (
+	"fmt"
+	"net/url"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -15,7 +19,7 @@ func TestLimiterSuccessesCostNothing(t *testing.T) {
 	l := newFailureLimiter(20) // one token every 3 s
 	t0 := time.Unix(1_700_000_000, 0)
 	for range 10 {
-		l.fail("ip", t0)
+		l.attempt("ip", t0) // failures: never given back
 	}
 	// A's check takes 3 s (one refill interval); B starts as it ends.
 	relA, okA, _ := l.attempt("ip", t0)
@@ -25,7 +29,7 @@ func TestLimiterSuccessesCostNothing(t *testing.T) {
 	}
 	relA()
 	relB()
-	if got := l.tokensAt(l.buckets["ip"], t0.Add(3*time.Second)); got != 11 {
+	if got := available(l, "ip", t0.Add(3*time.Second)); got != 11 {
 		t.Fatalf("%v tokens after two overlapping successes, want 11 (10 left + 1 refilled)", got)
 	}
 
@@ -34,7 +38,7 @@ func TestLimiterSuccessesCostNothing(t *testing.T) {
 	// out and fills up again.
 	l = newFailureLimiter(20)
 	for range 12 {
-		l.fail("ip", t0)
+		l.attempt("ip", t0)
 	}
 	type inflight struct {
 		release func()
@@ -56,7 +60,7 @@ func TestLimiterSuccessesCostNothing(t *testing.T) {
 	for _, p := range pending {
 		p.release()
 	}
-	if got := l.tokensAt(l.buckets["ip"], t0.Add(time.Minute)); got != 20 {
+	if got := available(l, "ip", t0.Add(time.Minute)); got != 20 {
 		t.Fatalf("%v tokens a minute after the last failure, want 20", got)
 	}
 }
@@ -74,17 +78,61 @@ func TestLimiterRefill(t *testing.T) {
 	if _, ok, wait := l.attempt("alice", t0); ok || wait != 12 {
 		t.Fatalf("6th attempt: ok %v wait %d, want refused for 12 s", ok, wait)
 	}
-	if blocked, wait := l.blocked("alice", t0.Add(5*time.Second)); !blocked || wait != 7 {
-		t.Fatalf("at +5s: blocked %v wait %d, want 7", blocked, wait)
+	if _, ok, wait := l.attempt("alice", t0.Add(5*time.Second)); ok || wait != 7 {
+		t.Fatalf("at +5s: ok %v wait %d, want refused for 7 s", ok, wait)
 	}
 	if _, ok, _ := l.attempt("alice", t0.Add(12*time.Second)); !ok {
 		t.Fatal("refused at +12s")
 	}
-	if blocked, _ := l.blocked("bob", t0); blocked {
-		t.Fatal("an unseen key is blocked")
+	if _, ok, _ := l.attempt("bob", t0); !ok {
+		t.Fatal("an unseen key is refused")
 	}
-	l.fail("alice", t0.Add(time.Hour))
-	if got := l.tokensAt(l.buckets["alice"], t0.Add(time.Hour)); got != 4 {
+	l.attempt("alice", t0.Add(time.Hour))
+	if got := available(l, "alice", t0.Add(time.Hour)); got != 4 {
 		t.Fatalf("%v tokens after an hour and a failure, want 4", got)
 	}
+}
+
+// TestClientAuthFloodIsBounded: wrong client credentials sent at once from
+// one IP get at most failures_per_ip argon2id checks, like password
+// guesses; the rest are refused with 429 before any hashing. (Client
+// authentication used to check the IP's bucket first and count the failure
+// only after hashing, so every request of a concurrent flood was hashed.)
+func TestClientAuthFloodIsBounded(t *testing.T) {
+	e := newEnv(t)
+	e.cfg.RateLimit.FailuresPerIP = 5
+	in := e.start()
+	in.waitReady(t)
+	var evaluated, limited atomic.Int32
+	var wg sync.WaitGroup
+	for i := range 40 {
+		wg.Go(func() {
+			// Known and unknown clients alike.
+			id := []string{"app", fmt.Sprintf("nobody-%d", i)}[i%2]
+			r := in.post(t, id, "wrong-secret", url.Values{"grant_type": {"client_credentials"}})
+			switch r.Status {
+			case 401:
+				evaluated.Add(1)
+			case 429:
+				limited.Add(1)
+			default:
+				t.Errorf("status %d %v", r.Status, r.Body)
+			}
+		})
+	}
+	wg.Wait()
+	if evaluated.Load() > 5 || evaluated.Load()+limited.Load() != 40 {
+		t.Fatalf("%d wrong client credentials evaluated, %d limited; want at most 5 evaluated", evaluated.Load(), limited.Load())
+	}
+}
+
+// available is how many attempts key has at now.
+func available(l *failureLimiter, key string, now time.Time) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b, ok := l.buckets[key]
+	if !ok || !b.full.After(now) {
+		return int(l.span / l.interval)
+	}
+	return int((l.span - b.full.Sub(now)) / l.interval)
 }

@@ -147,20 +147,25 @@ func (s *Server) authenticateClient(r *http.Request, form url.Values, ip string)
 			return nil, errInvalidClient("client authentication required")
 		}
 	}
-	now := s.now()
-	if blocked, wait := s.ipLimiter.blocked(ip, now); blocked {
+	// Like a password login, the attempt is taken from the IP's bucket
+	// before the secret is hashed and given back if it was right: so a
+	// concurrent flood of wrong credentials gets no more argon2id checks
+	// than the bucket holds.
+	releaseIP, ok, wait := s.ipLimiter.attempt(ip, s.now())
+	if !ok {
 		s.metrics.rateLimited.WithLabelValues("ip").Inc()
 		return nil, errRateLimited(wait)
 	}
 	c, err := s.directory().AuthenticateClient(id, secret)
 	if err != nil {
 		if errors.Is(err, directory.ErrInvalidCredentials) {
-			s.ipLimiter.fail(ip, now)
 			s.log.Info("client authentication failed", "client_id", logSafe(id), "ip", ip)
 			return nil, errInvalidClient("client authentication failed")
 		}
+		releaseIP()
 		return nil, err
 	}
+	releaseIP()
 	return c, nil
 }
 
