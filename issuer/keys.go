@@ -235,9 +235,49 @@ func (m *keyManager) update(ctx context.Context, change func(*jwks.Ring) (*jwks.
 	return nil, errors.New("key ring: too many concurrent changes, try again")
 }
 
+// nextPublished reports whether the bundle in KV holds cur's next key.
+// The propagation delay is counted from the key's creation, on the
+// assumption that the bundle holding it went out then. When that publish
+// failed (the bundle bucket without a stream leader, an issuer killed
+// between its ring write and its bundle write, a cancelled request), a
+// rotation would make a key sign that no sidecar holds, and every sidecar
+// would refuse its tokens with "unknown key id". Such a key waits until a
+// maintenance tick has published it.
+func (m *keyManager) nextPublished(ctx context.Context, cur *jwks.Ring) (bool, error) {
+	e, err := m.bundles.Get(ctx, bundleKey)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read JWKS bundle: %w", err)
+	}
+	b, err := jwks.VerifyBundle(e.Value(), []ed25519.PublicKey{m.dist.Public().(ed25519.PublicKey)})
+	if err != nil {
+		return false, nil //nolint:nilerr // not a bundle of ours: the key is not published
+	}
+	ks, err := b.KeySet()
+	if err != nil {
+		return false, nil //nolint:nilerr // likewise
+	}
+	_, ok := ks.Lookup(cur.Next().ID)
+	return ok, nil
+}
+
 // Rotate rotates the ring now.
 func (m *keyManager) Rotate(ctx context.Context) (*jwks.Ring, error) {
-	r, err := m.update(ctx, func(cur *jwks.Ring) (*jwks.Ring, error) { return cur.Rotate(m.now(), m.policy()) })
+	r, err := m.update(ctx, func(cur *jwks.Ring) (*jwks.Ring, error) {
+		next, err := cur.Rotate(m.now(), m.policy())
+		if err != nil {
+			return nil, err
+		}
+		if ok, err := m.nextPublished(ctx, cur); err != nil || !ok {
+			if err == nil {
+				err = fmt.Errorf("%w: key %s is not in the published bundle yet", jwks.ErrNextNotReady, cur.Next().ID)
+			}
+			return nil, err
+		}
+		return next, nil
+	})
 	if err == nil {
 		m.metrics.rotations.WithLabelValues("on_demand").Inc()
 		m.log.Info("key ring rotated on demand", "active_kid", r.Active().ID)
@@ -254,6 +294,11 @@ func (m *keyManager) tick(ctx context.Context) error {
 			return nil, err
 		}
 		if next.Active().ID != cur.Active().ID {
+			if ok, err := m.nextPublished(ctx, cur); err != nil || !ok {
+				// Hold the transition; the publish below puts the key out.
+				m.log.Warn("rotation held: the next key is not in the published bundle yet", "next_kid", cur.Next().ID, "err", err)
+				return nil, nil
+			}
 			rotatedBy = next.Sequence
 		}
 		return next, nil
