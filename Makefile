@@ -11,7 +11,7 @@ HELM        ?= $(GO) run helm.sh/helm/v3/cmd/helm@v3.22.0
 CHART       := charts/tokenwarden
 IMAGE       ?= tokenwarden:$(VERSION)
 
-.PHONY: all build deps demo test chart image lint vet vuln bench soak fuzz tidy clean
+.PHONY: all build deps demo test chart image lint vet vuln bench soak chaos fuzz tidy clean
 
 all: build
 
@@ -71,6 +71,13 @@ bench: build
 	$(GO) test -run '^$$' -bench 'Replay' -benchtime 1x ./revocation/
 	$(GO) run ./test/sidecarload -bin $(BIN) -c 32 -d $(LOAD_DURATION)
 	$(GO) run ./test/propagation -n 1,100,1000 -events 20
+
+## chaos: the fault suite (test/chaos) at full length: 3 NATS nodes, 2 issuers, 10 sidecars,
+## load for CHAOS_DURATION after each fault, 100,000 live revocation events; prints the ledger.
+## make test runs its short variant (with -race).
+CHAOS_DURATION ?= 60s
+chaos:
+	CHAOS_DURATION=$(CHAOS_DURATION) $(GO) test -count=1 -timeout 60m -v -run '^TestChaos$$' ./test/chaos/
 
 ## soak: nats-server, issuer and sidecar as processes for SOAK_DURATION under a steady /verify
 ## load (SOAK_RATE/s) with revocations and key rotations; fails on a leak or a wrong answer
