@@ -7,7 +7,8 @@
 # The image runs as the numeric non-root user 65532, needs no shell and no writable root
 # filesystem (the sidecar's optional cache directory is a mounted volume).
 
-ARG GO_VERSION=1.26
+# The Makefile's toolchain: a 1.26 release with the standard library's security fixes.
+ARG GO_VERSION=1.26.10
 
 FROM --platform=$BUILDPLATFORM golang:${GO_VERSION} AS build
 WORKDIR /src

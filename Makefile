@@ -1,4 +1,10 @@
 # tokenwarden — the two commands a newcomer needs are `make demo` and `make test`.
+
+# Everything here builds and tests with Go 1.26.10: it has the standard library's security
+# fixes that govulncheck (make lint) finds missing in earlier 1.26 releases. The go command
+# fetches that toolchain through the module proxy on first use. The export is needed because
+# a Go installation whose go.env says GOTOOLCHAIN=local ignores go.mod's toolchain line.
+export GOTOOLCHAIN ?= go1.26.10
 GO          ?= go
 BIN         ?= bin/tokenwarden
 VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)

@@ -226,7 +226,7 @@ func (s *Set) key(l *lookup, k Kind, value string) []any {
 	h := maphash.String(s.seed, value) & (bucketCount - 1)
 	// Four bits a byte: radix nodes of at most 16 edges, cheap to copy
 	// when a write changes the path to a bucket.
-	l.key = [4]byte{kindCode(k), byte(h>>8) & 15, byte(h>>4) & 15, byte(h) & 15}
+	l.key = [4]byte{kindCode(k), byte(h >> 8 & 15), byte(h >> 4 & 15), byte(h & 15)}
 	return l.args[:]
 }
 
