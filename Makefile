@@ -116,6 +116,8 @@ fuzz:
 	$(GO) test $(FUZZFLAGS) -fuzz '^FuzzParseRefreshToken$$' ./issuer/
 	$(GO) test $(FUZZFLAGS) -fuzz '^FuzzDecodeKeyRing$$' ./issuer/
 	$(GO) test $(FUZZFLAGS) -fuzz '^FuzzUnseal$$' ./issuer/
+	$(GO) test $(FUZZFLAGS) -fuzz '^FuzzMutate$$' ./injector/
+	$(GO) test $(FUZZFLAGS) -fuzz '^FuzzVerify$$' ./internal/edbatch/
 
 tidy:
 	$(GO) mod tidy

@@ -27,7 +27,7 @@ import (
 // testKey is a distribution public key, base64 of its 32 raw bytes.
 const testKey = "EcNF7hbaFGWoTG3ZJArxrkTq23iRjHAqcZeNkHl/Zl8="
 
-func testConfig(t *testing.T) *injector.Config {
+func testConfig(t testing.TB) *injector.Config {
 	t.Helper()
 	cfg := injector.DefaultConfig("ghcr.io/tokenwarden/tokenwarden:1.2.3")
 	cfg.Namespace = "tokenwarden"
@@ -43,7 +43,7 @@ func testConfig(t *testing.T) *injector.Config {
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-func readPod(t *testing.T, name string) []byte {
+func readPod(t testing.TB, name string) []byte {
 	t.Helper()
 	y, err := os.ReadFile("testdata/" + name)
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -364,8 +365,34 @@ func FuzzVerifyEvent(f *testing.F) {
 		f.Add(data)
 	}
 	f.Add([]byte("eyJhbGciOiJub25lIn0.e30."))
+	var neighbours [][]byte // valid events, so that a batch takes the batch path
+	for i := range 4 {
+		e, err := NewEvent(KindJTI, fmt.Sprintf("n-%d", i), time.Time{}, now.Add(time.Hour), "", now)
+		if err != nil {
+			f.Fatal(err)
+		}
+		data, err := Sign(e, fuzzKey)
+		if err != nil {
+			f.Fatal(err)
+		}
+		neighbours = append(neighbours, data)
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		e, err := Verify(data, trusted)
+		// VerifyBatch gives the same answer for data among valid events.
+		batch := append([][]byte{neighbours[0], data}, neighbours[1:]...)
+		events, errs := VerifyBatch(batch, trusted)
+		if (errs[1] == nil) != (err == nil) || err != nil && (errors.Is(errs[1], ErrForged) != errors.Is(err, ErrForged)) {
+			t.Fatalf("VerifyBatch says %v, Verify says %v", errs[1], err)
+		}
+		if err == nil && *events[1] != *e {
+			t.Fatalf("VerifyBatch decoded %+v, Verify %+v", events[1], e)
+		}
+		for i, err := range errs {
+			if i != 1 && err != nil {
+				t.Fatalf("a valid neighbour was refused: %v", err)
+			}
+		}
 		if err != nil {
 			if !errors.Is(err, ErrForged) && !errors.Is(err, ErrInvalid) {
 				t.Fatalf("error %v is neither ErrForged nor ErrInvalid", err)
