@@ -199,11 +199,17 @@ func (s *Sidecar) readiness() (map[string]string, bool) {
 	st := s.keys.Status()
 	checks := map[string]string{}
 	// Keys from the HTTPS fallback verify tokens, but only a bundle signed
-	// by the distribution key makes the sidecar ready.
-	ready := s.keys.Ready() && st.Source != jwks.CacheSourceHTTP
+	// by the distribution key makes the sidecar ready. A bundle from disk
+	// serves at once but may be older than the keys now signing (the pod
+	// was down across a rotation): it counts once NATS has confirmed it
+	// (the same bytes) or replaced it, as the revocations count once
+	// replayed.
+	ready := s.keys.Ready() && st.Source == jwks.CacheSourceNATS
 	switch {
 	case ready:
 		checks["keys"] = fmt.Sprintf("ok: %d keys from %s, sequence %d", st.Keys, st.Source, st.Sequence)
+	case st.Source == jwks.CacheSourceDisk:
+		checks["keys"] = fmt.Sprintf("%d keys from disk, sequence %d; waiting for NATS to confirm or replace them", st.Keys, st.Sequence)
 	case s.keys.Ready():
 		checks["keys"] = fmt.Sprintf("%d unsigned keys from the HTTPS fallback; waiting for a signed bundle", st.Keys)
 	default:
