@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"net/url"
@@ -269,6 +270,63 @@ func kidDiagnosis(ctx context.Context, d *deployment, sc int, kid string) string
 	return strings.Join(out, "; ")
 }
 
+// readyDiagnosis says what a sidecar reported at /readyz against the
+// stream leader's view: its last sequence, each replica's lag, and the
+// revocation consumers placed on each server with what they delivered.
+func readyDiagnosis(ctx context.Context, d *deployment, sc int) string {
+	var out []string
+	if req, err := http.NewRequestWithContext(ctx, http.MethodGet, d.sidecars[sc].url+"/readyz", nil); err == nil {
+		if resp, err := probeClient.Do(req); err == nil {
+			b := make([]byte, 512)
+			n, _ := resp.Body.Read(b)
+			_ = resp.Body.Close()
+			out = append(out, fmt.Sprintf("sidecar-%d /readyz %d %s", sc, resp.StatusCode, strings.TrimSpace(string(b[:n]))))
+		}
+	}
+	if req, err := http.NewRequestWithContext(ctx, http.MethodGet, d.sidecars[sc].url+"/metrics", nil); err == nil {
+		if resp, err := probeClient.Do(req); err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			_ = resp.Body.Close()
+			var ms []string
+			for line := range strings.SplitSeq(string(b), "\n") {
+				if strings.HasPrefix(line, "tokenwarden_revocation_events_") || strings.HasPrefix(line, "tokenwarden_revocation_set_size") ||
+					strings.HasPrefix(line, "tokenwarden_jwks_bundle_sequence") || strings.HasPrefix(line, "tokenwarden_revocation_consumer_lag") {
+					ms = append(ms, line)
+				}
+			}
+			out = append(out, "metrics: "+strings.Join(ms, ", "))
+		}
+	}
+	nc, js, err := jsConnect(d.nats.urls())
+	if err != nil {
+		return strings.Join(append(out, err.Error()), "; ")
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	st, err := js.Stream(ctx, revStream)
+	if err != nil {
+		return strings.Join(append(out, err.Error()), "; ")
+	}
+	info := st.CachedInfo()
+	line := fmt.Sprintf("stream last seq %d, leader %s", info.State.LastSeq, info.Cluster.Leader)
+	for _, r := range info.Cluster.Replicas {
+		line += fmt.Sprintf(", replica %s current=%v lag=%d", r.Name, r.Current, r.Lag)
+	}
+	out = append(out, line)
+	byServer := map[string][]string{}
+	for ci := range st.ListConsumers(ctx).Info() {
+		if ci.Cluster == nil {
+			continue
+		}
+		byServer[ci.Cluster.Leader] = append(byServer[ci.Cluster.Leader], fmt.Sprintf("%d/%d", ci.Delivered.Stream, ci.NumPending))
+	}
+	for srv, cs := range byServer {
+		out = append(out, fmt.Sprintf("consumers on %s (delivered/pending) %s", srv, strings.Join(cs, " ")))
+	}
+	return strings.Join(out, "; ")
+}
+
 // keyRing is GET /admin/v1/keys.
 type keyRing struct {
 	Sequence uint64 `json:"sequence"`
@@ -449,9 +507,10 @@ func scenarioIssuerMidRotation(e *env) {
 		var code atomic.Int64
 		var wg sync.WaitGroup
 		wg.Go(func() { code.Store(int64(e.drv.rotate(e.ctx, victim))) })
-		// An on-demand rotation takes a few tens of milliseconds here
-		// (admin token check, ring read, CAS write, bundle write).
-		delay := time.Duration(5+rand.N(30)) * time.Millisecond
+		// An on-demand rotation takes a few milliseconds (admin token
+		// check, ring read, CAS write of the ring, bundle write); the kill
+		// lands anywhere in the first 8 ms after the request went out.
+		delay := time.Duration(rand.N(8000)) * time.Microsecond
 		time.Sleep(delay)
 		e.must(victim.proc.kill9(), "kill issuer")
 		wg.Wait()
@@ -636,12 +695,19 @@ func scenarioPartitionedRestart(e *env) {
 	}
 	e.t.Logf("partition lasted %s; current key %s", time.Since(cut).Round(time.Millisecond), fresh.kid)
 
+	back := time.Now()
 	e.must(node.proc.start(), "restart node n1")
 	e.must(waitNATS(e.ctx, node, 60*time.Second), "n1 back")
-	back := time.Now()
 	e.must(waitReady(e.ctx, sc.proc, sc.url, readyzTimeout), "sidecar-0 ready after the partition")
 	e.t.Logf("sidecar-0 ready %s after n1 came back", time.Since(back).Round(time.Millisecond))
-	e.drv.checkSidecarAfterReady(e.ctx, 0, fresh)
+	diag := readyDiagnosis(e.ctx, e.d, 0)
+	if !e.drv.checkSidecarAfterReady(e.ctx, 0, fresh, back) {
+		e.t.Logf("at first ready: %s", diag)
+		e.t.Logf("after the check: %s", readyDiagnosis(e.ctx, e.d, 0))
+		for i := 1; i < 3; i++ {
+			e.t.Logf("for comparison, sidecar-%d: %s", i, readyDiagnosis(e.ctx, e.d, i))
+		}
+	}
 	e.drv.partitionEnd(0)
 	e.must(poll(e.ctx, 90*time.Second, 250*time.Millisecond, func() error { return streamCurrent(e.ctx, e.d.nats.urls()) }), "stream replicas current")
 	e.waitIssuersReady()
@@ -831,7 +897,7 @@ func scenarioFill(e *env) {
 	e.must(sc.proc.start(), "restart sidecar")
 	e.must(waitReady(e.ctx, sc.proc, sc.url, readyzTimeout), "restarted sidecar ready")
 	e.t.Logf("sidecar-%d restarted and ready in %s", i, time.Since(restarted).Round(time.Millisecond))
-	e.drv.checkSidecarAfterReady(e.ctx, i, fresh)
+	e.drv.checkSidecarAfterReady(e.ctx, i, fresh, restarted)
 	v, err := metric(e.ctx, sc.url, "tokenwarden_revocation_set_size")
 	e.must(err, "set size")
 	if v < float64(n) {
