@@ -51,7 +51,7 @@ func VerifyDistributed(data []byte, typ string, trusted []ed25519.PublicKey, v a
 	if len(trusted) == 0 {
 		return errors.New("no trusted distribution key configured")
 	}
-	d, err := parseDistributed(data, typ)
+	d, err := parseDistributed(data, typ, nil)
 	if err != nil {
 		return err
 	}
@@ -103,13 +103,14 @@ func VerifyDistributedBatch(data [][]byte, typ string, trusted []ed25519.PublicK
 	// that several keys may have signed (no kid, several trusted keys) is
 	// checked alone.
 	groups := make(map[int][]int, len(trusted))
+	var prev *distributed // the last input that parsed: the next one likely has its header
 	for i, in := range data {
-		d, err := parseDistributed(in, typ)
+		d, err := parseDistributed(in, typ, prev)
 		if err != nil {
 			errs[i] = err
 			continue
 		}
-		parsed[i] = d
+		parsed[i], prev = d, d
 		key, candidates := -1, 0
 		for k, pub := range trusted {
 			if d.mayBeSignedBy(pub, kids[k]) {
@@ -159,6 +160,7 @@ func VerifyDistributedBatch(data [][]byte, typ string, trusted []ed25519.PublicK
 // distributed is a compact JWS of the distribution key, parsed but not yet
 // verified.
 type distributed struct {
+	header     []byte // the protected header, base64url, as it came
 	kid        string
 	input      []byte // the signing input: header.payload
 	sig        []byte
@@ -166,8 +168,10 @@ type distributed struct {
 }
 
 // parseDistributed parses data as strictly as VerifyDistributed documents,
-// without looking at the payload.
-func parseDistributed(data []byte, typ string) (*distributed, error) {
+// without looking at the payload. prev, when not nil, is an input parsed
+// before with the same typ: a header of the same bytes is not decoded again
+// (one issuer's events all carry the same header).
+func parseDistributed(data []byte, typ string, prev *distributed) (*distributed, error) {
 	first := bytes.IndexByte(data, '.')
 	second := first + 1 + bytes.IndexByte(data[first+1:], '.')
 	if first <= 0 || second <= first+1 || second == len(data)-1 || bytes.IndexByte(data[second+1:], '.') >= 0 {
@@ -177,6 +181,15 @@ func parseDistributed(data []byte, typ string) (*distributed, error) {
 		if c != '.' && !verifyB64Alphabet[c] {
 			return nil, errors.New("parse: not base64url")
 		}
+	}
+	sig, err := verifyB64.DecodeString(string(data[second+1:]))
+	if err != nil || len(sig) != ed25519.SignatureSize {
+		return nil, errors.New("parse signature: want 64 bytes of base64url")
+	}
+	d := &distributed{header: data[:first], input: data[:second], sig: sig, payloadB64: data[first+1 : second]}
+	if prev != nil && bytes.Equal(prev.header, d.header) {
+		d.kid = prev.kid
+		return d, nil
 	}
 	hdrJSON, err := verifyB64.DecodeString(string(data[:first]))
 	if err != nil {
@@ -198,11 +211,8 @@ func parseDistributed(data []byte, typ string) (*distributed, error) {
 	if hdr.Typ != typ {
 		return nil, fmt.Errorf("typ is not %s", typ)
 	}
-	sig, err := verifyB64.DecodeString(string(data[second+1:]))
-	if err != nil || len(sig) != ed25519.SignatureSize {
-		return nil, errors.New("parse signature: want 64 bytes of base64url")
-	}
-	return &distributed{kid: hdr.Kid, input: data[:second], sig: sig, payloadB64: data[first+1 : second]}, nil
+	d.kid = hdr.Kid
+	return d, nil
 }
 
 // mayBeSignedBy reports whether pub (whose DistributionKeyID is kid) is a

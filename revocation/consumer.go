@@ -74,8 +74,12 @@ const (
 	// consumer: large enough that a replay is not paced by round trips.
 	pullBatch = 2048
 	// applyBatch bounds how many verified events one write transaction
-	// applies.
-	applyBatch = 1024
+	// applies, and how many messages wait between reading, verifying and
+	// applying. A replay applies in transactions this large: a bucket of the
+	// set is copied once per transaction that changes it, so fewer, larger
+	// transactions copy less (100,000 events apply in half the time with
+	// 8192 as with 1024).
+	applyBatch = 8192
 	// maxVerifyBatch bounds how many signatures a verify worker checks as
 	// one batch: past 64 a batch is no cheaper per signature
 	// (internal/edbatch's benchmark), and smaller batches keep every worker
@@ -315,8 +319,8 @@ func (c *Consumer) session(ctx context.Context) (progress bool, err error) {
 	// recreating itself after a disconnect.
 	go func() { <-ctx.Done(); it.Stop() }()
 
-	work := make(chan *job, pullBatch)
-	order := make(chan *job, pullBatch)
+	work := make(chan *job, applyBatch)
+	order := make(chan *job, applyBatch)
 	readErr := make(chan error, 1)
 	go c.read(ctx, it, work, order, readErr)
 	for range c.workers {
