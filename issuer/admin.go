@@ -1,6 +1,7 @@
 package issuer
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"strings"
@@ -11,6 +12,18 @@ import (
 
 // AdminScope is the scope an access token needs for the admin API.
 const AdminScope = "tokenwarden:admin"
+
+// verifyOwn verifies a token of this issuer with v. A token signed by a
+// key this replica has not loaded yet (another replica rotated, and this
+// one's watch is behind) makes it read the ring again, once: without that,
+// /oauth2/revoke would answer 200 and revoke nothing.
+func (s *Server) verifyOwn(ctx context.Context, v *jwks.Verifier, tok string) (*jwks.Claims, error) {
+	c, err := v.Verify(tok)
+	if errors.Is(err, jwks.ErrUnknownKey) && s.keys.refresh(ctx) {
+		c, err = v.Verify(tok)
+	}
+	return c, err
+}
 
 // admin guards h: a Bearer access token issued by this issuer for its own
 // audience, verified like any sidecar would, with scope tokenwarden:admin.
@@ -24,7 +37,7 @@ func (s *Server) admin(h http.HandlerFunc) http.HandlerFunc {
 			writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "invalid_token", "error_description": "bearer token required"})
 			return
 		}
-		claims, err := s.verifier.Verify(tok)
+		claims, err := s.verifyOwn(r.Context(), s.verifier, tok)
 		if err != nil {
 			desc := "invalid token"
 			var ve *jwks.VerifyError

@@ -67,7 +67,13 @@ type keyManager struct {
 	state     atomic.Pointer[ringState]
 	publishMu sync.Mutex
 	published uint64 // highest bundle sequence known to be in KV
+
+	refreshMu   sync.Mutex
+	lastRefresh time.Time
 }
+
+// refreshEvery bounds how often refresh reads the ring from KV.
+const refreshEvery = time.Second
 
 // KeySet implements jwks.KeySource for the issuer's own verifier.
 func (m *keyManager) KeySet() *jwks.KeySet {
@@ -355,6 +361,35 @@ func (m *keyManager) publish(ctx context.Context) error {
 		return nil
 	}
 	return errors.New("publish JWKS bundle: too many concurrent writers")
+}
+
+// refresh reads the ring from KV now, for a token that names a key this
+// replica does not hold: another replica may have rotated while this one's
+// watch was behind (a NATS node that dies can leave a watch deaf for
+// seconds). It reports whether the ring changed. At most one read per
+// refreshEvery, so tokens with made-up key ids cannot become a stream of KV
+// reads.
+func (m *keyManager) refresh(ctx context.Context) bool {
+	m.refreshMu.Lock()
+	defer m.refreshMu.Unlock()
+	if now := m.now(); now.Sub(m.lastRefresh) >= refreshEvery || now.Before(m.lastRefresh) {
+		m.lastRefresh = now
+	} else {
+		return false
+	}
+	e, err := m.kv.Get(ctx, ringKey)
+	if err != nil {
+		return false
+	}
+	r, err := m.decode(e.Value())
+	if err != nil {
+		return false
+	}
+	before := m.state.Load()
+	if err := m.install(r, e.Revision()); err != nil {
+		return false
+	}
+	return m.state.Load() != before
 }
 
 // watch follows ring changes made by other replicas.

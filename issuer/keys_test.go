@@ -467,3 +467,73 @@ func TestNewRingOutranksOldBundles(t *testing.T) {
 		t.Fatalf("new ring sequence %d does not outrank %d", after, before)
 	}
 }
+
+// TestReplicaBehindReadsTheRing: a replica whose ring watch is behind (a
+// NATS node failing can leave it deaf for seconds) gets a token signed by
+// a key that another replica's rotation activated. Its /oauth2/revoke must
+// still revoke that token, not answer 200 for "not a token of ours", and
+// its admin API must take an admin token of the other replica. The lag is
+// injected by putting back the ring b held before the rotations.
+func TestReplicaBehindReadsTheRing(t *testing.T) {
+	e := newEnv(t)
+	clock := newFakeClock()
+	a := e.start(WithClock(clock.Now))
+	b := e.start(WithClock(clock.Now))
+	a.waitReady(t)
+	b.waitReady(t)
+	stale := b.keys.current()
+	// Two rotations: the key then active was created by the first one, so
+	// b's old ring has never seen it.
+	for range 2 {
+		clock.Advance(time.Hour)
+		if _, err := a.keys.Rotate(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := a.keys.current().ring.Sequence
+	deadline := time.Now().Add(5 * time.Second)
+	for b.keys.current().ring.Sequence != want && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	b.keys.state.Store(stale) // the watch is behind
+	clock.Advance(2 * refreshEvery)
+
+	access := a.login(t, "").str("access_token")
+	kid, _ := tokenPart(t, access, 0)["kid"].(string)
+	if _, ok := stale.keys.Lookup(kid); ok {
+		t.Fatal("the stale ring knows the new key: the test proves nothing")
+	}
+	req, _ := http.NewRequest(http.MethodPost, b.url+"/oauth2/revoke", strings.NewReader(url.Values{"token": {access}}.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.SetBasicAuth("app", "app-secret")
+	if r := do(t, req); r.Status != http.StatusOK {
+		t.Fatalf("revoke: %d %v", r.Status, r.Body)
+	}
+	jti, _ := tokenPart(t, access, 1)["jti"].(string)
+	if revoked, _ := b.revocations.Check(&jwks.Claims{ID: jti}); !revoked {
+		t.Fatal("the replica behind answered 200 but did not revoke the token")
+	}
+
+	b.keys.state.Store(stale)
+	clock.Advance(2 * refreshEvery)
+	req, _ = http.NewRequest(http.MethodGet, b.url+"/admin/v1/keys", nil)
+	req.Header.Set("Authorization", "Bearer "+a.adminToken(t))
+	if r := do(t, req); r.Status != http.StatusOK {
+		t.Fatalf("admin API of the replica behind: %d %v", r.Status, r.Body)
+	}
+}
+
+// tokenPart decodes part i (0: header, 1: claims) of a compact JWS.
+func tokenPart(t *testing.T, tok string, i int) map[string]any {
+	t.Helper()
+	parts := strings.Split(tok, ".")
+	b, err := base64.RawURLEncoding.DecodeString(parts[i])
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := map[string]any{}
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}

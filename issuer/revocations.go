@@ -194,7 +194,7 @@ func (s *Server) revoke(ctx context.Context, clientID, token string) error {
 	if fid, ok := parseRefreshToken(token); ok {
 		return s.logout(ctx, clientID, fid, token)
 	}
-	c, err := s.anyAudience.Verify(token)
+	c, err := s.verifyOwn(ctx, s.anyAudience, token)
 	if err != nil {
 		// Not a token of ours that is still valid: nothing to revoke, and
 		// RFC 7009 §2.2 answers 200 for it all the same.
