@@ -474,8 +474,11 @@ func scenarioStreamLeader(e *env) {
 			// The sidecar reconnects with its backoff; it is cut off until then.
 			e.must(poll(e.ctx, 60*time.Second, 100*time.Millisecond, func() error {
 				v, err := metric(e.ctx, e.d.sidecars[0].url, "tokenwarden_nats_connected")
-				if err != nil || v != 1 {
-					return fmt.Errorf("sidecar-0 not reconnected (%v)", err)
+				if err != nil {
+					return fmt.Errorf("sidecar-0 not reconnected: %w", err)
+				}
+				if v != 1 {
+					return errors.New("sidecar-0 not reconnected")
 				}
 				return nil
 			}), "sidecar-0 reconnected")
@@ -802,8 +805,12 @@ func scenarioPauseSidecar(e *env) {
 	}
 	e.t.Logf("sidecar-%d applied the %d revocations made while it was paused %s after SIGCONT", i, len(long), time.Since(woke).Round(time.Millisecond))
 	e.must(poll(e.ctx, 30*time.Second, 100*time.Millisecond, func() error {
-		if v, err := metric(e.ctx, sc.url, "tokenwarden_revocation_consumer_lag"); err != nil || v != 0 {
-			return fmt.Errorf("lag %v (%v)", v, err)
+		v, err := metric(e.ctx, sc.url, "tokenwarden_revocation_consumer_lag")
+		if err != nil {
+			return fmt.Errorf("lag: %w", err)
+		}
+		if v != 0 {
+			return fmt.Errorf("lag %v", v)
 		}
 		return nil
 	}), "consumer lag back to 0")

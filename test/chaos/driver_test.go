@@ -503,15 +503,15 @@ func (drv *driver) postForm(ctx context.Context, base, path, client string, form
 
 func (drv *driver) grant(ctx context.Context, is *issuerProc, client string, form url.Values) (int, *tokenResponse, *token) {
 	code, tr := drv.postForm(ctx, is.url, "/oauth2/token", client, form, &drv.l.tokenLat)
-	switch {
-	case code == 200:
+	switch code {
+	case 200:
 		tok, err := parseToken(tr.AccessToken)
 		if err != nil {
 			drv.t.Errorf("issuer %d gave an unparseable token: %v", is.i, err)
 			return 0, tr, nil
 		}
 		return code, tr, tok
-	case code == 0 || code == 503:
+	case 0, 503:
 		drv.l.tokenUnavailable.Add(1)
 	default:
 		if tr == nil || tr.Error != "invalid_grant" {

@@ -99,7 +99,7 @@ func (p *proc) start() error {
 	// A process group of its own: a kill reaches anything it started, and
 	// a Ctrl-C of go test does not reach it before the cleanup does.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	fmt.Fprintf(p.out, "\n=== chaos: start %s (incarnation %d)\n", p.name, p.incarnation+1)
+	_, _ = fmt.Fprintf(p.out, "\n=== chaos: start %s (incarnation %d)\n", p.name, p.incarnation+1)
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", p.name, err)
 	}
@@ -227,7 +227,7 @@ func (p *proc) crashed() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.cmd != nil && p.exited() {
-		return fmt.Errorf("%s (incarnation %d) exited: %v", p.name, p.incarnation, p.exitErr)
+		return fmt.Errorf("%s (incarnation %d) exited: %w", p.name, p.incarnation, p.exitErr)
 	}
 	return nil
 }
