@@ -15,12 +15,13 @@
 // It holds when every signature is valid, and fails with overwhelming
 // probability when one is not. Verify answers only "all valid": a caller
 // that gets false checks each signature with crypto/ed25519 to learn which
-// failed, so a batch never accepts more than crypto/ed25519.Verify does,
-// with two caveats that need the private key to exploit: a signature valid
-// only up to a small-order component can pass a batch (the RFC 8032
-// "cofactored" reading, which crypto/ed25519 does not take), and a batch
-// may accept such an input with probability 1/8. Encodings crypto/ed25519
-// rejects (S ≥ L, a non-canonical R) make the whole batch fail.
+// failed, so a batch accepts nothing more than crypto/ed25519.Verify does
+// but for one case that takes the private key to make: a signature valid
+// only up to a small-order component (valid under RFC 8032's "cofactored"
+// reading, which crypto/ed25519 does not take) passes a batch with a
+// probability of up to 1/2, by the order of that component. Encodings
+// crypto/ed25519 rejects (S ≥ L, a non-canonical R) make the whole batch
+// fail.
 package edbatch
 
 import (
