@@ -19,7 +19,10 @@ const AdminScope = "tokenwarden:admin"
 // /oauth2/revoke would answer 200 and revoke nothing.
 func (s *Server) verifyOwn(ctx context.Context, v *jwks.Verifier, tok string) (*jwks.Claims, error) {
 	c, err := v.Verify(tok)
-	if errors.Is(err, jwks.ErrUnknownKey) && s.keys.refresh(ctx) {
+	if errors.Is(err, jwks.ErrUnknownKey) {
+		// Verify again even when this call did not read the ring itself:
+		// a concurrent request may just have installed the newer one.
+		s.keys.refresh(ctx)
 		c, err = v.Verify(tok)
 	}
 	return c, err

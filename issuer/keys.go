@@ -366,30 +366,29 @@ func (m *keyManager) publish(ctx context.Context) error {
 // refresh reads the ring from KV now, for a token that names a key this
 // replica does not hold: another replica may have rotated while this one's
 // watch was behind (a NATS node that dies can leave a watch deaf for
-// seconds). It reports whether the ring changed. At most one read per
-// refreshEvery, so tokens with made-up key ids cannot become a stream of KV
-// reads.
-func (m *keyManager) refresh(ctx context.Context) bool {
+// seconds). At most one read per refreshEvery, so tokens with made-up key
+// ids cannot become a stream of KV reads.
+func (m *keyManager) refresh(ctx context.Context) {
 	m.refreshMu.Lock()
 	defer m.refreshMu.Unlock()
-	if now := m.now(); now.Sub(m.lastRefresh) >= refreshEvery || now.Before(m.lastRefresh) {
-		m.lastRefresh = now
-	} else {
-		return false
+	now := m.now()
+	if now.Sub(m.lastRefresh) < refreshEvery && !now.Before(m.lastRefresh) {
+		return
 	}
+	m.lastRefresh = now
 	e, err := m.kv.Get(ctx, ringKey)
 	if err != nil {
-		return false
+		m.log.Debug("read key ring for an unknown key id", "err", err)
+		return
 	}
 	r, err := m.decode(e.Value())
 	if err != nil {
-		return false
+		m.log.Error("key ring in NATS cannot be read", "err", err)
+		return
 	}
-	before := m.state.Load()
 	if err := m.install(r, e.Revision()); err != nil {
-		return false
+		m.log.Error("install key ring", "err", err)
 	}
-	return m.state.Load() != before
 }
 
 // watch follows ring changes made by other replicas.
