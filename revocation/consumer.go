@@ -62,11 +62,11 @@ func WithObserver(o Observer) ConsumerOption { return func(c *Consumer) { c.obs 
 
 // WithVerifyWorkers sets how many goroutines verify signatures (default
 // GOMAXPROCS). Events are still applied in stream order.
+func WithVerifyWorkers(n int) ConsumerOption { return func(c *Consumer) { c.workers = n } }
 
 // WithLiveSubscription turns the live subscription on or off (default on):
 // see Run.
 func WithLiveSubscription(on bool) ConsumerOption { return func(c *Consumer) { c.live = on } }
-func WithVerifyWorkers(n int) ConsumerOption      { return func(c *Consumer) { c.workers = n } }
 
 // Tuning of the consumer.
 const (
