@@ -254,16 +254,24 @@ func TestKeysSurviveNATSRestart(t *testing.T) {
 	}
 }
 
-// TestTwoReplicas: tokens of either verify against the other's JWKS, a
-// rotation on one reaches the other, and concurrent rotations never both
-// happen.
-func TestTwoReplicas(t *testing.T) {
+// twoReplicas starts two ready issuers on one deployment, with one fake
+// clock.
+func twoReplicas(t *testing.T) (*env, *fakeClock, *instance, *instance) {
+	t.Helper()
 	e := newEnv(t)
 	clock := newFakeClock()
 	a := e.start(WithClock(clock.Now))
 	b := e.start(WithClock(clock.Now))
 	a.waitReady(t)
 	b.waitReady(t)
+	return e, clock, a, b
+}
+
+// TestTwoReplicas: tokens of either verify against the other's JWKS, a
+// rotation on one reaches the other, and concurrent rotations never both
+// happen.
+func TestTwoReplicas(t *testing.T) {
+	e, clock, a, b := twoReplicas(t)
 	if a.keys.current().ring.Active().ID != b.keys.current().ring.Active().ID {
 		t.Fatal("replicas created two rings")
 	}
@@ -475,12 +483,7 @@ func TestNewRingOutranksOldBundles(t *testing.T) {
 // its admin API must take an admin token of the other replica. The lag is
 // injected by putting back the ring b held before the rotations.
 func TestReplicaBehindReadsTheRing(t *testing.T) {
-	e := newEnv(t)
-	clock := newFakeClock()
-	a := e.start(WithClock(clock.Now))
-	b := e.start(WithClock(clock.Now))
-	a.waitReady(t)
-	b.waitReady(t)
+	_, clock, a, b := twoReplicas(t)
 	stale := b.keys.current()
 	// Two rotations: the key then active was created by the first one, so
 	// b's old ring has never seen it.
