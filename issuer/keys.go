@@ -70,10 +70,15 @@ type keyManager struct {
 
 	refreshMu   sync.Mutex
 	lastRefresh time.Time
+	refreshing  chan struct{} // closed when the running refresh ends; nil when none runs
 }
 
-// refreshEvery bounds how often refresh reads the ring from KV.
-const refreshEvery = time.Second
+// refreshEvery bounds how often refresh reads the ring from KV, and
+// refreshTimeout how long one read may take.
+const (
+	refreshEvery   = time.Second
+	refreshTimeout = 2 * time.Second
+)
 
 // KeySet implements jwks.KeySource for the issuer's own verifier.
 func (m *keyManager) KeySet() *jwks.KeySet {
@@ -366,17 +371,39 @@ func (m *keyManager) publish(ctx context.Context) error {
 // refresh reads the ring from KV now, for a token that names a key this
 // replica does not hold: another replica may have rotated while this one's
 // watch was behind (a NATS node that dies can leave a watch deaf for
-// seconds). At most one read per refreshEvery, so tokens with made-up key
-// ids cannot become a stream of KV reads.
+// seconds). One read at a time: callers that come while it runs wait for
+// it, not for reads of their own; and at most one read per refreshEvery, so
+// tokens with made-up key ids (anyone can send one) cannot become a stream
+// of KV reads or a queue of requests behind a slow NATS.
 func (m *keyManager) refresh(ctx context.Context) {
 	m.refreshMu.Lock()
-	defer m.refreshMu.Unlock()
+	if ch := m.refreshing; ch != nil {
+		m.refreshMu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+		}
+		return
+	}
 	now := m.now()
 	if now.Sub(m.lastRefresh) < refreshEvery && !now.Before(m.lastRefresh) {
+		m.refreshMu.Unlock()
 		return
 	}
 	m.lastRefresh = now
-	e, err := m.kv.Get(ctx, ringKey)
+	done := make(chan struct{})
+	m.refreshing = done
+	m.refreshMu.Unlock()
+	defer func() {
+		m.refreshMu.Lock()
+		m.refreshing = nil
+		m.refreshMu.Unlock()
+		close(done)
+	}()
+
+	rctx, cancel := context.WithTimeout(ctx, refreshTimeout)
+	defer cancel()
+	e, err := m.kv.Get(rctx, ringKey)
 	if err != nil {
 		m.log.Debug("read key ring for an unknown key id", "err", err)
 		return

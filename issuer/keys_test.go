@@ -19,6 +19,7 @@ import (
 
 	"github.com/tokenwarden/tokenwarden/internal/embeddednats"
 	"github.com/tokenwarden/tokenwarden/jwks"
+	"github.com/tokenwarden/tokenwarden/revocation"
 )
 
 func states(r *jwks.Ring) map[jwks.State][]string {
@@ -539,4 +540,50 @@ func tokenPart(t *testing.T, tok string, i int) map[string]any {
 		t.Fatal(err)
 	}
 	return m
+}
+
+// TestIssuerSetHoldsOnlyStoredEvents: a signed event that reaches the
+// revocation subjects but is not stored (here the stream refuses it; in
+// life, a publish that failed and got the client a 503) must not enter the
+// issuer's set. The issuer skips publishing what its set holds, so such an
+// event would never be published on the client's retry.
+func TestIssuerSetHoldsOnlyStoredEvents(t *testing.T) {
+	e := newEnv(t)
+	in := e.start()
+	in.waitReady(t)
+	now := time.Now()
+	ev, err := revocation.NewEvent(revocation.KindJTI, "not-stored", time.Time{}, now.Add(time.Hour), "", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := revocation.Sign(ev, in.keys.dist)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(e.nats.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	msg := nats.NewMsg(revocation.Subject(in.cfg.NATS.Prefix, revocation.KindJTI))
+	msg.Data = data
+	msg.Header.Set("Nats-Expected-Stream", "NOT-THE-REVOCATION-STREAM") // the stream refuses to store it
+	if err := nc.PublishMsg(msg); err != nil {
+		t.Fatal(err)
+	}
+	// A plain subscriber sees it (so a live subscription would).
+	sub, err := nc.SubscribeSync(revocation.Subject(in.cfg.NATS.Prefix, revocation.KindJTI))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.PublishMsg(msg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sub.NextMsg(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if revoked, _ := in.revocations.Check(&jwks.Claims{ID: "not-stored"}); revoked {
+		t.Fatal("the issuer's set took an event the stream did not store")
+	}
 }

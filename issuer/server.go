@@ -214,8 +214,12 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.setStatus("keys", "")
 	wg.Go(func() { s.denied.watch(ctx) })
+	// No live subscription: the issuer's set must hold only events the
+	// stream stored. Its revoke and logout paths skip publishing what the
+	// set already holds, so an event seen live whose publish failed (a 503)
+	// would never be published on the client's retry.
 	consumer := revocation.NewConsumer(js, s.cfg.NATS.Prefix, []ed25519.PublicKey{s.DistributionPublicKey()}, s.revocations,
-		revocation.WithLogger(s.log), revocation.WithClock(s.now))
+		revocation.WithLogger(s.log), revocation.WithClock(s.now), revocation.WithLiveSubscription(false))
 	s.consumer.Store(consumer)
 	wg.Go(func() {
 		if err := consumer.Run(ctx); err != nil && ctx.Err() == nil {
