@@ -37,33 +37,19 @@ func issuerSettings(c *issuer.Config) []setting {
 }
 
 func newIssuerCommand(g *globals) *cobra.Command {
-	var file string
 	cfg := issuer.DefaultConfig()
-	settings := issuerSettings(&cfg)
-	cmd := &cobra.Command{
-		Use:   "issuer",
-		Short: "Run the issuer: OAuth2 token endpoint, key rotation, JWKS publication over NATS",
-		Long: "Runs the issuer. Configuration comes from --config (YAML, see examples/issuer.yaml),\n" +
+	return programCommand(g, "issuer",
+		"Run the issuer: OAuth2 token endpoint, key rotation, JWKS publication over NATS",
+		"Runs the issuer. Configuration comes from --config (YAML, see examples/issuer.yaml),\n"+
 			"then TOKENWARDEN_* environment variables, then flags. SIGHUP reloads the users and clients files.",
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			log, err := g.logger()
-			if err != nil {
-				return err
-			}
-			if err := loadLayered(cmd, file, &cfg, settings); err != nil {
-				return err
-			}
+		&cfg, issuerSettings(&cfg),
+		func(ctx context.Context, log *slog.Logger) error {
 			srv, err := issuer.New(cfg, issuer.WithLogger(log))
 			if err != nil {
 				return err
 			}
-			return serveIssuer(cmd.Context(), log, srv, cfg.Listen)
-		},
-	}
-	cmd.Flags().StringVar(&file, "config", "", "issuer configuration file (YAML)")
-	registerFlags(cmd, settings)
-	return cmd
+			return serveIssuer(ctx, log, srv, cfg.Listen)
+		})
 }
 
 // serveIssuer listens on addr and runs srv until ctx ends, reloading the

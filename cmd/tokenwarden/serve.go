@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"os"
 	"time"
+
+	"github.com/spf13/cobra"
 )
 
 // program is a long-running part with an HTTP API: the issuer or the sidecar.
@@ -83,4 +85,30 @@ func listenUnix(path string) (net.Listener, error) {
 		return nil, fmt.Errorf("unix socket %s: %w", path, err)
 	}
 	return ln, nil
+}
+
+// programCommand is the command of a long-running program (issuer,
+// sidecar): it loads cfg from --config, then TOKENWARDEN_* variables, then
+// flags, and runs start with the configured logger.
+func programCommand(g *globals, use, short, long string, cfg any, settings []setting, start func(context.Context, *slog.Logger) error) *cobra.Command {
+	var file string
+	cmd := &cobra.Command{
+		Use:   use,
+		Short: short,
+		Long:  long,
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := g.logger()
+			if err != nil {
+				return err
+			}
+			if err := loadLayered(cmd, file, cfg, settings); err != nil {
+				return err
+			}
+			return start(cmd.Context(), log)
+		},
+	}
+	cmd.Flags().StringVar(&file, "config", "", use+" configuration file (YAML)")
+	registerFlags(cmd, settings)
+	return cmd
 }

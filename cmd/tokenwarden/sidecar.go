@@ -33,23 +33,13 @@ func sidecarSettings(c *sidecar.Config) []setting {
 }
 
 func newSidecarCommand(g *globals) *cobra.Command {
-	var file string
 	cfg := sidecar.DefaultConfig()
-	settings := sidecarSettings(&cfg)
-	cmd := &cobra.Command{
-		Use:   "sidecar",
-		Short: "Run the sidecar: verify tokens on localhost from keys distributed over NATS",
-		Long: "Runs the sidecar. Configuration comes from --config (YAML, see examples/sidecar.yaml),\n" +
+	return programCommand(g, "sidecar",
+		"Run the sidecar: verify tokens on localhost from keys distributed over NATS",
+		"Runs the sidecar. Configuration comes from --config (YAML, see examples/sidecar.yaml),\n"+
 			"then TOKENWARDEN_* environment variables, then flags.",
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			log, err := g.logger()
-			if err != nil {
-				return err
-			}
-			if err := loadLayered(cmd, file, &cfg, settings); err != nil {
-				return err
-			}
+		&cfg, sidecarSettings(&cfg),
+		func(ctx context.Context, log *slog.Logger) error {
 			sc, err := sidecar.New(cfg, sidecar.WithLogger(log))
 			if err != nil {
 				return err
@@ -58,12 +48,8 @@ func newSidecarCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return runSidecar(cmd.Context(), log, sc, lns...)
-		},
-	}
-	cmd.Flags().StringVar(&file, "config", "", "sidecar configuration file (YAML)")
-	registerFlags(cmd, settings)
-	return cmd
+			return runSidecar(ctx, log, sc, lns...)
+		})
 }
 
 func sidecarListeners(cfg sidecar.Config) ([]net.Listener, error) {
