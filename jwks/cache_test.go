@@ -113,6 +113,15 @@ func cacheStartNATS(t testing.TB, addr, storeDir string) *embeddednats.Server {
 
 // cacheConnect connects the way a sidecar does: reconnect forever, also
 // when the server is not up yet.
+// cacheNATS starts a NATS server of its own for one test and connects to
+// it.
+func cacheNATS(t testing.TB) jetstream.JetStream {
+	t.Helper()
+	ns := cacheStartNATS(t, "127.0.0.1:0", t.TempDir())
+	t.Cleanup(ns.Stop)
+	return cacheConnect(t, ns.URL())
+}
+
 func cacheConnect(t testing.TB, url string) jetstream.JetStream {
 	t.Helper()
 	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond), nats.RetryOnFailedConnect(true))
@@ -222,9 +231,7 @@ func TestCacheConfigValidation(t *testing.T) {
 }
 
 func TestCacheFollowsBundle(t *testing.T) {
-	ns := cacheStartNATS(t, "127.0.0.1:0", t.TempDir())
-	t.Cleanup(ns.Stop)
-	js := cacheConnect(t, ns.URL())
+	js := cacheNATS(t)
 	kv := cacheCreateBucket(t, js)
 	s := newCacheSigner(t)
 
@@ -298,9 +305,7 @@ func TestCacheFollowsBundle(t *testing.T) {
 }
 
 func TestCacheDisk(t *testing.T) {
-	ns := cacheStartNATS(t, "127.0.0.1:0", t.TempDir())
-	t.Cleanup(ns.Stop)
-	js := cacheConnect(t, ns.URL())
+	js := cacheNATS(t)
 	kv := cacheCreateBucket(t, js)
 	s := newCacheSigner(t)
 	dir := filepath.Join(t.TempDir(), "cache") // created by the cache
@@ -375,9 +380,7 @@ func TestCacheDisk(t *testing.T) {
 }
 
 func TestCacheBucketCreatedLater(t *testing.T) {
-	ns := cacheStartNATS(t, "127.0.0.1:0", t.TempDir())
-	t.Cleanup(ns.Stop)
-	js := cacheConnect(t, ns.URL())
+	js := cacheNATS(t)
 	s := newCacheSigner(t)
 	c := newTestCache(t, CacheConfig{Trusted: s.trusted()})
 	var notFound atomic.Int32
@@ -522,9 +525,7 @@ func TestCacheHTTPFallbackBadResponses(t *testing.T) {
 }
 
 func TestCacheRefreshUnknownKID(t *testing.T) {
-	ns := cacheStartNATS(t, "127.0.0.1:0", t.TempDir())
-	t.Cleanup(ns.Stop)
-	js := cacheConnect(t, ns.URL())
+	js := cacheNATS(t)
 	kv := cacheCreateBucket(t, js)
 	s := newCacheSigner(t)
 	raw1, ks1 := s.bundle(1)
