@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Prints what a cluster could leave behind on this machine, one normalised line per item:
+# processes of the cluster's binaries, mounts, network namespaces, interfaces, iptables chains
+# and rules of both families, nftables tables, pod cgroups, sysctls and state directories.
+# `make e2e-k8s` takes one before cluster-up and one after cluster-down and fails on any
+# difference (test/k8s/teardown_test.go does the same for a killed cluster).
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/env.sh"
+{
+	for p in $(pgrep -- '^(containerd.*|kubelet|kube-.*|etcd|coredns|runc)$' 2>/dev/null); do
+		[ "$p" = "$$" ] && continue
+		echo "process $(tr '\0' ' ' </proc/"$p"/cmdline 2>/dev/null | cut -c1-120)"
+	done
+	awk '{print "mount " $5}' /proc/self/mountinfo | grep -E " ($TW_CLUSTER_DIR|/var/lib/kubelet|/run/containerd|/run/netns|/var/run/netns)"
+	ls /run/netns 2>/dev/null | sed 's/^/netns /'
+	ip -o link show 2>/dev/null | awk -F': ' '{print "link " $2}' | cut -d@ -f1
+	for fam in iptables ip6tables; do
+		"$fam-save" 2>/dev/null | grep -vE '^#|^COMMIT' | sed -E 's/\[[0-9]+:[0-9]+\]//' | sed "s/^/$fam /"
+	done
+	command -v nft >/dev/null && nft list tables 2>/dev/null | sed 's/^/nft /'
+	ls -d /sys/fs/cgroup/*/kubepods 2>/dev/null | sed 's/^/cgroup /'
+	for s in $SYSCTLS; do echo "sysctl $s=$(sysctl -n "$s" 2>/dev/null)"; done
+	for d in "$TW_CLUSTER_DIR" /var/lib/kubelet /var/lib/cni /var/log/pods /run/containerd; do
+		[ -e "$d" ] && echo "path $d"
+	done
+} | sort
