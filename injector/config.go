@@ -16,6 +16,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -64,6 +65,10 @@ const (
 type Config struct {
 	// Addr is the HTTPS listen address.
 	Addr string `yaml:"addr"`
+	// ShutdownDelay is how long the injector keeps answering after SIGTERM,
+	// with /readyz failing, so the API server's calls move to another
+	// replica before the listener closes. 0: stop at once. Read at start.
+	ShutdownDelay time.Duration `yaml:"shutdown_delay"`
 	// TLSCertFile and TLSKeyFile are the serving certificate and key (PEM),
 	// re-read when they change. Both empty serves plain HTTP, which only a
 	// local try can use: the API server calls webhooks over HTTPS.
@@ -161,6 +166,9 @@ func (c *Config) Load() error {
 	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
 	if c.Addr == "" {
 		add("addr: empty")
+	}
+	if c.ShutdownDelay < 0 {
+		add("shutdown_delay must not be negative")
 	}
 	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
 		add("tls_cert_file and tls_key_file: set both or neither")

@@ -23,7 +23,7 @@ import (
 // object at about 3 MiB; a review carries at most two of them.
 const maxReviewBytes = 8 << 20
 
-// Handler serves POST /mutate and GET /healthz.
+// Handler serves POST /mutate, GET /healthz and GET /readyz.
 type Handler struct {
 	config func() *Config
 	log    *slog.Logger
@@ -38,10 +38,14 @@ func NewHandler(config func() *Config, log *slog.Logger) *Handler {
 	}
 	h := &Handler{config: config, log: log, mux: http.NewServeMux()}
 	h.mux.HandleFunc("/mutate", h.serveMutate)
-	h.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+	ok := func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = io.WriteString(w, "ok\n")
-	})
+	}
+	h.mux.HandleFunc("GET /healthz", ok)
+	// Ready whenever it serves: it needs nothing but its configuration. The
+	// command makes it fail once shutdown begins, to drain.
+	h.mux.HandleFunc("GET /readyz", ok)
 	return h
 }
 

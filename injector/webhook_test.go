@@ -371,11 +371,15 @@ func TestUnusablePodsAreDeniedWithAReason(t *testing.T) {
 	}
 }
 
+// TestHealthz: /healthz and /readyz (the chart's readiness probe, which
+// the command fails while draining) answer ok.
 func TestHealthz(t *testing.T) {
-	rec := httptest.NewRecorder()
-	handler(testConfig(t)).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/healthz", nil))
-	if rec.Code != http.StatusOK || rec.Body.String() != "ok\n" {
-		t.Fatalf("HTTP %d %q", rec.Code, rec.Body.String())
+	for _, path := range []string{"/healthz", "/readyz"} {
+		rec := httptest.NewRecorder()
+		handler(testConfig(t)).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+		if rec.Code != http.StatusOK || rec.Body.String() != "ok\n" {
+			t.Fatalf("%s: HTTP %d %q", path, rec.Code, rec.Body.String())
+		}
 	}
 }
 

@@ -54,6 +54,11 @@ type Config struct {
 
 	// MaxBodyBytes caps request bodies.
 	MaxBodyBytes int64 `yaml:"max_body_bytes"`
+
+	// ShutdownDelay is how long the command keeps serving after SIGTERM,
+	// with /readyz failing, so load balancers stop sending requests before
+	// the listener closes (a rolling update drops none). 0: stop at once.
+	ShutdownDelay time.Duration `yaml:"shutdown_delay"`
 }
 
 // NATSConfig says how to reach NATS.
@@ -158,6 +163,9 @@ func (c *Config) Validate() error {
 	}
 	if c.RateLimit.FailuresPerUser < 1 || c.RateLimit.FailuresPerIP < 1 {
 		add("rate_limit: failures_per_user and failures_per_ip must be at least 1")
+	}
+	if c.ShutdownDelay < 0 {
+		add("shutdown_delay must not be negative")
 	}
 	if c.MaxBodyBytes < 1024 {
 		add("max_body_bytes: %d is below 1024", c.MaxBodyBytes)

@@ -105,7 +105,7 @@ func newDevCommand(g *globals) *cobra.Command {
 			ctx, cancel := context.WithCancel(cmd.Context())
 			defer cancel()
 			errc := make(chan error, 2)
-			go func() { errc <- runIssuer(ctx, log, srv, issuerLn); cancel() }()
+			go func() { errc <- runIssuer(ctx, log, srv, 0, issuerLn); cancel() }()
 			// The sidecar starts once the issuer has made the bucket and the
 			// stream it reads, so a first start logs no retries.
 			waitIssuer(ctx, srv)

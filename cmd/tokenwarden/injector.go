@@ -29,6 +29,7 @@ func injectorSettings(c *injector.Config) []setting {
 		{flag: "nats-prefix", usage: "prefix of the NATS buckets and streams", bind: &c.NATS.Prefix},
 		{flag: "distribution-public-key-file", usage: "PEM files of trusted distribution keys, comma-separated", bind: &c.DistributionPublicKeyFiles},
 		{flag: "distribution-public-keys", usage: "trusted distribution keys inline (PEM or base64), comma-separated", bind: &c.DistributionPublicKeys},
+		{flag: "shutdown-delay", usage: "on SIGTERM, keep serving this long with /readyz failing before shutting down", bind: &c.ShutdownDelay},
 	}
 }
 
@@ -39,7 +40,7 @@ func newInjectorCommand(g *globals) *cobra.Command {
 		Short: "Run the mutating admission webhook that injects the sidecar into annotated pods",
 		Long: "Runs the admission webhook of the Helm chart. POST /mutate takes an admission.k8s.io/v1\n" +
 			"AdmissionReview and injects the sidecar into pods annotated tokenwarden.io/inject: \"true\";\n" +
-			"GET /healthz. Configuration comes from --config (YAML, see docs/kubernetes.md), then\n" +
+			"GET /healthz, GET /readyz (503 once shutting down). Configuration comes from --config (YAML, see docs/kubernetes.md), then\n" +
 			"TOKENWARDEN_* environment variables, then flags; the file, the key files and the TLS\n" +
 			"certificate are re-read when they change.",
 		Args: cobra.NoArgs,
@@ -78,10 +79,10 @@ func newInjectorCommand(g *globals) *cobra.Command {
 }
 
 // serveInjector serves h on cfg.Addr, over TLS when a certificate is
-// configured, until ctx ends.
+// configured, until ctx ends, then drains for cfg.ShutdownDelay.
 func serveInjector(ctx context.Context, log *slog.Logger, cfg *injector.Config, h http.Handler) error {
-	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
-		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	d := &drainer{}
+	hs := newHTTPServer(log, d.wrap(h))
 	if cfg.TLSCertFile != "" {
 		certs, err := injector.NewCertReloader(cfg.TLSCertFile, cfg.TLSKeyFile, log)
 		if err != nil {
@@ -95,10 +96,13 @@ func serveInjector(ctx context.Context, log *slog.Logger, cfg *injector.Config, 
 	if err != nil {
 		return err
 	}
-	return runInjector(ctx, log, hs, ln)
+	return runInjector(ctx, log, hs, d, cfg.ShutdownDelay, ln)
 }
 
-func runInjector(ctx context.Context, log *slog.Logger, hs *http.Server, ln net.Listener) error {
+// runInjector serves hs (whose handler d wraps) on ln until ctx ends, then
+// drains: the API server keeps calling a terminating injector until its
+// endpoints are updated, and a refused call refuses the pod.
+func runInjector(ctx context.Context, log *slog.Logger, hs *http.Server, d *drainer, delay time.Duration, ln net.Listener) error {
 	// Decided before serving: Serve itself fills in hs.TLSConfig for HTTP/2.
 	useTLS := hs.TLSConfig != nil
 	errc := make(chan error, 1)
@@ -112,16 +116,7 @@ func runInjector(ctx context.Context, log *slog.Logger, hs *http.Server, ln net.
 		if !errors.Is(err, http.ErrServerClosed) {
 			errc <- fmt.Errorf("injector HTTP on %s: %w", ln.Addr(), err)
 		}
-		close(errc)
 	}()
 	log.Info("injector listening", "addr", ln.Addr().String(), "tls", useTLS)
-	var err error
-	select {
-	case <-ctx.Done():
-	case err = <-errc:
-	}
-	shutdownCtx, done := context.WithTimeout(context.Background(), 10*time.Second)
-	defer done()
-	_ = hs.Shutdown(shutdownCtx)
-	return err
+	return waitAndDrain(ctx, log, "injector", d, delay, errc, hs)
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -33,6 +34,7 @@ func issuerSettings(c *issuer.Config) []setting {
 		{flag: "access-token-ttl", usage: "default access-token lifetime", bind: &c.AccessTokenTTL},
 		{flag: "refresh-token-ttl", usage: "default refresh-token lifetime", bind: &c.RefreshTokenTTL},
 		{flag: "leeway", usage: "clock leeway allowed to verifiers", bind: &c.Leeway},
+		{flag: "shutdown-delay", usage: "on SIGTERM, keep serving this long with /readyz failing before shutting down", bind: &c.ShutdownDelay},
 	}
 }
 
@@ -48,35 +50,37 @@ func newIssuerCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return serveIssuer(ctx, log, srv, cfg.Listen)
+			return serveIssuer(ctx, log, srv, cfg.Listen, cfg.ShutdownDelay)
 		})
 }
 
-// serveIssuer listens on addr and runs srv until ctx ends, reloading the
-// users and clients files on SIGHUP.
-func serveIssuer(ctx context.Context, log *slog.Logger, srv *issuer.Server, addr string) error {
+// serveIssuer listens on addr and runs srv until ctx ends (then drains for
+// delay), reloading the users and clients files on SIGHUP.
+func serveIssuer(ctx context.Context, log *slog.Logger, srv *issuer.Server, addr string, delay time.Duration) error {
 	ln, err := listenTCP(addr, "issuer", "--listen")
 	if err != nil {
 		return err
 	}
-	return runIssuer(ctx, log, srv, ln)
+	return runIssuer(ctx, log, srv, delay, ln)
 }
 
-func runIssuer(ctx context.Context, log *slog.Logger, srv *issuer.Server, ln net.Listener) error {
+func runIssuer(ctx context.Context, log *slog.Logger, srv *issuer.Server, delay time.Duration, ln net.Listener) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	ctx, cancel := context.WithCancel(ctx)
+	// The reloader stops with the process, not at SIGTERM: the issuer keeps
+	// serving while it drains.
+	hupCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
 	go func() {
 		for {
 			select {
-			case <-ctx.Done():
+			case <-hupCtx.Done():
 				return
 			case <-hup:
 				_ = srv.ReloadDirectory()
 			}
 		}
 	}()
-	return runProgram(ctx, log, "issuer", srv, ln)
+	return runDraining(ctx, log, "issuer", srv, delay, ln)
 }

@@ -20,6 +20,9 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// After the first signal the servers drain; a second one (an impatient
+	// Ctrl-C) gets the default behaviour and ends the process at once.
+	go func() { <-ctx.Done(); stop() }()
 	if err := newRootCommand(os.Stdin, os.Stdout, os.Stderr).ExecuteContext(ctx); err != nil {
 		// One line, no stack: what failed and where.
 		fmt.Fprintln(os.Stderr, "tokenwarden: "+strings.ReplaceAll(err.Error(), "\n", "; "))

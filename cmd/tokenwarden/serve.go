@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -19,16 +21,31 @@ type program interface {
 	Run(ctx context.Context) error
 }
 
+// shutdownTimeout bounds how long a graceful shutdown waits for in-flight
+// requests once the drain delay is over. The chart's
+// terminationGracePeriodSeconds covers the delay plus this.
+const shutdownTimeout = 10 * time.Second
+
 // runProgram serves p's API on every listener and runs p until ctx ends or
 // either fails, then shuts the HTTP servers down gracefully.
 func runProgram(ctx context.Context, log *slog.Logger, name string, p program, lns ...net.Listener) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	return runDraining(ctx, log, name, p, 0, lns...)
+}
+
+// runDraining is runProgram with a drain delay: when ctx ends (SIGTERM),
+// /readyz fails at once while every request is still served for delay,
+// then the HTTP servers shut down gracefully, and only then is p stopped,
+// so requests in flight keep their NATS connection to the end.
+func runDraining(ctx context.Context, log *slog.Logger, name string, p program, delay time.Duration, lns ...net.Listener) error {
+	// p outlives the signal: it is stopped after the HTTP servers.
+	runCtx, stopRun := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopRun()
 	errc := make(chan error, len(lns)+1)
+	d := &drainer{}
+	h := d.wrap(p.Handler())
 	servers := make([]*http.Server, 0, len(lns))
 	for _, ln := range lns {
-		hs := &http.Server{Handler: p.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
-			WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+		hs := newHTTPServer(log, h)
 		servers = append(servers, hs)
 		go func() {
 			if err := hs.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
@@ -40,23 +57,72 @@ func runProgram(ctx context.Context, log *slog.Logger, name string, p program, l
 	runDone := make(chan struct{})
 	go func() {
 		defer close(runDone)
-		if err := p.Run(ctx); err != nil {
+		if err := p.Run(runCtx); err != nil {
 			errc <- fmt.Errorf("%s: %w", name, err)
 		}
 	}()
+	err := waitAndDrain(ctx, log, name, d, delay, errc, servers...)
+	stopRun()
+	<-runDone
+	return err
+}
+
+func newHTTPServer(log *slog.Logger, h http.Handler) *http.Server {
+	return &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+}
+
+// waitAndDrain waits for ctx to end or a server to fail. On ctx's end it
+// drains: readiness fails, keep-alive stops (clients reconnect, and
+// kube-proxy sends new connections elsewhere once the endpoints are
+// updated), and requests are served for delay. Then it shuts the servers
+// down, waiting up to shutdownTimeout for requests in flight. A failure
+// during the delay cuts it short.
+func waitAndDrain(ctx context.Context, log *slog.Logger, name string, d *drainer, delay time.Duration, errc <-chan error, servers ...*http.Server) error {
 	var err error
 	select {
 	case <-ctx.Done():
+		d.start()
+		for _, hs := range servers {
+			hs.SetKeepAlivesEnabled(false)
+		}
+		if delay > 0 {
+			log.Info(name+" draining: /readyz fails, requests are still served", "delay", delay.String())
+			t := time.NewTimer(delay)
+			select {
+			case <-t.C:
+			case err = <-errc:
+				t.Stop()
+			}
+		}
 	case err = <-errc:
 	}
-	cancel()
-	shutdownCtx, done := context.WithTimeout(context.Background(), 10*time.Second)
+	shutdownCtx, done := context.WithTimeout(context.Background(), shutdownTimeout)
 	defer done()
 	for _, hs := range servers {
 		_ = hs.Shutdown(shutdownCtx)
 	}
-	<-runDone
 	return err
+}
+
+// drainer makes /readyz answer 503 once shutdown has begun, whatever the
+// program would say, so the kubelet takes the pod out of its Services
+// while it still serves.
+type drainer struct{ draining atomic.Bool }
+
+func (d *drainer) start() { d.draining.Store(true) }
+
+func (d *drainer) wrap(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/readyz" && d.draining.Load() {
+			w.Header().Set("Content-Type", "application/json")
+			w.Header().Set("Cache-Control", "no-store")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = io.WriteString(w, `{"status":"not ready","checks":{"shutdown":"shutting down"}}`+"\n")
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // listenTCP listens on addr, naming flag in the error so the user knows
