@@ -6,6 +6,7 @@ package accesslog
 import (
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 )
 
@@ -23,10 +24,29 @@ func (r *recorder) WriteHeader(code int) {
 	r.ResponseWriter.WriteHeader(code)
 }
 
-// Wrap logs each request h serves at level (nil log: no log line) and
-// reports it to observe (nil: none). route names the handler, not the
-// request path: a forwarded path may carry data of the user's.
+// probes are the routes the kubelet and Prometheus poll every few seconds
+// (about 18 lines a minute per pod at Info): they are logged at Debug so
+// the requests that matter stay readable.
+var probes = map[string]bool{"/healthz": true, "/readyz": true, "/metrics": true}
+
+// Level is the level a request of route is logged at, given the level of
+// the others: Debug for probes. route may carry a method ("GET /readyz").
+func Level(route string, level slog.Level) slog.Level {
+	if i := strings.LastIndexByte(route, ' '); i >= 0 {
+		route = route[i+1:]
+	}
+	if probes[route] {
+		return min(level, slog.LevelDebug)
+	}
+	return level
+}
+
+// Wrap logs each request h serves at level (nil log: no log line; probes at
+// Debug, see Level) and reports it to observe (nil: none). route names the
+// handler, not the request path: a forwarded path may carry data of the
+// user's.
 func Wrap(log *slog.Logger, level slog.Level, route string, h http.Handler, observe Observer) http.Handler {
+	level = Level(route, level)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := &recorder{ResponseWriter: w, code: http.StatusOK}
