@@ -141,7 +141,7 @@ func TestDocsConfigurationComplete(t *testing.T) {
 		})
 	}
 	check(root, root.PersistentFlags())
-	for _, name := range []string{"dev", "injector", "keys", "revoke", "hash-password", "version"} {
+	for _, name := range []string{"dev", "injector", "keys", "revoke", "check", "hash-password", "version"} {
 		c, _, err := root.Find([]string{name})
 		if err != nil || c == root {
 			t.Errorf("command %s: %v", name, err)

@@ -61,6 +61,7 @@ func newRootCommand(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 		newKeysCommand(g),
 		newRevokeCommand(g),
 		newHashPasswordCommand(g),
+		newCheckCommand(g),
 		newVersionCommand(g),
 	)
 	return root

@@ -213,6 +213,14 @@ func TestDev(t *testing.T) {
 	if _, _, err := run(t, t.Context(), "", "keys", "list", "--issuer", base, "--client-id", "admin", "--client-secret", "wrong"); err == nil || !strings.Contains(err.Error(), "invalid_client") {
 		t.Fatalf("wrong admin secret: %v", err)
 	}
+	// tokenwarden check (the chart's helm test) passes against a real
+	// issuer, and names a wrong issuer identifier.
+	if checkOut, errOut, err := run(t, t.Context(), "", "check", "--issuer", base); err != nil || !strings.Contains(checkOut, "is ready") {
+		t.Fatalf("check: %v\n%s%s", err, checkOut, errOut)
+	}
+	if _, _, err := run(t, t.Context(), "", "check", "--issuer", "https://auth.example.com", "--url", base); err == nil || !strings.Contains(err.Error(), `want "https://auth.example.com"`) {
+		t.Fatalf("check with the wrong issuer: %v", err)
+	}
 	activeLine := regexp.MustCompile(`(?m)^(\S+)\s+ES256\s+active`).FindStringSubmatch(listOut)
 	stop()
 
