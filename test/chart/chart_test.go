@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
@@ -51,6 +52,8 @@ func TestRender(t *testing.T) {
 			checkWebhook(t, m, v)
 			checkNetworkPolicies(t, m, v)
 			checkKeys(t, m, v)
+			checkNATSAuth(t, m, v)
+			checkTestPod(t, m, v)
 		})
 	}
 }
@@ -97,33 +100,127 @@ func checkWorkloads(t *testing.T, m *manifests) {
 		}
 		for _, c := range append(append([]corev1.Container{}, ps.InitContainers...), ps.Containers...) {
 			where := name + "/" + c.Name
-			sc := c.SecurityContext
-			switch {
-			case sc == nil:
-				t.Errorf("%s: no securityContext", where)
-				continue
-			case sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot:
-				t.Errorf("%s: runAsNonRoot", where)
-			case sc.RunAsUser == nil || *sc.RunAsUser == 0:
-				t.Errorf("%s: numeric non-root runAsUser", where)
-			case sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem:
-				t.Errorf("%s: readOnlyRootFilesystem", where)
-			case sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation:
-				t.Errorf("%s: allowPrivilegeEscalation", where)
-			case sc.Privileged != nil && *sc.Privileged:
-				t.Errorf("%s: privileged", where)
-			case sc.Capabilities == nil || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) || len(sc.Capabilities.Add) > 0:
-				t.Errorf("%s: capabilities %+v", where, sc.Capabilities)
-			case sc.SeccompProfile == nil || sc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault:
-				t.Errorf("%s: seccompProfile", where)
-			}
-			if c.Resources.Requests.Memory().IsZero() || c.Resources.Limits.Memory().IsZero() || c.Resources.Requests.Cpu().IsZero() {
-				t.Errorf("%s: resources %+v", where, c.Resources)
-			}
+			checkRestrictedContainer(t, where, c)
 			if c.ReadinessProbe == nil || c.LivenessProbe == nil {
 				t.Errorf("%s: readiness and liveness probes are required", where)
 			}
 		}
+	}
+}
+
+// checkRestrictedPod: what the Pod Security Standard "restricted" requires
+// of a pod, plus a read-only root filesystem, numeric user and resources.
+func checkRestrictedPod(t *testing.T, name string, ps corev1.PodSpec) {
+	t.Helper()
+	psc := ps.SecurityContext
+	if psc == nil || psc.RunAsNonRoot == nil || !*psc.RunAsNonRoot || psc.SeccompProfile == nil || psc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
+		t.Errorf("%s: pod securityContext %+v", name, psc)
+	}
+	if ps.HostNetwork || ps.HostPID || ps.HostIPC {
+		t.Errorf("%s: host namespaces", name)
+	}
+	for _, vol := range ps.Volumes {
+		if vol.HostPath != nil {
+			t.Errorf("%s: hostPath volume %s", name, vol.Name)
+		}
+	}
+	for _, c := range append(append([]corev1.Container{}, ps.InitContainers...), ps.Containers...) {
+		checkRestrictedContainer(t, name+"/"+c.Name, c)
+	}
+}
+
+func checkRestrictedContainer(t *testing.T, where string, c corev1.Container) {
+	t.Helper()
+	sc := c.SecurityContext
+	switch {
+	case sc == nil:
+		t.Errorf("%s: no securityContext", where)
+		return
+	case sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot:
+		t.Errorf("%s: runAsNonRoot", where)
+	case sc.RunAsUser == nil || *sc.RunAsUser == 0:
+		t.Errorf("%s: numeric non-root runAsUser", where)
+	case sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem:
+		t.Errorf("%s: readOnlyRootFilesystem", where)
+	case sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation:
+		t.Errorf("%s: allowPrivilegeEscalation", where)
+	case sc.Privileged != nil && *sc.Privileged:
+		t.Errorf("%s: privileged", where)
+	case sc.Capabilities == nil || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) || len(sc.Capabilities.Add) > 0:
+		t.Errorf("%s: capabilities %+v", where, sc.Capabilities)
+	case sc.SeccompProfile == nil || sc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault:
+		t.Errorf("%s: seccompProfile", where)
+	}
+	if c.Resources.Requests.Memory().IsZero() || c.Resources.Limits.Memory().IsZero() || c.Resources.Requests.Cpu().IsZero() {
+		t.Errorf("%s: resources %+v", where, c.Resources)
+	}
+}
+
+// checkTestPod: helm test runs `tokenwarden check` in the tokenwarden image
+// against the issuer's Service, as a restricted pod (the namespaces of a
+// platform team enforce "restricted"; curl images and shells are not in
+// the image).
+func checkTestPod(t *testing.T, m *manifests, v map[string]any) {
+	t.Helper()
+	o := m.get("Pod", fullname+"-test")
+	if o == nil {
+		t.Fatal("no helm test pod")
+	}
+	p := o.(*corev1.Pod)
+	if p.Annotations["helm.sh/hook"] != "test" || p.Spec.RestartPolicy != corev1.RestartPolicyNever {
+		t.Errorf("test pod: hook %q, restartPolicy %s", p.Annotations["helm.sh/hook"], p.Spec.RestartPolicy)
+	}
+	if p.Spec.AutomountServiceAccountToken == nil || *p.Spec.AutomountServiceAccountToken {
+		t.Error("test pod: automountServiceAccountToken must be false")
+	}
+	checkRestrictedPod(t, "test pod", p.Spec)
+	issuerImage := deployment(t, m, fullname+"-issuer").Spec.Template.Spec.Containers[0].Image
+	c := p.Spec.Containers[0]
+	wantURL := "--url=http://" + fullname + "-issuer." + namespace + ".svc:8080"
+	iss := "http://" + fullname + "-issuer." + namespace + ".svc:8080"
+	if u, _ := get(v, "issuer.url").(string); u != "" {
+		iss = u
+	}
+	if c.Image != issuerImage || len(c.Command) != 0 || len(c.Args) == 0 || c.Args[0] != "check" ||
+		!slices.Contains(c.Args, "--issuer="+iss) || !slices.Contains(c.Args, wantURL) {
+		t.Errorf("test pod: image %s (want %s), command %v, args %v", c.Image, issuerImage, c.Command, c.Args)
+	}
+	// The issuer's NetworkPolicy lets it in whatever issuerFrom says.
+	if get(v, "networkPolicy.enabled") == true {
+		np := m.get("NetworkPolicy", fullname+"-issuer").(*networkingv1.NetworkPolicy)
+		admitted := false
+		for _, r := range np.Spec.Ingress {
+			if len(r.From) == 0 {
+				admitted = true
+			}
+			for _, f := range r.From {
+				if f.PodSelector != nil && f.NamespaceSelector == nil && f.PodSelector.MatchLabels["app.kubernetes.io/component"] == "test" {
+					admitted = true
+				}
+			}
+		}
+		if !admitted {
+			t.Error("the issuer's NetworkPolicy blocks the helm test pod")
+		}
+	}
+}
+
+// checkNATSAuth: the generated NATS passwords survive an uninstall like the
+// keys, so a reinstall (with kept PVCs and sidecar Secrets) keeps working.
+func checkNATSAuth(t *testing.T, m *manifests, v map[string]any) {
+	t.Helper()
+	if get(v, "nats.enabled") != true {
+		return
+	}
+	o := m.get("Secret", fullname+"-nats-auth")
+	if s, _ := get(v, "nats.auth.existingSecret").(string); s != "" {
+		return
+	}
+	if o == nil {
+		t.Fatal("no NATS auth Secret")
+	}
+	if o.(*corev1.Secret).Annotations["helm.sh/resource-policy"] != "keep" {
+		t.Error("the NATS auth Secret must survive an uninstall (helm.sh/resource-policy: keep)")
 	}
 }
 
@@ -213,6 +310,24 @@ func checkIssuer(t *testing.T, m *manifests, v map[string]any) {
 	if u, _ := get(v, "issuer.url").(string); u != "" && cfg.Issuer != u {
 		t.Errorf("issuer %q, want %q", cfg.Issuer, u)
 	}
+	checkDrain(t, "issuer", d, cfg.ShutdownDelay, intOf(get(v, "issuer.shutdownDelaySeconds")))
+}
+
+// checkDrain: the process drains on SIGTERM for the configured delay
+// (rolling updates dropped requests without it), and the grace period
+// covers the delay plus the 10 s graceful shutdown.
+func checkDrain(t *testing.T, what string, d *appsv1.Deployment, configured time.Duration, wantSeconds int) {
+	t.Helper()
+	if wantSeconds < 1 || configured != time.Duration(wantSeconds)*time.Second {
+		t.Errorf("%s: shutdown_delay %s, want %d s (at least 1)", what, configured, wantSeconds)
+	}
+	g := d.Spec.Template.Spec.TerminationGracePeriodSeconds
+	if g == nil || *g < int64(wantSeconds)+15 {
+		t.Errorf("%s: terminationGracePeriodSeconds %v does not cover a %d s drain plus a 10 s shutdown", what, g, wantSeconds)
+	}
+	if c := d.Spec.Template.Spec.Containers[0]; c.Lifecycle != nil && c.Lifecycle.PreStop != nil && c.Lifecycle.PreStop.Exec != nil {
+		t.Errorf("%s: an exec preStop hook cannot run in an image without a shell", what)
+	}
 }
 
 func checkNATS(t *testing.T, m *manifests, v map[string]any) {
@@ -229,8 +344,21 @@ func checkNATS(t *testing.T, m *manifests, v map[string]any) {
 	}
 	s := sts.(*appsv1.StatefulSet)
 	n := intOf(get(v, "nats.replicas"))
-	if int(*s.Spec.Replicas) != n || len(s.Spec.VolumeClaimTemplates) != 1 || s.Spec.PodManagementPolicy != appsv1.ParallelPodManagement {
-		t.Errorf("NATS StatefulSet: replicas %d (want %d), %d PVC templates, %s", *s.Spec.Replicas, n, len(s.Spec.VolumeClaimTemplates), s.Spec.PodManagementPolicy)
+	pvcs := 0
+	if get(v, "nats.persistence.enabled") == true {
+		pvcs = 1
+	}
+	if int(*s.Spec.Replicas) != n || len(s.Spec.VolumeClaimTemplates) != pvcs || s.Spec.PodManagementPolicy != appsv1.ParallelPodManagement {
+		t.Errorf("NATS StatefulSet: replicas %d (want %d), %d PVC templates (want %d), %s", *s.Spec.Replicas, n, len(s.Spec.VolumeClaimTemplates), pvcs, s.Spec.PodManagementPolicy)
+	}
+	// The mode is read back on upgrade (TestNATSTopologyChangeIsRefused).
+	if mode := s.Annotations["tokenwarden.io/nats-mode"]; mode != map[bool]string{true: "cluster", false: "standalone"}[n > 1] {
+		t.Errorf("NATS StatefulSet: tokenwarden.io/nats-mode %q for %d servers", mode, n)
+	}
+	// A fresh server is up in about a second; a 10 s probe period delayed
+	// every install by up to 10 s.
+	if p := s.Spec.Template.Spec.Containers[0].StartupProbe; p == nil || p.PeriodSeconds > 2 || int(p.PeriodSeconds*p.FailureThreshold) < 300 {
+		t.Errorf("NATS startup probe %+v: want a period of at most 2 s and minutes of patience", p)
 	}
 	hs := m.get("Service", fullname+"-nats-headless")
 	if hs == nil || hs.(*corev1.Service).Spec.ClusterIP != corev1.ClusterIPNone || !hs.(*corev1.Service).Spec.PublishNotReadyAddresses || s.Spec.ServiceName != fullname+"-nats-headless" {
@@ -347,7 +475,7 @@ func checkInjector(t *testing.T, m *manifests, v map[string]any) {
 		t.Errorf("injector replicas %d, want %d", *d.Spec.Replicas, want)
 	}
 	c := d.Spec.Template.Spec.Containers[0]
-	if p := c.ReadinessProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/healthz" || p.HTTPGet.Scheme != corev1.URISchemeHTTPS {
+	if p := c.ReadinessProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/readyz" || p.HTTPGet.Scheme != corev1.URISchemeHTTPS {
 		t.Errorf("injector readiness probe %+v", p)
 	}
 	if e := env(c, "TOKENWARDEN_NAMESPACE"); e == nil || e.ValueFrom == nil || e.ValueFrom.FieldRef.FieldPath != "metadata.namespace" {
@@ -382,6 +510,7 @@ func checkInjector(t *testing.T, m *manifests, v map[string]any) {
 	if err := cfg.Load(); err != nil {
 		t.Errorf("injector.yaml does not load: %v\n%s", err, raw)
 	}
+	checkDrain(t, "injector", d, cfg.ShutdownDelay, intOf(get(v, "injector.shutdownDelaySeconds")))
 	if cfg.Port != intOf(get(v, "sidecar.port")) {
 		t.Errorf("sidecar port %d", cfg.Port)
 	}
@@ -567,6 +696,8 @@ func TestValuesAreValidated(t *testing.T) {
 		"unknown nested key":    {[]string{"--set", "issuer.replica=3"}, "replica"},
 		"bad enum":              {[]string{"--set", "injector.webhook.failurePolicy=Sometimes"}, "failurePolicy"},
 		"bad port":              {[]string{"--set", "sidecar.port=70000"}, "port"},
+		"negative drain":        {[]string{"--set", "issuer.shutdownDelaySeconds=-1"}, "shutdownDelaySeconds"},
+		"persistence not bool":  {[]string{"--set", "nats.persistence.enabled=maybe"}, "enabled"},
 		"external without url":  {[]string{"--set", "nats.enabled=false"}, "nats.external.url"},
 		"secret auth no name":   {[]string{"--set", "sidecar.nats.auth=secret", "--set", "sidecar.nats.secret.name="}, "sidecar.nats.secret.name"},
 	} {
@@ -588,6 +719,20 @@ func TestRenderVariants(t *testing.T) {
 		c := m.get("Certificate", fullname+"-injector").(*certificate)
 		if c.Spec.IssuerRef.Name != "corp-ca" || c.Spec.IssuerRef.Kind != "ClusterIssuer" || len(m.byKind["Issuer"]) != 0 {
 			t.Errorf("issuerRef %+v, %d Issuers", c.Spec.IssuerRef, len(m.byKind["Issuer"]))
+		}
+	})
+	t.Run("NATS without persistence", func(t *testing.T) {
+		t.Parallel()
+		m := render(t, "--set", "nats.persistence.enabled=false")
+		s := m.get("StatefulSet", fullname+"-nats").(*appsv1.StatefulSet)
+		var data *corev1.Volume
+		for i := range s.Spec.Template.Spec.Volumes {
+			if s.Spec.Template.Spec.Volumes[i].Name == "data" {
+				data = &s.Spec.Template.Spec.Volumes[i]
+			}
+		}
+		if len(s.Spec.VolumeClaimTemplates) != 0 || data == nil || data.EmptyDir == nil || data.EmptyDir.SizeLimit == nil {
+			t.Errorf("want an emptyDir data volume with a size limit and no PVC: %+v, %d templates", data, len(s.Spec.VolumeClaimTemplates))
 		}
 	})
 	t.Run("single NATS, no policies, service monitor", func(t *testing.T) {

@@ -238,6 +238,8 @@ func decodeStrict(tm metav1.TypeMeta, j []byte) (any, error) {
 	switch tm.APIVersion + "/" + tm.Kind {
 	case "v1/Secret":
 		obj = &corev1.Secret{}
+	case "v1/Pod":
+		obj = &corev1.Pod{}
 	case "v1/ConfigMap":
 		obj = &corev1.ConfigMap{}
 	case "v1/Service":
@@ -274,6 +276,8 @@ func decodeStrict(tm metav1.TypeMeta, j []byte) (any, error) {
 func objectMeta(o any) metav1.ObjectMeta {
 	switch v := o.(type) {
 	case *corev1.Secret:
+		return v.ObjectMeta
+	case *corev1.Pod:
 		return v.ObjectMeta
 	case *corev1.ConfigMap:
 		return v.ObjectMeta

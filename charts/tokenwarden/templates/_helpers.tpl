@@ -168,6 +168,7 @@ imagePullSecrets:
 {{- if and .Values.nats.enabled (lt (int .Values.nats.replicas) 1) }}
 {{- fail "nats.replicas must be at least 1" }}
 {{- end }}
+{{- include "tokenwarden.nats.checkUpgrade" . }}
 {{- if and (eq .Values.sidecar.nats.auth "secret") (not .Values.sidecar.nats.secret.name) }}
 {{- fail "sidecar.nats.auth is secret: set sidecar.nats.secret.name" }}
 {{- end }}
@@ -177,6 +178,49 @@ imagePullSecrets:
 {{- with .Values.nats.external.issuerCredentials }}
 {{- if and .secretName (not (or .urlKey .credsKey)) }}
 {{- fail "nats.external.issuerCredentials: set urlKey or credsKey" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The NATS mode: one server runs standalone JetStream (no cluster block: a one-server JetStream
+cluster never elects a meta leader, nats-server counts at least two peers), more run a JetStream
+cluster. A standalone server's streams and buckets cannot join a cluster, and a cluster's cannot
+go back, so helm upgrade between the two is refused (docs/kubernetes.md, "Change the number of
+NATS servers") instead of stalling the new servers and losing the key ring and revocations.
+*/}}
+{{- define "tokenwarden.nats.mode" -}}
+{{- ternary "cluster" "standalone" (gt (int .Values.nats.replicas) 1) }}
+{{- end }}
+
+{{/*
+Refuses an upgrade that the running NATS cannot follow. lookup answers only when Helm talks to a
+cluster, so helm template renders regardless. The previous mode comes from the StatefulSet (its
+tokenwarden.io/nats-mode annotation, else its replicas); with the StatefulSet deleted, from the
+ConfigMap, but only while the first server's PVC still holds that mode's state.
+*/}}
+{{- define "tokenwarden.nats.checkUpgrade" -}}
+{{- if .Values.nats.enabled }}
+{{- $name := include "tokenwarden.nats.fullname" . }}
+{{- $ns := .Release.Namespace }}
+{{- $want := include "tokenwarden.nats.mode" . }}
+{{- $prev := "" }}
+{{- $sts := lookup "apps/v1" "StatefulSet" $ns $name }}
+{{- if $sts }}
+{{- $prev = dig "metadata" "annotations" "tokenwarden.io/nats-mode" (ternary "cluster" "standalone" (gt (int (dig "spec" "replicas" 1 $sts)) 1)) $sts }}
+{{- $hadPVC := gt (len (dig "spec" "volumeClaimTemplates" (list) $sts)) 0 }}
+{{- if ne $hadPVC .Values.nats.persistence.enabled }}
+{{- fail (printf "nats.persistence.enabled cannot change on a running release: the volumeClaimTemplates of StatefulSet %s are immutable. Delete it first (kubectl -n %s delete statefulset %s; NATS state is lost unless backed up, see docs/kubernetes.md), then upgrade" $name $ns $name) }}
+{{- end }}
+{{- else }}
+{{- $cm := lookup "v1" "ConfigMap" $ns $name }}
+{{- $pvc := lookup "v1" "PersistentVolumeClaim" $ns (printf "data-%s-0" $name) }}
+{{- if and $cm $pvc }}
+{{- $prev = ternary "cluster" "standalone" (contains "cluster {" (dig "data" "nats.conf" "" $cm)) }}
+{{- end }}
+{{- end }}
+{{- if and $prev (ne $prev $want) }}
+{{- fail (printf "nats.replicas %d would turn the %s NATS of this release into a %s one: JetStream state (signing keys, refresh tokens, revocations) cannot move between a standalone server and a cluster, and the servers would split or lose it. Refused; follow \"Change the number of NATS servers\" in docs/kubernetes.md" (int .Values.nats.replicas) $prev $want) }}
 {{- end }}
 {{- end }}
 {{- end }}
