@@ -68,6 +68,17 @@ func WithVerifyWorkers(n int) ConsumerOption { return func(c *Consumer) { c.work
 // see Run.
 func WithLiveSubscription(on bool) ConsumerOption { return func(c *Consumer) { c.live = on } }
 
+// WithProbeInterval sets how often a running consumer asks JetStream for
+// the stream's state to confirm its set is current (default 5s, jittered
+// by a quarter either way): see Staleness. Tests shorten it.
+func WithProbeInterval(d time.Duration) ConsumerOption {
+	return func(c *Consumer) {
+		if d > 0 {
+			c.probeEvery = d
+		}
+	}
+}
+
 // Tuning of the consumer.
 const (
 	// pullBatch is how many messages JetStream may have in flight to the
@@ -94,11 +105,16 @@ const (
 	maxBackoff = 5 * time.Second
 	// requestTimeout bounds each JetStream API call of the consumer.
 	requestTimeout = 10 * time.Second
-	// streamCheck is how often a running consumer makes sure the stream it
-	// reads is still the one it bound: a stream deleted and created again
-	// starts its sequences over, and a consumer resuming at its old
-	// sequence would skip the new stream's first events.
-	streamCheck = 30 * time.Second
+	// probeInterval is how often a running consumer reads the stream's
+	// state: to confirm its set is current (Staleness), and to make sure
+	// the stream is still the one it bound (a stream deleted and created
+	// again starts its sequences over, and a consumer resuming at its old
+	// sequence would skip the new stream's first events). One small
+	// JetStream API request per consumer per probe.
+	probeInterval = 5 * time.Second
+	// maxProbes bounds the probes waiting for the consumer to reach the
+	// stream's last sequence they saw.
+	maxProbes = 8
 	// resetAttempts is how often the ordered consumer tries to recreate
 	// itself (backing off 1s, 2s, 4s, 8s) before it gives up; Run then
 	// logs the failure and starts over from the last sequence processed.
@@ -126,16 +142,18 @@ type Consumer struct {
 	running  atomic.Bool
 	caughtUp atomic.Bool
 	lastSeq  atomic.Uint64
+	fresh    freshness
 
 	// Owned by the goroutine of Run (which applies events too).
 	target     uint64    // stream's last sequence when the replay began
 	created    time.Time // creation time of the stream last bound
+	bound      time.Time // when the current session asked for the stream (real time)
 	started    time.Time
 	lastDrop   time.Time
 	suppressed int
 
 	// Tests shorten these.
-	streamCheck   time.Duration
+	probeEvery    time.Duration
 	resetAttempts int
 }
 
@@ -154,7 +172,7 @@ func NewConsumer(js jetstream.JetStream, prefix string, trusted []ed25519.Public
 		workers: runtime.GOMAXPROCS(0),
 		live:    true,
 
-		streamCheck:   streamCheck,
+		probeEvery:    probeInterval,
 		resetAttempts: resetAttempts,
 	}
 	for _, o := range opts {
@@ -175,6 +193,22 @@ func (c *Consumer) CaughtUp() bool { return c.caughtUp.Load() }
 // LastSeq is the stream sequence of the last message processed (applied
 // or dropped).
 func (c *Consumer) LastSeq() uint64 { return c.lastSeq.Load() }
+
+// Staleness is how long ago the consumer last confirmed, against
+// JetStream, that its set held every event the stream held at that moment;
+// ok is false until the first replay is done (there is nothing to be
+// stale yet: CaughtUp is false). A running consumer confirms it on every
+// probe of the stream (see WithProbeInterval) once it has processed up to
+// the last sequence the probe saw, so the staleness stays within about a
+// probe interval while NATS is reachable, also under a steady flood of
+// events, and grows while NATS, the stream or the consumer is not. It is
+// measured in real time, whatever WithClock says.
+func (c *Consumer) Staleness() (d time.Duration, ok bool) {
+	if !c.caughtUp.Load() {
+		return 0, false
+	}
+	return c.fresh.since(), true
+}
 
 // Run consumes until ctx is done, then returns nil.
 //
@@ -200,18 +234,32 @@ func (c *Consumer) LastSeq() uint64 { return c.lastSeq.Load() }
 // again, Run replays the new one from its start. No event is skipped, and
 // Set.Apply's idempotence means none is applied twice. Run returns an
 // error only if it cannot work at all: no trusted key, or the NATS
-// connection closed for good. GC of the set is the caller's (Set.RunGC).
-func (c *Consumer) Run(ctx context.Context) error {
+// connection closed for good (the caller then connects again and calls
+// RunOn; internal/natsconn.Run does both). GC of the set is the caller's
+// (Set.RunGC).
+func (c *Consumer) Run(ctx context.Context) error { return c.RunOn(ctx, c.js) }
+
+// RunOn is Run on js rather than the JetStream context given to
+// NewConsumer: a caller that replaces a NATS connection closed for good
+// runs the consumer again on the new one, and it resumes where it stopped
+// (the set, the last sequence and CaughtUp carry over). Calls must not
+// overlap.
+func (c *Consumer) RunOn(ctx context.Context, js jetstream.JetStream) error {
 	if len(c.trusted) == 0 {
 		return errors.New("revocation consumer: no trusted distribution key")
+	}
+	if js == nil {
+		return errors.New("revocation consumer: no JetStream context")
 	}
 	if !c.running.CompareAndSwap(false, true) {
 		return errors.New("revocation consumer: already running")
 	}
 	defer c.running.Store(false)
-	c.started = c.now()
+	if c.started.IsZero() {
+		c.started = c.now()
+	}
 	if c.live {
-		sub, err := c.js.Conn().Subscribe(subjects(c.prefix), c.onLive)
+		sub, err := js.Conn().Subscribe(subjects(c.prefix), c.onLive)
 		if err != nil {
 			c.log.Warn("revocation live subscription failed; events arrive through JetStream only", "err", err)
 		} else {
@@ -220,21 +268,24 @@ func (c *Consumer) Run(ctx context.Context) error {
 	}
 	backoff := minBackoff
 	failures := 0
+	var warned time.Time
 	for {
-		progress, err := c.session(ctx)
+		progress, err := c.session(ctx, js)
 		if ctx.Err() != nil {
 			return nil
 		}
-		if conn := c.js.Conn(); conn != nil && conn.IsClosed() {
+		if conn := js.Conn(); conn != nil && conn.IsClosed() {
 			return fmt.Errorf("revocation consumer: %w", nats.ErrConnectionClosed)
 		}
 		if progress {
 			backoff, failures = minBackoff, 0
 		}
 		failures++
+		// A Warn for the first failure and one a minute while they last:
+		// an outage stays visible without a line per attempt.
 		lvl := slog.LevelDebug
-		if failures == 1 || failures%20 == 0 {
-			lvl = slog.LevelWarn
+		if failures == 1 || time.Since(warned) >= time.Minute {
+			lvl, warned = slog.LevelWarn, time.Now()
 		}
 		c.log.Log(ctx, lvl, "revocation stream unavailable, retrying",
 			"stream", StreamName(c.prefix), "err", err, "attempt", failures, "retry_in", backoff)
@@ -262,12 +313,16 @@ type job struct {
 // session binds the stream, creates an ordered consumer from where the
 // last session stopped and processes messages until something fails. It
 // reports whether it processed any message.
-func (c *Consumer) session(ctx context.Context) (progress bool, err error) {
+func (c *Consumer) session(ctx context.Context, js jetstream.JetStream) (progress bool, err error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 
+	// Probes of an earlier session may name sequences of a stream since
+	// recreated.
+	c.fresh.clear()
+	c.bound = time.Now()
 	rctx, rcancel := context.WithTimeout(ctx, requestTimeout)
-	stream, err := c.js.Stream(rctx, StreamName(c.prefix))
+	stream, err := js.Stream(rctx, StreamName(c.prefix))
 	rcancel()
 	if err != nil {
 		return false, fmt.Errorf("bind stream: %w", err)
@@ -308,6 +363,10 @@ func (c *Consumer) session(ctx context.Context) (progress bool, err error) {
 	if !c.caughtUp.Load() && (state.Msgs == 0 || state.LastSeq <= last) {
 		c.markCaughtUp(0)
 	}
+	if c.caughtUp.Load() && state.LastSeq <= last {
+		// Nothing was published while this consumer was away.
+		c.fresh.confirm(c.bound)
+	}
 	if info := cons.CachedInfo(); info != nil && info.NumPending == 0 && !c.caughtUp.Load() {
 		c.markCaughtUp(0)
 	}
@@ -326,7 +385,10 @@ func (c *Consumer) session(ctx context.Context) (progress bool, err error) {
 	for range c.workers {
 		go c.verify(ctx, work)
 	}
-	go c.watchStream(ctx, cancel, stream, info.Created)
+	watched := make(chan struct{})
+	go func() { defer close(watched); c.watchStream(ctx, cancel, js.Conn(), stream, cons, info.Created) }()
+	// A probe of this session must not land after the next one began.
+	defer func() { cancel(nil); <-watched }()
 	progress, err = c.apply(ctx, cons, order, readErr)
 	if cause := context.Cause(ctx); ctx.Err() != nil && cause != nil {
 		err = cause
@@ -334,28 +396,65 @@ func (c *Consumer) session(ctx context.Context) (progress bool, err error) {
 	return progress, err
 }
 
-// watchStream ends the session when the stream is gone or is no longer
-// the one the session bound.
-func (c *Consumer) watchStream(ctx context.Context, cancel context.CancelCauseFunc, stream jetstream.Stream, created time.Time) {
-	t := time.NewTicker(c.streamCheck)
-	defer t.Stop()
+// watchStream probes the stream every probe interval (jittered, so the
+// sidecars of a cluster do not ask together): it ends the session when
+// the stream is gone or is no longer the one the session bound, and
+// otherwise records what the probe proves about the set's freshness.
+func (c *Consumer) watchStream(ctx context.Context, cancel context.CancelCauseFunc, nc *nats.Conn, stream jetstream.Stream, cons jetstream.Consumer, created time.Time) {
+	// A probe outlived by the next proves little, and one sent while
+	// disconnected would wait in nats.go's reconnect buffer.
+	timeout := min(requestTimeout, max(c.probeEvery, time.Second))
 	for {
-		select {
-		case <-ctx.Done():
+		wait := c.probeEvery*3/4 + rand.N(c.probeEvery/2+1) // #nosec G404 -- jitter, not a secret
+		if !sleep(ctx, wait) {
 			return
-		case <-t.C:
 		}
-		rctx, rcancel := context.WithTimeout(ctx, requestTimeout)
+		if nc != nil && !nc.IsConnected() {
+			continue
+		}
+		// Taken before the request: the state it returns holds at least
+		// every event stored by then.
+		t := time.Now()
+		rctx, rcancel := context.WithTimeout(ctx, timeout)
 		info, err := stream.Info(rctx)
 		rcancel()
 		switch {
 		case errors.Is(err, jetstream.ErrStreamNotFound):
 			cancel(errStreamRecreated)
 			return
-		case err == nil && !info.Created.Equal(created):
+		case err != nil:
+			continue
+		case !info.Created.Equal(created):
 			cancel(errStreamRecreated)
 			return
 		}
+		if c.fresh.await(t, info.State.LastSeq, &c.lastSeq, maxProbes) {
+			continue
+		}
+		// Behind the stream's last sequence. That is usually events in
+		// flight, which applyBatch confirms on arrival; but the events
+		// at the end of the stream may have expired before they were
+		// delivered, and then the last sequence is never reached: what
+		// proves the set current then is that JetStream has nothing left
+		// to deliver and everything it delivered was processed.
+		t = time.Now()
+		rctx, rcancel = context.WithTimeout(ctx, timeout)
+		ci, err := cons.Info(rctx)
+		rcancel()
+		if err == nil && ci.NumPending == 0 && ci.Delivered.Stream <= c.lastSeq.Load() {
+			c.fresh.confirm(t)
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }
 
@@ -559,6 +658,7 @@ func (c *Consumer) applyBatch(batch []*job, events []*Event, applied []bool) {
 			break
 		}
 	}
+	c.fresh.reached(c.lastSeq.Load())
 	if !c.caughtUp.Load() && (c.lastSeq.Load() >= c.target || lastJob.pending == 0) {
 		c.markCaughtUp(lastJob.pending)
 	}
@@ -600,6 +700,9 @@ func (c *Consumer) checkReplayed(ctx context.Context, cons jetstream.Consumer) {
 }
 
 func (c *Consumer) markCaughtUp(lag uint64) {
+	// The replay has applied everything the stream held when this session
+	// bound it, at the latest.
+	c.fresh.confirm(c.bound)
 	if c.caughtUp.CompareAndSwap(false, true) {
 		c.obsMu.Lock()
 		c.obs.Lag(lag)
@@ -607,6 +710,83 @@ func (c *Consumer) markCaughtUp(lag uint64) {
 		c.log.Info("revocation stream replayed", "stream", StreamName(c.prefix),
 			"last_seq", c.lastSeq.Load(), "events", c.set.Len(), "took", c.now().Sub(c.started).Round(time.Millisecond))
 	}
+}
+
+// freshness tracks when the set was last confirmed to hold every event
+// the stream held at that moment, and the probes that will confirm it once
+// the consumer reaches the stream's last sequence they saw.
+type freshness struct {
+	mu     sync.Mutex
+	at     time.Time // real time, with its monotonic reading
+	probes []probe
+}
+
+// probe: at time t the stream's last sequence was at most seq.
+type probe struct {
+	t   time.Time
+	seq uint64
+}
+
+func (f *freshness) since() time.Duration {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.at.IsZero() {
+		return 0
+	}
+	return max(time.Since(f.at), 0)
+}
+
+func (f *freshness) confirm(t time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.confirmLocked(t)
+}
+
+func (f *freshness) confirmLocked(t time.Time) {
+	if t.After(f.at) {
+		f.at = t
+	}
+}
+
+func (f *freshness) clear() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.probes = f.probes[:0]
+}
+
+// await records a probe at t that saw last sequence seq, and reports
+// whether the consumer had already processed it (the probe then confirmed
+// the set at once). lastSeq is read under the lock, after the probe is
+// recorded: applyBatch stores the sequence and then calls reached, so one
+// of the two sees the other.
+func (f *freshness) await(t time.Time, seq uint64, lastSeq *atomic.Uint64, limit int) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if lastSeq.Load() >= seq {
+		f.confirmLocked(t)
+		return true
+	}
+	if len(f.probes) >= limit {
+		// The newest probes prove the most once reached.
+		f.probes = append(f.probes[:0], f.probes[1:]...)
+	}
+	f.probes = append(f.probes, probe{t: t, seq: seq})
+	return false
+}
+
+// reached confirms every probe whose sequence the consumer has processed.
+func (f *freshness) reached(lastSeq uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	kept := f.probes[:0]
+	for _, p := range f.probes {
+		if p.seq <= lastSeq {
+			f.confirmLocked(p.t)
+		} else {
+			kept = append(kept, p)
+		}
+	}
+	f.probes = kept
 }
 
 // seenCache remembers the events the live subscription verified, by the

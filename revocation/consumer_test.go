@@ -481,7 +481,7 @@ func TestConsumerStreamRecreated(t *testing.T) {
 	set := NewSet()
 	// Live subscription off: it would apply the new stream's events itself.
 	c := NewConsumer(js, testPrefix, []ed25519.PublicKey{pub}, set, WithLogger(testLogger()), WithLiveSubscription(false))
-	c.streamCheck = 50 * time.Millisecond
+	c.probeEvery = 50 * time.Millisecond
 	publishN(t, p, 10, "old")
 	runConsumer(t, c)
 	eventually(t, waitLong, "old events", func() bool { return set.Len() == 10 })

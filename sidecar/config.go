@@ -60,6 +60,11 @@ type Config struct {
 	// KeyRefreshInterval is the least time between on-demand key refreshes
 	// caused by tokens with an unknown kid.
 	KeyRefreshInterval time.Duration `yaml:"key_refresh_interval"`
+	// RevocationMaxStaleness is how long the revocation set may go without
+	// being confirmed current against the stream before the sidecar
+	// reports not ready. /verify keeps answering from the set it holds
+	// (see docs/security.md).
+	RevocationMaxStaleness time.Duration `yaml:"revocation_max_staleness"`
 	// AccessLog logs every request at Info (method, route, status,
 	// latency, peer; never tokens). Off saves a log line per verification
 	// on a busy pod.
@@ -73,16 +78,25 @@ type NATSConfig struct {
 	CredsFile string `yaml:"creds_file"`
 }
 
+// Revocation staleness bound: the default, and the least accepted (the
+// consumer confirms its set every 5s or so, and a bound within a few
+// probes of that would flap).
+const (
+	DefaultRevocationMaxStaleness = time.Minute
+	minRevocationMaxStaleness     = 15 * time.Second
+)
+
 // DefaultConfig returns the contract's defaults.
 func DefaultConfig() Config {
 	return Config{
-		Listen:             "127.0.0.1:8181",
-		Leeway:             jwks.DefaultLeeway,
-		MaxTokenSize:       jwks.DefaultMaxTokenSize,
-		TokenCacheSize:     10_000,
-		NATS:               NATSConfig{URL: "nats://127.0.0.1:4222", Prefix: "tokenwarden"},
-		KeyRefreshInterval: 30 * time.Second,
-		AccessLog:          true,
+		Listen:                 "127.0.0.1:8181",
+		Leeway:                 jwks.DefaultLeeway,
+		MaxTokenSize:           jwks.DefaultMaxTokenSize,
+		TokenCacheSize:         10_000,
+		NATS:                   NATSConfig{URL: "nats://127.0.0.1:4222", Prefix: "tokenwarden"},
+		KeyRefreshInterval:     30 * time.Second,
+		RevocationMaxStaleness: DefaultRevocationMaxStaleness,
+		AccessLog:              true,
 	}
 }
 
@@ -137,6 +151,9 @@ func (c *Config) Validate() error {
 	}
 	if c.KeyRefreshInterval < time.Second {
 		add("key_refresh_interval: %s is below 1s", c.KeyRefreshInterval)
+	}
+	if c.RevocationMaxStaleness < minRevocationMaxStaleness {
+		add("revocation_max_staleness: %s is below %s", c.RevocationMaxStaleness, minRevocationMaxStaleness)
 	}
 	return errors.Join(errs...)
 }

@@ -43,6 +43,9 @@ type world struct {
 	seq   uint64
 	clock *fakeClock
 	dir   string
+	// connOpts are the options of the test's own NATS connections (the
+	// credentials of a server that requires them).
+	connOpts []nats.Option
 }
 
 func newWorld(t testing.TB, alg jwks.Algorithm) *world {
@@ -53,6 +56,13 @@ func newWorld(t testing.TB, alg jwks.Algorithm) *world {
 		t.Fatal(err)
 	}
 	t.Cleanup(ns.Stop)
+	return newWorldOn(t, alg, ns, dir)
+}
+
+// newWorldOn is newWorld on a server the caller started (and stops); the
+// test's own connections use connOpts.
+func newWorldOn(t testing.TB, alg jwks.Algorithm, ns *embeddednats.Server, dir string, connOpts ...nats.Option) *world {
+	t.Helper()
 	_, dist, _ := ed25519.GenerateKey(rand.Reader)
 	p := jwks.DefaultPolicy()
 	p.Alg = alg
@@ -60,14 +70,14 @@ func newWorld(t testing.TB, alg jwks.Algorithm) *world {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := &world{t: t, nats: ns, ring: ring, dist: dist, clock: testenv.NewClock(), dir: dir}
+	w := &world{t: t, nats: ns, ring: ring, dist: dist, clock: testenv.NewClock(), dir: dir, connOpts: connOpts}
 	w.kv = w.bucket()
 	w.publish(ring)
 	return w
 }
 
 func (w *world) bucket() jetstream.KeyValue {
-	nc, err := nats.Connect(w.nats.URL())
+	nc, err := nats.Connect(w.nats.URL(), w.connOpts...)
 	if err != nil {
 		w.t.Fatal(err)
 	}

@@ -89,6 +89,20 @@ func newMetrics(s *Sidecar) *metrics {
 			return float64(s.revocations.Len())
 		}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tokenwarden_revocation_staleness_seconds",
+			Help: "Time since the revocation set was last confirmed to hold every event of the stream (-1: not replayed yet, or an external checker).",
+		}, func() float64 {
+			c := s.consumer.Load()
+			if c == nil {
+				return -1
+			}
+			d, ok := c.Staleness()
+			if !ok {
+				return -1
+			}
+			return d.Seconds()
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "tokenwarden_jwks_bundle_sequence", Help: "Sequence number of the JWKS bundle held (0: none, or keys from the HTTPS fallback).",
 		}, func() float64 { return float64(s.keys.Status().Sequence) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{

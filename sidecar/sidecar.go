@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokenwarden/tokenwarden/internal/natsconn"
@@ -34,6 +35,7 @@ type Sidecar struct {
 	consumer    atomic.Pointer[revocation.Consumer]
 
 	setClock func() time.Time // the revocation set's clock: now minus leeway
+	tuning   tuning
 
 	natsUp atomic.Bool
 	// kick asks Run for an on-demand key refresh (a token named an unknown
@@ -56,6 +58,14 @@ type options struct {
 	now       func() time.Time
 	revoked   RevocationChecker
 	onRevoked func(*revocation.Event)
+	tuning    tuning
+}
+
+// tuning holds what tests shorten: minutes of real time otherwise.
+type tuning struct {
+	maxStaleness   time.Duration // overrides the config's bound, unvalidated
+	probeEvery     time.Duration // revocation.WithProbeInterval
+	reconnectRange [2]time.Duration
 }
 
 // WithLogger sets the logger (default slog.Default()).
@@ -105,7 +115,10 @@ func New(cfg Config, opts ...Option) (*Sidecar, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Sidecar{cfg: cfg, log: o.log, now: o.now, keys: keys, kick: make(chan struct{}, 1), trusted: trusted}
+	s := &Sidecar{cfg: cfg, log: o.log, now: o.now, keys: keys, kick: make(chan struct{}, 1), trusted: trusted, tuning: o.tuning}
+	if s.tuning.maxStaleness > 0 {
+		s.cfg.RevocationMaxStaleness = s.tuning.maxStaleness
+	}
 	if o.revoked == nil {
 		// An event lives until the last token it matches has expired, by
 		// the issuer's reckoning. This sidecar accepts tokens for its own
@@ -123,6 +136,13 @@ func New(cfg Config, opts ...Option) (*Sidecar, error) {
 		leeway: int64(v.Leeway() / time.Second), now: o.now, unknownKID: s.kickRefresh}
 	s.metrics = newMetrics(s)
 	s.metrics.onApplied = o.onRevoked
+	if s.revocations != nil {
+		// One consumer for the life of the sidecar: it carries the set's
+		// position in the stream across NATS connections.
+		s.consumer.Store(revocation.NewConsumer(nil, cfg.NATS.Prefix, trusted, s.revocations,
+			revocation.WithLogger(o.log), revocation.WithClock(o.now), revocation.WithObserver(s.metrics),
+			revocation.WithProbeInterval(o.tuning.probeEvery)))
+	}
 	return s, nil
 }
 
@@ -139,25 +159,16 @@ func (s *Sidecar) Ready() bool {
 	return ready
 }
 
-// Run connects to NATS and keeps the keys current until ctx ends. While
-// NATS is unreachable the sidecar keeps verifying with the keys it holds.
+// Run connects to NATS and keeps the keys and revocations current until
+// ctx ends. While NATS is unreachable the sidecar keeps verifying with
+// what it holds and reconnects for ever, whatever the error (refused
+// credentials included); if the connection still closes for good, Run
+// builds a new one and resumes the key watch and the revocation consumer
+// on it. It returns an error only for a malformed NATS URL or credentials
+// file.
 func (s *Sidecar) Run(ctx context.Context) error {
-	nc, err := natsconn.Connect(natsconn.Options{URL: s.cfg.NATS.URL, Name: "tokenwarden-sidecar", CredsFile: s.cfg.NATS.CredsFile,
-		Logger: s.log, OnState: s.natsState})
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return fmt.Errorf("jetstream: %w", err)
-	}
 	var wg sync.WaitGroup
-	wg.Go(func() {
-		if err := s.keys.Run(ctx, js); err != nil {
-			s.log.Error("key cache stopped", "err", err)
-		}
-	})
+	defer wg.Wait()
 	wg.Go(func() {
 		for {
 			select {
@@ -169,18 +180,44 @@ func (s *Sidecar) Run(ctx context.Context) error {
 		}
 	})
 	if s.revocations != nil {
-		c := revocation.NewConsumer(js, s.cfg.NATS.Prefix, s.trusted, s.revocations,
-			revocation.WithLogger(s.log), revocation.WithClock(s.now), revocation.WithObserver(s.metrics))
-		s.consumer.Store(c)
-		wg.Go(func() {
-			if err := c.Run(ctx); err != nil && ctx.Err() == nil {
-				s.log.Error("revocation consumer stopped", "err", err)
-			}
-		})
 		wg.Go(func() { s.revocations.RunGC(ctx, 10*time.Second, s.setClock) })
 	}
-	wg.Wait()
+	opts := natsconn.Options{URL: s.cfg.NATS.URL, Name: "tokenwarden-sidecar", CredsFile: s.cfg.NATS.CredsFile,
+		Logger: s.log, OnState: s.natsState, ReconnectMin: s.tuning.reconnectRange[0], ReconnectMax: s.tuning.reconnectRange[1]}
+	err := natsconn.Run(ctx, opts, s.follow)
+	if err != nil {
+		return fmt.Errorf("sidecar: %w", err)
+	}
 	return nil
+}
+
+// follow runs the key watch and the revocation consumer on one NATS
+// connection until ctx ends (the sidecar stops, or the connection closed
+// for good and natsconn.Run replaces it).
+func (s *Sidecar) follow(ctx context.Context, nc *nats.Conn) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		// Only for bad options, which jetstream.New is not given.
+		s.log.Error("jetstream", "err", err)
+		<-ctx.Done()
+		return
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() {
+		if err := s.keys.Run(ctx, js); err != nil {
+			s.log.Error("key cache stopped", "err", err)
+		}
+	})
+	if c := s.consumer.Load(); c != nil {
+		wg.Go(func() {
+			// It returns early only when the connection closed for good,
+			// which ends ctx too.
+			if err := c.RunOn(ctx, js); err != nil && ctx.Err() == nil {
+				s.log.Warn("revocation consumer stopped; resuming on a new NATS connection", "err", err)
+			}
+		})
+	}
 }
 
 func (s *Sidecar) natsState(up bool) {
@@ -219,7 +256,20 @@ func (s *Sidecar) readiness() (map[string]string, bool) {
 	case s.revocations == nil:
 		checks["revocations"] = "external checker"
 	case c != nil && c.CaughtUp():
-		checks["revocations"] = fmt.Sprintf("ok: %d live events, stream sequence %d", s.revocations.Len(), c.LastSeq())
+		stale, _ := c.Staleness()
+		bound := s.cfg.RevocationMaxStaleness
+		if stale > bound {
+			// Revocations issued since may not be applied here. /verify
+			// keeps answering (the contract: keep verifying with what it
+			// has); unready takes the pod out of Service endpoints and
+			// tells the operator.
+			checks["revocations"] = fmt.Sprintf("stale for %s (bound %s): not confirmed current against the stream; %d live events, stream sequence %d",
+				stale.Round(time.Second), bound, s.revocations.Len(), c.LastSeq())
+			ready = false
+			break
+		}
+		checks["revocations"] = fmt.Sprintf("ok: %d live events, stream sequence %d, confirmed current %s ago",
+			s.revocations.Len(), c.LastSeq(), stale.Round(time.Second))
 	default:
 		checks["revocations"] = "replaying the revocation stream"
 		ready = false
@@ -231,3 +281,6 @@ func (s *Sidecar) readiness() (map[string]string, bool) {
 	}
 	return checks, ready
 }
+
+// withTuning shortens the sidecar's real-time intervals, for tests.
+func withTuning(t tuning) Option { return func(o *options) { o.tuning = t } }

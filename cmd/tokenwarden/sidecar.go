@@ -28,6 +28,7 @@ func sidecarSettings(c *sidecar.Config) []setting {
 		{flag: "cache-dir", usage: "directory keeping the last good JWKS bundle across restarts", bind: &c.CacheDir},
 		{flag: "jwks-fallback-url", usage: "issuer JWKS URL used only when NATS is unreachable and no bundle is held", bind: &c.JWKSFallbackURL},
 		{flag: "key-refresh-interval", usage: "least time between key refreshes caused by unknown kids", bind: &c.KeyRefreshInterval},
+		{flag: "revocation-max-staleness", usage: "unready once revocations are not confirmed current for this long (at least 15s)", bind: &c.RevocationMaxStaleness},
 		{flag: "access-log", usage: "log every request (true or false)", bind: &c.AccessLog},
 	}
 }

@@ -5,11 +5,13 @@ package natsconn
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -24,7 +26,20 @@ type Options struct {
 	// OnState is told true on every (re)connect and false on every
 	// disconnect; callers feed readiness and metrics from it.
 	OnState func(connected bool)
+	// ReconnectMin and ReconnectMax bound the jittered backoff between
+	// attempts (defaults 100ms and 5s); tests shorten them.
+	ReconnectMin, ReconnectMax time.Duration
 }
+
+// Reconnect backoff defaults.
+const (
+	defaultReconnectMin = 100 * time.Millisecond
+	defaultReconnectMax = 5 * time.Second
+	// warnEvery is how often a streak of failed connection attempts is
+	// logged at Warn after its first: a long outage stays visible without a
+	// line per attempt.
+	warnEvery = time.Minute
+)
 
 // Connect returns a connection that retries in the background while the
 // server is unreachable: it never fails because NATS is down, only for a
@@ -39,24 +54,60 @@ func Connect(o Options) (*nats.Conn, error) {
 			o.OnState(up)
 		}
 	}
+	minD, maxD := o.ReconnectMin, o.ReconnectMax
+	if minD <= 0 {
+		minD = defaultReconnectMin
+	}
+	if maxD <= 0 {
+		maxD = defaultReconnectMax
+	}
+	fails := &failureLog{log: log, now: time.Now}
 	opts := []nats.Option{
 		nats.Name(o.Name),
 		nats.RetryOnFailedConnect(true),
 		nats.MaxReconnects(-1),
+		// By default nats.go closes the connection for good when the
+		// server refuses the credentials twice in a row. Credentials are
+		// fixed for the life of the process but the server's can change
+		// and change back (a NATS reinstalled with new passwords, then
+		// its secret restored): retry like any other outage.
+		nats.IgnoreAuthErrorAbort(),
 		nats.PingInterval(5 * time.Second),
 		nats.MaxPingsOutstanding(2),
-		nats.CustomReconnectDelay(Backoff(100*time.Millisecond, 5*time.Second)),
+		nats.CustomReconnectDelay(Backoff(minD, maxD)),
 		nats.ConnectHandler(func(nc *nats.Conn) {
+			fails.reset()
 			log.Info("NATS connected", "url", nc.ConnectedUrlRedacted())
 			state(true)
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
+			fails.reset()
 			log.Info("NATS reconnected", "url", nc.ConnectedUrlRedacted())
 			state(true)
 		}),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
 				log.Warn("NATS disconnected; reconnecting", "err", err)
+			}
+			state(false)
+		}),
+		nats.ReconnectErrHandler(func(_ *nats.Conn, err error) {
+			fails.failed("NATS connection attempt failed; retrying", err)
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			switch {
+			case sub == nil && isAuthError(err):
+				// Reported on every attempt while the server refuses us.
+				fails.failed("NATS refused the credentials; retrying", err)
+			case sub != nil:
+				log.Warn("NATS subscription error", "subject", sub.Subject, "err", err)
+			default:
+				log.Warn("NATS error", "err", err)
+			}
+		}),
+		nats.ClosedHandler(func(nc *nats.Conn) {
+			if err := nc.LastError(); err != nil {
+				log.Warn("NATS connection closed", "err", err)
 			}
 			state(false)
 		}),
@@ -75,6 +126,128 @@ func Connect(o Options) (*nats.Conn, error) {
 		state(false)
 	}
 	return nc, nil
+}
+
+// isAuthError reports the errors nats.go gets when the server refuses the
+// client's credentials.
+func isAuthError(err error) bool {
+	return errors.Is(err, nats.ErrAuthorization) || errors.Is(err, nats.ErrAuthExpired) ||
+		errors.Is(err, nats.ErrAuthRevoked) || errors.Is(err, nats.ErrAccountAuthExpired)
+}
+
+// failureLog logs a streak of failed connection attempts: the first at
+// Warn, then one Warn every warnEvery saying how many failed meanwhile, the
+// rest at Debug.
+type failureLog struct {
+	log *slog.Logger
+	now func() time.Time
+
+	mu       sync.Mutex
+	streak   int
+	lastWarn time.Time
+}
+
+func (f *failureLog) failed(msg string, err error) {
+	f.mu.Lock()
+	f.streak++
+	n, now := f.streak, f.now()
+	warn := n == 1 || now.Sub(f.lastWarn) >= warnEvery
+	if warn {
+		f.lastWarn = now
+	}
+	f.mu.Unlock()
+	lvl := slog.LevelDebug
+	if warn {
+		lvl = slog.LevelWarn
+	}
+	f.log.Log(context.Background(), lvl, msg, "err", err, "failed_attempts", n)
+}
+
+func (f *failureLog) reset() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.streak = 0
+}
+
+// Run keeps a NATS connection for as long as ctx lasts. It connects (see
+// Connect) and runs f with the connection and a context that ends when
+// ctx ends or the connection closes for good, which nats.go still does on
+// some server errors. After such a close it connects again, with capped
+// jittered backoff, and runs f again, for ever: nothing that depends on
+// NATS may stop for good while the process runs. f must return once its
+// context ends; the connection is closed after it returns.
+//
+// Run returns an error only if the first Connect fails (a malformed URL or
+// credentials file), and nil once ctx ends.
+func Run(ctx context.Context, o Options, f func(ctx context.Context, nc *nats.Conn)) error {
+	log := o.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	delay := Backoff(time.Second, 30*time.Second)
+	nc, err := Connect(o)
+	if err != nil {
+		return err
+	}
+	for attempt := 1; ; attempt++ {
+		if nc != nil && serve(ctx, log, nc, f) {
+			// A connection that served a while starts the backoff over.
+			attempt = 1
+		}
+		if !Sleep(ctx, delay(attempt)) { // false at once when ctx has ended
+			return nil
+		}
+		nc = reconnect(o, log, attempt)
+	}
+}
+
+// reconnect connects again with options that connected before, so
+// whatever fails (a credentials file being rotated) may pass next time:
+// it logs the failure and returns nil.
+func reconnect(o Options, log *slog.Logger, attempt int) *nats.Conn {
+	nc, err := Connect(o)
+	if err != nil {
+		log.Warn("NATS connection could not be rebuilt; retrying", "err", err, "attempt", attempt)
+		return nil
+	}
+	return nc
+}
+
+// serve runs f on nc (see runConn) and reports whether nc closed for good
+// while ctx lasts.
+func serve(ctx context.Context, log *slog.Logger, nc *nats.Conn, f func(context.Context, *nats.Conn)) bool {
+	closedForGood := runConn(ctx, nc, f)
+	if closedForGood {
+		log.Warn("NATS connection closed for good; building a new one", "err", nc.LastError())
+	}
+	return closedForGood
+}
+
+// runConn runs f until ctx ends or nc closes, then closes nc; it reports
+// whether nc had closed by itself.
+func runConn(ctx context.Context, nc *nats.Conn, f func(context.Context, *nats.Conn)) bool {
+	defer nc.Close()
+	closed := nc.StatusChanged(nats.CLOSED)
+	defer nc.RemoveStatusListener(closed)
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f(cctx, nc)
+	}()
+	if nc.IsClosed() { // closed before the listener was registered
+		cancel()
+	}
+	select {
+	case <-done:
+	case <-closed:
+		cancel()
+		<-done
+	case <-cctx.Done():
+		<-done
+	}
+	return nc.IsClosed() && ctx.Err() == nil
 }
 
 // Retry runs f until it succeeds or ctx ends, with capped exponential

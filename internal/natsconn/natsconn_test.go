@@ -3,13 +3,18 @@ package natsconn
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 
 	"github.com/tokenwarden/tokenwarden/internal/embeddednats"
 )
@@ -108,5 +113,109 @@ func TestRedact(t *testing.T) {
 		if got := Redact(in); got != want || strings.Contains(got, "s3cret") || strings.Contains(got, "tok3n") {
 			t.Errorf("Redact(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// authServer starts a server (no JetStream) whose user "u" has password
+// pw; reload changes it under running clients.
+func authServer(t *testing.T, port int, pw string) *server.Server {
+	t.Helper()
+	srv, err := server.NewServer(authOptions(port, pw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Start()
+	if !srv.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats not ready")
+	}
+	t.Cleanup(srv.Shutdown)
+	return srv
+}
+
+func authOptions(port int, pw string) *server.Options {
+	return &server.Options{Host: "127.0.0.1", Port: port, NoSigs: true, NoLog: true,
+		Users: []*server.User{{Username: "u", Password: pw}}}
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = ln.Close() }()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// TestConnectSurvivesAuthErrors: the server refuses the client's password
+// many times in a row (nats.go closes the connection for good after the
+// same auth error twice unless told otherwise); once the password is
+// back, the client reconnects by itself.
+func TestConnectSurvivesAuthErrors(t *testing.T) {
+	port := freePort(t)
+	srv := authServer(t, port, "one")
+	var refused atomic.Int32
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	nc, err := Connect(Options{URL: fmt.Sprintf("nats://u:one@127.0.0.1:%d", port), Name: "test", Logger: log,
+		ReconnectMin: 10 * time.Millisecond, ReconnectMax: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	waitUntil(t, nc.IsConnected)
+	nc.SetErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+		if errors.Is(err, nats.ErrAuthorization) {
+			refused.Add(1)
+		}
+	})
+	if err := srv.ReloadOptions(authOptions(port, "two")); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, func() bool { return refused.Load() >= 5 })
+	if nc.IsClosed() {
+		t.Fatal("connection closed for good after repeated authorization violations")
+	}
+	if err := srv.ReloadOptions(authOptions(port, "one")); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, nc.IsConnected)
+}
+
+// TestRunRebuildsClosedConnection: when the connection closes for good
+// (here closed under Run's feet), Run gives f a new one; it returns nil
+// once ctx ends, and an error only for options that cannot connect at all.
+func TestRunRebuildsClosedConnection(t *testing.T) {
+	ns, err := embeddednats.Start(embeddednats.Config{Addr: "127.0.0.1:0", StoreDir: filepath.Join(t.TempDir(), "a")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Stop()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	conns := make(chan *nats.Conn, 4)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, Options{URL: ns.URL(), Name: "test", Logger: log}, func(ctx context.Context, nc *nats.Conn) {
+			conns <- nc
+			<-ctx.Done()
+		})
+	}()
+	first := <-conns
+	first.Close()
+	select {
+	case second := <-conns:
+		if second == first {
+			t.Fatal("the closed connection was given again")
+		}
+		waitUntil(t, second.IsConnected)
+	case <-time.After(15 * time.Second):
+		t.Fatal("no new connection after the first closed for good")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run after ctx ended: %v", err)
+	}
+	if err := Run(t.Context(), Options{URL: "nats://%zz", Logger: log}, func(context.Context, *nats.Conn) {}); err == nil {
+		t.Fatal("Run with a malformed URL returned nil")
 	}
 }
