@@ -51,14 +51,29 @@ func (s familyStore) create(ctx context.Context, f *family) error {
 	if err != nil {
 		return err
 	}
-	if _, err := s.kv.Create(ctx, f.ID, b); err != nil {
+	retried := false
+	err = retryFailover(ctx, func() error {
+		_, err := s.kv.Create(ctx, f.ID, b)
+		if err != nil && transient(err) {
+			retried = true
+		}
+		return err
+	})
+	if err != nil && retried && errors.Is(err, jetstream.ErrKeyExists) && landed(ctx, s.kv, f.ID, b) {
+		err = nil // the attempt whose reply a failover lost had stored it
+	}
+	if err != nil {
 		return fmt.Errorf("store refresh token family: %w", err)
 	}
 	return nil
 }
 
 func (s familyStore) get(ctx context.Context, id string) (*family, uint64, error) {
-	e, err := s.kv.Get(ctx, id)
+	var e jetstream.KeyValueEntry
+	err := retryFailover(ctx, func() (err error) {
+		e, err = s.kv.Get(ctx, id)
+		return err
+	})
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil, 0, errFamilyNotFound
 	}
@@ -77,8 +92,18 @@ func (s familyStore) update(ctx context.Context, f *family, rev uint64) error {
 	if err != nil {
 		return err
 	}
-	_, err = s.kv.Update(ctx, f.ID, b, rev)
+	retried := false
+	err = retryFailover(ctx, func() error {
+		_, err := s.kv.Update(ctx, f.ID, b, rev)
+		if err != nil && transient(err) {
+			retried = true
+		}
+		return err
+	})
 	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		if retried && landed(ctx, s.kv, f.ID, b) {
+			return nil // the attempt whose reply a failover lost had stored it
+		}
 		return errFamilyConflict
 	}
 	if err != nil {

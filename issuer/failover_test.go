@@ -1,0 +1,125 @@
+package issuer
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tokenwarden/tokenwarden/internal/testenv"
+)
+
+// lossyKV is a real bucket whose next few writes lose their reply the way a
+// NATS failover loses it: the write lands, the caller gets
+// nats.ErrDisconnected. (A real failover cannot be timed to hit one request.)
+type lossyKV struct {
+	jetstream.KeyValue
+	lose atomic.Int32 // writes left that land but lose their reply
+	fail atomic.Int32 // calls left that fail before reaching the server
+}
+
+func (k *lossyKV) fault() (lost bool, err error) {
+	if k.fail.Add(-1) >= 0 {
+		return false, nats.ErrNoResponders
+	}
+	return k.lose.Add(-1) >= 0, nil
+}
+
+func (k *lossyKV) Create(ctx context.Context, key string, value []byte, opts ...jetstream.KVCreateOpt) (uint64, error) {
+	lost, err := k.fault()
+	if err != nil {
+		return 0, err
+	}
+	rev, err := k.KeyValue.Create(ctx, key, value, opts...)
+	if lost && err == nil {
+		return 0, nats.ErrDisconnected
+	}
+	return rev, err
+}
+
+func (k *lossyKV) Update(ctx context.Context, key string, value []byte, last uint64) (uint64, error) {
+	lost, err := k.fault()
+	if err != nil {
+		return 0, err
+	}
+	rev, err := k.KeyValue.Update(ctx, key, value, last)
+	if lost && err == nil {
+		return 0, nats.ErrDisconnected
+	}
+	return rev, err
+}
+
+func (k *lossyKV) Get(ctx context.Context, key string) (jetstream.KeyValueEntry, error) {
+	if _, err := k.fault(); err != nil {
+		return nil, err
+	}
+	return k.KeyValue.Get(ctx, key)
+}
+
+// TestFamilyStoreRidesOutFailover: a refresh-token family write whose reply
+// a NATS failover lost, or that found no responder for a moment, succeeds
+// on retry instead of failing the token request; a real conflict is still a
+// conflict. Before, the NATS rollout of test/k8s failed a login with 503
+// "nats: server is disconnected".
+func TestFamilyStoreRidesOutFailover(t *testing.T) {
+	ctx := t.Context()
+	ns := testenv.NATS(t, t.TempDir())
+	nc, err := nats.Connect(ns.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	real, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "families"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv := &lossyKV{KeyValue: real}
+	s := familyStore{kv: kv}
+
+	f := &family{ID: "fam1", Current: "h1"}
+	kv.fail.Store(2)
+	kv.lose.Store(1)
+	if err := s.create(ctx, f); err != nil {
+		t.Fatalf("create through a failover: %v", err)
+	}
+	kv.fail.Store(1)
+	got, rev, err := s.get(ctx, "fam1")
+	if err != nil || got.Current != "h1" {
+		t.Fatalf("get through a failover: %v %+v", err, got)
+	}
+	got.Current, got.Used = "h2", []string{"h1"}
+	kv.lose.Store(1)
+	if err := s.update(ctx, got, rev); err != nil {
+		t.Fatalf("update whose reply was lost: %v", err)
+	}
+	// Another writer's change, then an update from the old revision: a conflict, lost reply or not.
+	_, rev2, _ := s.get(ctx, "fam1")
+	if _, err := real.Update(ctx, "fam1", []byte(`{"id":"fam1","current":"other"}`), rev2); err != nil {
+		t.Fatal(err)
+	}
+	got.Current = "h3"
+	kv.fail.Store(1)
+	if err := s.update(ctx, got, rev2); !errors.Is(err, errFamilyConflict) {
+		t.Fatalf("update from a stale revision: %v, want a conflict", err)
+	}
+	// A create of an existing family is refused even after a transient failure.
+	kv.fail.Store(1)
+	if err := s.create(ctx, &family{ID: "fam1", Current: "x"}); !errors.Is(err, jetstream.ErrKeyExists) {
+		t.Fatalf("create over another family: %v, want key exists", err)
+	}
+	// A server that stays away: the request fails after the budget, not forever.
+	if testing.Short() {
+		return
+	}
+	kv.fail.Store(1 << 20)
+	if err := s.create(ctx, &family{ID: "fam2"}); !errors.Is(err, nats.ErrNoResponders) {
+		t.Fatalf("create with NATS gone: %v", err)
+	}
+}
