@@ -87,9 +87,13 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.out, "out", "bin/images", "directory of the image tarballs (IMAGE.tar) and of the binaries it builds")
 	fs.StringVar(&o.tag, "tag", "dev", "tag and version label of the tokenwarden and testapp images")
 	fs.StringVar(&o.commit, "commit", "", "commit stamped into a tokenwarden binary mkimage builds (default: git rev-parse HEAD)")
-	images := fs.String("images", strings.Join(allImages, ","), "comma-separated images to build")
+	images := fs.String("images", strings.Join(defaultImages, ","), "comma-separated images to build, of "+strings.Join(allImages, ", "))
 	for _, k := range allImages {
-		fs.Func(k+"-bin", "prebuilt static linux binary of the "+k+" image (default: go build "+packages[k]+")", func(s string) error {
+		usage := "prebuilt static linux binary of the " + k + " image (default: go build " + packages[k] + ")"
+		if packages[k] == "" {
+			usage = "static linux binary of the " + k + " image (required with -images " + k + ")"
+		}
+		fs.Func(k+"-bin", usage, func(s string) error {
 			o.bins[k] = s
 			return nil
 		})
@@ -223,6 +227,10 @@ func buildOne(o *options, kind string, ca []byte, file string) (string, v1.Hash,
 		version = strings.TrimPrefix(version, "v")
 	case imgPause:
 		version = pauseVersion
+	case imgCoreDNS:
+		if version, err = moduleVersion(binPath, corednsModule); err != nil {
+			return "", v1.Hash{}, err
+		}
 	}
 	ref, err := NormalizeRef(imageName(o, kind, version))
 	if err != nil {
@@ -245,6 +253,8 @@ func imageName(o *options, kind, version string) string {
 		return "tokenwarden-nats:" + version
 	case imgPause:
 		return "tokenwarden-pause:" + version
+	case imgCoreDNS:
+		return "tokenwarden-coredns:" + version
 	}
 	return "tokenwarden-" + kind + ":" + version
 }
@@ -276,6 +286,9 @@ func buildBinaries(o *options, stderr io.Writer) error {
 	for _, kind := range o.images {
 		if o.bins[kind] != "" {
 			continue
+		}
+		if packages[kind] == "" {
+			return fmt.Errorf("-images %s needs -%s-bin (no package of this module builds it)", kind, kind)
 		}
 		pkgs = append(pkgs, packages[kind])
 		name := kind

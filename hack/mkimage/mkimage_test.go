@@ -503,7 +503,7 @@ func TestRun(t *testing.T) {
 	}
 	args := []string{"-out", filepath.Join(dir, "out"), "-tag", "e2e", "-ca-bundle", ca, "-nats-version", "v2.15.2",
 		"-name", "pause=registry.k8s.io/pause:3.10", "-go", "/nonexistent/go"}
-	for _, k := range allImages {
+	for _, k := range defaultImages {
 		p := filepath.Join(dir, k)
 		if err := os.WriteFile(p, minimalELF(k), 0o755); err != nil {
 			t.Fatal(err)
@@ -536,7 +536,7 @@ func TestRun(t *testing.T) {
 	if len(d1) != 4 || !slices.Equal(d1, d2) {
 		t.Fatalf("runs differ or miss images:\n%s\n%s", out1.String(), out2.String())
 	}
-	for i, k := range allImages {
+	for i, k := range defaultImages {
 		if !strings.HasPrefix(d1[i], k+" "+names[k]+" ") {
 			t.Errorf("line %q, want %s %s", d1[i], k, names[k])
 		}
@@ -632,4 +632,13 @@ func ExampleNormalizeRef() {
 	ref, _ := NormalizeRef("tokenwarden:dev")
 	fmt.Println(ref)
 	// Output: docker.io/library/tokenwarden:dev
+}
+
+// TestCoreDNSNeedsItsBinary: no package of this module builds CoreDNS, so asking for its image
+// without -coredns-bin is a clear error, not a `go build` of nothing.
+func TestCoreDNSNeedsItsBinary(t *testing.T) {
+	err := run([]string{"-out", t.TempDir(), "-images", "coredns", "-go", "/nonexistent/go"}, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "-coredns-bin") {
+		t.Fatalf("err = %v, want one naming -coredns-bin", err)
+	}
 }

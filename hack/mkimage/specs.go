@@ -14,9 +14,18 @@ const (
 	imgNATS        = "nats"
 	imgPause       = "pause"
 	imgTestapp     = "testapp"
+	imgCoreDNS     = "coredns"
 )
 
-var allImages = []string{imgTokenwarden, imgNATS, imgPause, imgTestapp}
+// defaultImages are built when -images is not given: each from a package
+// of this module. coredns is built only on request, from a binary given
+// with -coredns-bin (the local cluster's build.sh installs it).
+var (
+	defaultImages = []string{imgTokenwarden, imgNATS, imgPause, imgTestapp}
+	allImages     = append(defaultImages[:len(defaultImages):len(defaultImages)], imgCoreDNS)
+)
+
+const corednsModule = "github.com/coredns/coredns"
 
 // OCI annotation keys of the image labels.
 const (
@@ -148,6 +157,32 @@ func testappSpec(in specInput) Spec {
 	}
 }
 
+// corednsSpec is the cluster DNS of the local test cluster: CoreDNS as its
+// Deployment runs it (args only, as a non-root user allowed port 53 by the
+// pod's net.ipv4.ip_unprivileged_port_start sysctl).
+func corednsSpec(in specInput) Spec {
+	return Spec{
+		Ref: in.Ref, Platform: in.Platform, Created: in.Created,
+		Layers: []Layer{
+			baseLayer(in.CABundle),
+			binaryLayer("/coredns", in.Binary, "go install "+corednsModule+"@"+in.Version),
+		},
+		Config: v1.Config{
+			User:         user(nonrootUID),
+			Entrypoint:   []string{"/coredns"},
+			ExposedPorts: exposed(53),
+			Env:          nonrootEnv(),
+			WorkingDir:   nonrootHome,
+			Labels: map[string]string{
+				labelTitle:       "coredns",
+				labelDescription: "CoreDNS built from the Go module proxy (tokenwarden's local test cluster)",
+				labelSource:      "https://github.com/coredns/coredns",
+				labelVersion:     in.Version,
+			},
+		},
+	}
+}
+
 // specFor returns the spec builder of an image kind.
 func specFor(kind string) func(specInput) Spec {
 	switch kind {
@@ -159,6 +194,8 @@ func specFor(kind string) func(specInput) Spec {
 		return pauseSpec
 	case imgTestapp:
 		return testappSpec
+	case imgCoreDNS:
+		return corednsSpec
 	}
 	return nil
 }

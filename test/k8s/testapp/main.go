@@ -28,6 +28,8 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -76,6 +78,9 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready chan<- stri
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	log := slog.New(slog.NewJSONHandler(stderr, nil))
+	// What the sidecar said the moment the app started: a native sidecar with a startup probe
+	// is ready before the kubelet starts the app, and the end-to-end test checks this line.
+	log.Info("sidecar ready at start: " + sidecarReadiness(ctx, *sidecar))
 	ln, err := net.Listen("tcp", *addr)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", *addr, err)
@@ -105,6 +110,25 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready chan<- stri
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	return srv.Shutdown(sctx)
+}
+
+// sidecarReadiness is the status of one GET of the sidecar's /readyz, or the error.
+func sidecarReadiness(ctx context.Context, base string) string {
+	if !strings.HasPrefix(base, "http://") {
+		return "not asked (" + base + ")"
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(base, "/")+"/readyz", nil)
+	if err != nil {
+		return err.Error()
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err.Error()
+	}
+	_ = resp.Body.Close()
+	return strconv.Itoa(resp.StatusCode)
 }
 
 // NewHandler is the app: v verifies every request but /healthz.

@@ -16,6 +16,9 @@ import (
 func fakeSidecar(t *testing.T) *httptest.Server {
 	t.Helper()
 	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/readyz" {
+			return // 200
+		}
 		if r.URL.Path != "/verify" {
 			http.NotFound(w, r)
 			return
@@ -76,13 +79,18 @@ func TestApp(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan string, 1)
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, []string{"-addr", "127.0.0.1:0", "-sidecar", sc.URL}, io.Discard, ready) }()
+	var logs strings.Builder // written before ready is sent, read after
+	go func() { done <- run(ctx, []string{"-addr", "127.0.0.1:0", "-sidecar", sc.URL}, &logs, ready) }()
 	var base string
 	select {
 	case a := <-ready:
 		base = "http://" + a
 	case err := <-done:
 		t.Fatal(err)
+	}
+	// test/k8s reads this line to tell that the app started after its sidecar was ready.
+	if !strings.Contains(logs.String(), "sidecar ready at start: 200") {
+		t.Errorf("start-up log without the sidecar's readiness:\n%s", logs.String())
 	}
 
 	resp, body := get(t, base+"/healthz", "")
