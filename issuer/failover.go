@@ -59,3 +59,24 @@ func landed(ctx context.Context, kv jetstream.KeyValue, key string, value []byte
 	})
 	return err == nil && bytes.Equal(e.Value(), value)
 }
+
+// readyWithin is ready, waiting out a NATS failover: while the connection
+// moves to another server the issuer reports NATS disconnected for a moment,
+// and a request that needs NATS waits for it (up to failoverBudget) instead
+// of failing at once.
+func (s *Server) readyWithin(ctx context.Context) error {
+	deadline := time.Now().Add(failoverBudget)
+	for {
+		err := s.ready()
+		if err == nil || !time.Now().Before(deadline) {
+			return err
+		}
+		t := time.NewTimer(50 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+	}
+}

@@ -3,12 +3,16 @@ package issuer
 import (
 	"context"
 	"errors"
+	"net/http"
+	"net/url"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tokenwarden/tokenwarden/internal/embeddednats"
 	"github.com/tokenwarden/tokenwarden/internal/testenv"
 )
 
@@ -121,5 +125,36 @@ func TestFamilyStoreRidesOutFailover(t *testing.T) {
 	kv.fail.Store(1 << 20)
 	if err := s.create(ctx, &family{ID: "fam2"}); !errors.Is(err, nats.ErrNoResponders) {
 		t.Fatalf("create with NATS gone: %v", err)
+	}
+}
+
+// TestLoginRidesOutNATSRestart: a login that arrives while the NATS server
+// restarts (a rolling update of NATS) waits for it and succeeds instead of
+// failing at once with 503, as two logins did in test/k8s's NATS rollout.
+func TestLoginRidesOutNATSRestart(t *testing.T) {
+	e := newEnv(t)
+	in := e.start()
+	in.waitReady(t)
+	addr, storeDir := e.nats.Addr().String(), e.nats.JetStreamConfig().StoreDir
+	e.nats.Stop()
+	deadline := time.Now().Add(10 * time.Second)
+	for in.ready() == nil { // the issuer has seen the disconnect
+		if time.Now().After(deadline) {
+			t.Fatal("the issuer did not notice NATS going away")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	done := make(chan tokenResult, 1)
+	go func() {
+		done <- in.post(t, "app", "app-secret", url.Values{"grant_type": {"password"}, "username": {"alice"}, "password": {"alice-pw"}})
+	}()
+	time.Sleep(300 * time.Millisecond)
+	ns, err := embeddednats.Start(embeddednats.Config{Addr: addr, StoreDir: storeDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ns.Stop)
+	if r := <-done; r.Status != http.StatusOK {
+		t.Fatalf("login across a NATS restart: %d %v", r.Status, r.Body)
 	}
 }

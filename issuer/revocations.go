@@ -47,7 +47,7 @@ func (s *Server) maxTokenTTL() time.Duration {
 // publish stores e on the revocation stream, waiting for JetStream's
 // acknowledgement; only then is the revocation durable.
 func (s *Server) publish(ctx context.Context, e *revocation.Event) (uint64, error) {
-	if s.ready() != nil || s.publisher == nil {
+	if s.readyWithin(ctx) != nil || s.publisher == nil {
 		return 0, errors.New("NATS is not available")
 	}
 	ctx, cancel := context.WithTimeout(ctx, publishTimeout)
@@ -216,7 +216,7 @@ func (s *Server) revoke(ctx context.Context, clientID, token string) error {
 // logout destroys a refresh-token family and revokes its session, so the
 // access tokens of that login stop working too.
 func (s *Server) logout(ctx context.Context, clientID, fid, token string) error {
-	if err := s.ready(); err != nil {
+	if err := s.readyWithin(ctx); err != nil {
 		return errUnavailable(err.Error())
 	}
 	f, _, err := s.families.get(ctx, fid)

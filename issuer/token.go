@@ -177,7 +177,7 @@ func (s *Server) passwordGrant(ctx context.Context, c *directory.Client, form ur
 	// Refuse before hashing if state is unavailable: a login that cannot be
 	// stored must not cost argon2 work or count as a failure.
 	if s.needsRefresh(c) {
-		if err := s.ready(); err != nil {
+		if err := s.readyWithin(ctx); err != nil {
 			return nil, errUnavailable(err.Error())
 		}
 	}
@@ -236,7 +236,7 @@ func (s *Server) refreshGrant(ctx context.Context, c *directory.Client, form url
 	if !ok {
 		return nil, errInvalidGrant("invalid refresh token")
 	}
-	if err := s.ready(); err != nil {
+	if err := s.readyWithin(ctx); err != nil {
 		return nil, errUnavailable(err.Error())
 	}
 	f, rev, err := s.families.get(ctx, fid)
