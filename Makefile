@@ -17,7 +17,8 @@ HELM        ?= $(GO) run helm.sh/helm/v3/cmd/helm@v3.22.0
 CHART       := charts/tokenwarden
 IMAGE       ?= tokenwarden:$(VERSION)
 
-.PHONY: all build deps demo test chart image lint vet vuln bench soak chaos fuzz tidy clean
+.PHONY: all build deps demo test chart image images lint vet vuln bench soak chaos fuzz tidy clean \
+	deps-k8s cluster-build cluster-up cluster-down e2e-k8s
 
 all: build
 
@@ -50,9 +51,52 @@ chart:
 		$(HELM) template tokenwarden $(CHART) --namespace tokenwarden -f $$f >/dev/null || exit 1; \
 	done
 
-## image: the container image (needs a Docker engine; CI has none)
-image:
-	docker build --build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) -t $(IMAGE) .
+## image: the tokenwarden image without a Docker engine: bin/images/tokenwarden.tar, an OCI archive
+## (FROM scratch, reproducible) of $(BIN), named $(IMAGE); the Dockerfile builds the same image
+## with Docker (a test compares them). Load it with: ctr -n k8s.io images import bin/images/tokenwarden.tar
+image: build
+	$(GO) run ./hack/mkimage -out bin/images -tag $(VERSION) -images tokenwarden -tokenwarden-bin $(BIN) -name tokenwarden=$(IMAGE)
+
+## images: every image the local cluster runs, named as charts/tokenwarden/examples/local-cluster.yaml,
+## test/k8s/testdata/app.yaml and hack/cluster/env.sh expect
+images: build cluster-build
+	@start=$$(date +%s); \
+	$(GO) run ./hack/mkimage -out bin/images -tag local -images tokenwarden,nats,pause,testapp,coredns \
+	  -tokenwarden-bin $(BIN) -coredns-bin $(COREDNS_BIN)/coredns \
+	  -name pause=$(PAUSE_IMAGE) -name coredns=$(COREDNS_IMAGE) && \
+	echo "make images took $$(( $$(date +%s) - start ))s"
+
+## The local Kubernetes cluster (hack/cluster; docs/kubernetes.md "Try it on a local cluster").
+## Needs root. Binaries are cached by version under ~/.cache/tokenwarden.
+K8S_ENV        = hack/cluster/env.sh
+COREDNS_BIN   := $(shell bash -c '. $(K8S_ENV) && echo $$COREDNS_BIN')
+COREDNS_IMAGE := $(shell bash -c '. $(K8S_ENV) && echo $$COREDNS_IMAGE')
+PAUSE_IMAGE   := $(shell bash -c '. $(K8S_ENV) && echo $$PAUSE_IMAGE')
+CLUSTER_IMAGES = $(foreach i,tokenwarden nats pause testapp coredns,bin/images/$(i).tar)
+
+## deps-k8s: containerd, runc, the CNI plugins, iptables (Debian), when missing
+deps-k8s:
+	@{ command -v containerd && command -v runc && test -x /usr/lib/cni/bridge && command -v iptables && \
+	   command -v conntrack && command -v nft && command -v curl; } >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+	  $$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends \
+	    containerd runc containernetworking-plugins iptables nftables conntrack ebtables ethtool socat kmod curl ca-certificates; }
+
+## cluster-build: Kubernetes, etcd, CoreDNS and helm from the Go module proxy (cached by version)
+cluster-build: deps-k8s
+	bash hack/cluster/build.sh
+
+## cluster-up / cluster-down: a real single-node cluster; kubeconfig /var/lib/tokenwarden-cluster/kubeconfig
+cluster-up: deps-k8s images
+	IMAGES="$(CLUSTER_IMAGES)" bash hack/cluster/up.sh
+
+cluster-down:
+	bash hack/cluster/down.sh
+
+## e2e-k8s: cluster up (over the wreck of a killed one), test/k8s, cluster down, and a check that
+## the machine is as it was
+e2e-k8s: deps-k8s images
+	IMAGES="$(CLUSTER_IMAGES)" bash hack/cluster/e2e.sh
 
 lint: vet vuln
 	$(GO) run $(GOLANGCI) run ./...

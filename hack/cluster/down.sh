@@ -49,6 +49,8 @@ for f in "$W"/pids/*.pid; do [ -f "$f" ] && pids="$pids $(cat "$f")"; done
 stop TERM $pids $(ours)
 for _ in $(seq 1 20); do [ -z "$(ours)" ] && break; sleep 0.5; done
 stop KILL $(ours)
+# Wait until they are gone, not only signalled (a stopping containerd still holds its mounts).
+for _ in $(seq 1 20); do [ -z "$(ours)" ] && break; sleep 0.25; done
 
 # Container processes left by a killed containerd or shim: whatever runs in the pods' cgroups.
 cg_procs() { find /sys/fs/cgroup/*/kubepods -name cgroup.procs 2>/dev/null | xargs -r cat 2>/dev/null | sort -u; }
@@ -82,6 +84,13 @@ for fam in iptables ip6tables; do
 		grep -vE 'KUBE-|CNI-' <<<"$rules" | "$fam-restore" || log "warning: $fam-restore failed"
 	fi
 done
+
+# nftables tables that iptables made for the cluster and that were not there before it.
+if [ -f "$W/nft.orig" ] && command -v nft >/dev/null; then
+	nft list tables 2>/dev/null | while read -r _ fam name; do
+		grep -qx "table $fam $name" "$W/nft.orig" || nft delete table "$fam" "$name" 2>/dev/null
+	done
+fi
 
 # 5. cgroups of the pods, deepest first.
 phase "cgroups"

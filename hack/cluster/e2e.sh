@@ -30,7 +30,7 @@ diagnose() {
 }
 
 phase "clean up, snapshot before"
-"$here/down.sh" >/dev/null
+"$here/down.sh"
 before=$(mktemp); after=$(mktemp)
 "$here/snapshot.sh" >"$before"
 

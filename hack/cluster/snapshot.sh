@@ -8,10 +8,9 @@ set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/env.sh"
 {
-	for p in $(pgrep -- '^(containerd.*|kubelet|kube-.*|etcd|coredns|runc)$' 2>/dev/null); do
-		[ "$p" = "$$" ] && continue
-		echo "process $(tr '\0' ' ' </proc/"$p"/cmdline 2>/dev/null | cut -c1-120)"
-	done
+	# Live processes only: one killed a moment ago may not have been reaped yet.
+	ps -eo stat=,comm=,args= 2>/dev/null | awk '$1 !~ /^Z/ && $2 ~ /^(containerd.*|kubelet|kube-.*|etcd|coredns|runc)$/ {
+		$1 = ""; print "process" substr($0, 1, 130) }' 
 	awk '{print "mount " $5}' /proc/self/mountinfo | grep -E " ($TW_CLUSTER_DIR|/var/lib/kubelet|/run/containerd|/run/netns|/var/run/netns)"
 	ls /run/netns 2>/dev/null | sed 's/^/netns /'
 	ip -o link show 2>/dev/null | awk -F': ' '{print "link " $2}' | cut -d@ -f1
@@ -22,6 +21,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 	ls -d /sys/fs/cgroup/*/kubepods 2>/dev/null | sed 's/^/cgroup /'
 	for s in $SYSCTLS; do echo "sysctl $s=$(sysctl -n "$s" 2>/dev/null)"; done
 	for d in "$TW_CLUSTER_DIR" /var/lib/kubelet /var/lib/cni /var/log/pods /run/containerd; do
-		[ -e "$d" ] && echo "path $d"
+		if [ -e "$d" ]; then echo "path $d"; fi
 	done
+	true
 } | sort

@@ -16,7 +16,7 @@ IMAGES=${IMAGES:-}
 PVS=${PVS:-8}
 
 [ "$(id -u)" -eq 0 ] || die "needs root (containerd, the kubelet and iptables)"
-for b in containerd runc iptables conntrack; do command -v $b >/dev/null || die "$b missing: run make deps-k8s"; done
+for b in containerd runc iptables conntrack nft; do command -v $b >/dev/null || die "$b missing: run make deps-k8s"; done
 [ -x /usr/lib/cni/bridge ] || die "CNI plugins missing in /usr/lib/cni: run make deps-k8s"
 for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubeadm kubectl; do
 	[ -x "$K8S_BIN/$b" ] || die "$K8S_BIN/$b missing: run hack/cluster/build.sh"
@@ -31,6 +31,8 @@ phase "host network and sysctls"
 mkdir -p "$W"/{pids,logs,pki,kubeconfigs,etcd,containerd,cni/net.d,cni/ipam,pv,images}
 : >"$W/sysctl.orig"
 for s in $SYSCTLS; do v=$(sysctl -n "$s" 2>/dev/null) && echo "$s $v" >>"$W/sysctl.orig"; done
+# iptables-nft makes nftables tables on first use; down.sh deletes the ones that were not here.
+nft list tables >"$W/nft.orig" 2>/dev/null || :
 sysctl -qw net.ipv4.ip_forward=1
 # The node's address lives on the pods' bridge, so all cluster traffic stays on cni0.
 ip link add "$BRIDGE" type bridge

@@ -281,7 +281,14 @@ func (e *env) verifyLoop(t *testing.T, issuer, app string) *loop {
 func (e *env) rotationUnderLoad(t *testing.T, issuer, app string) {
 	l := e.verifyLoop(t, issuer, app)
 	time.Sleep(time.Second)
-	out := e.admin(t, issuer, "keys", "rotate")
+	// A fresh install's next key may sign only once every sidecar has had it for the
+	// propagation delay (30 s in local-cluster.yaml): until then rotate answers 409.
+	var out string
+	eventually(t, 90*time.Second, "keys rotate accepted", func() error {
+		var err error
+		out, err = e.tw(issuer, "keys", "rotate")
+		return err
+	})
 	t.Logf("keys rotate:\n%s", out)
 	time.Sleep(5 * time.Second)
 	l.finish(t, "verifications across the rotation")
@@ -450,6 +457,12 @@ func (e *env) reinstall(t *testing.T, app string) {
 // clean-up removes that.
 func (e *env) uninstall(t *testing.T) {
 	e.helm(t, "uninstall", release, "-n", ns, "--wait", "--timeout=5m")
+	eventually(t, 2*time.Minute, "the release's pods gone", func() error {
+		if pods := e.pods(t, ns, "app.kubernetes.io/instance="+release); len(pods) > 0 {
+			return fmt.Errorf("%d pods left", len(pods))
+		}
+		return nil
+	})
 	kinds := "all,configmaps,secrets,serviceaccounts,roles,rolebindings,networkpolicies,poddisruptionbudgets,persistentvolumeclaims"
 	left := strings.Fields(e.kubectl(t, "-n", ns, "get", kinds, "-o", "name"))
 	var unexpected []string
@@ -487,7 +500,7 @@ func (e *env) trial(t *testing.T) {
 		_, _ = e.run(t.Context(), "", "helm", "uninstall", "trial", "-n", trialNS, "--wait")
 		_, _ = e.run(t.Context(), "", "kubectl", "delete", "namespace", trialNS, "--wait=false")
 	}()
-	images := []string{"--set", "image.repository=tokenwarden,image.tag=local,image.pullPolicy=Never,nats.image.repository=nats,nats.image.tag=2.15.2-tokenwarden,nats.image.pullPolicy=Never"}
+	images := []string{"--set", "image.repository=tokenwarden,image.tag=local,image.pullPolicy=Never,nats.image.repository=tokenwarden-nats,nats.image.tag=2.15.2,nats.image.pullPolicy=Never"}
 	e.helm(t, append([]string{"install", "trial", "charts/tokenwarden", "-n", trialNS, "-f", "charts/tokenwarden/examples/minimal.yaml", "--wait", "--timeout=5m"}, images...)...)
 	issuer := e.serviceURL(t, trialNS, "trial-tokenwarden-issuer")
 	out := e.admin(t, issuer, "keys", "list")

@@ -38,7 +38,7 @@ type env struct {
 	t          *testing.T
 	root       string // repository root
 	kubeconfig string
-	tw         string // the tokenwarden binary, for revoke and keys
+	twBin      string // the tokenwarden binary, for revoke and keys
 	hc         *http.Client
 	timings    []timing
 }
@@ -71,7 +71,7 @@ func newEnv(t *testing.T) *env {
 			t.Fatalf("%s not on PATH (make e2e-k8s puts the cluster's in it): %v", b, err)
 		}
 	}
-	return &env{t: t, root: root, kubeconfig: kc, tw: tw,
+	return &env{t: t, root: root, kubeconfig: kc, twBin: tw,
 		hc: &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}}
 }
 
@@ -272,18 +272,27 @@ func (e *env) callApp(app, path, token string) (appAnswer, error) {
 	return a, nil
 }
 
-// admin runs `tokenwarden ARGS...` against the issuer's admin API with the admin client.
-func (e *env) admin(t *testing.T, issuer string, args ...string) string {
-	t.Helper()
+// tw runs `tokenwarden ARGS...` against the issuer's admin API with the admin client.
+func (e *env) tw(issuer string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, e.tw, args...)
+	cmd := exec.CommandContext(ctx, e.twBin, args...)
 	cmd.Env = append(os.Environ(), "TOKENWARDEN_ISSUER="+issuer, "TOKENWARDEN_CLIENT_ID=admin", "TOKENWARDEN_CLIENT_SECRET=admin-secret")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		t.Fatalf("tokenwarden %s: %v\n%s", strings.Join(args, " "), err, out)
+		return string(out), fmt.Errorf("tokenwarden %s: %w\n%s", strings.Join(args, " "), err, out)
 	}
-	return string(out)
+	return string(out), nil
+}
+
+// admin is tw, failing t on an error.
+func (e *env) admin(t *testing.T, issuer string, args ...string) string {
+	t.Helper()
+	out, err := e.tw(issuer, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
 
 // loop calls f again and again (every interval) until stopped, counting failures.
