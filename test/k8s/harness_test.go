@@ -128,17 +128,6 @@ func (e *env) kubectl(t *testing.T, args ...string) string {
 	return out
 }
 
-func (e *env) kubectlIn(t *testing.T, stdin string, args ...string) string {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	out, err := e.run(ctx, stdin, "kubectl", args...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
 func (e *env) helm(t *testing.T, args ...string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
