@@ -142,6 +142,11 @@ type Consumer struct {
 	running  atomic.Bool
 	caughtUp atomic.Bool
 	lastSeq  atomic.Uint64
+	// verifiedSeq is the stream sequence of the last event that verified:
+	// freshness is confirmed against it, not lastSeq, so a sidecar that
+	// drops every new event (a distribution key it does not trust signs
+	// them) does not count as current.
+	verifiedSeq atomic.Uint64
 	fresh    freshness
 
 	// Owned by the goroutine of Run (which applies events too).
@@ -337,6 +342,7 @@ func (c *Consumer) session(ctx context.Context, js jetstream.JetStream) (progres
 			"last_seq", state.LastSeq, "had", last)
 		last = 0
 		c.lastSeq.Store(0)
+		c.verifiedSeq.Store(0)
 	}
 	c.created = info.Created
 	if !c.caughtUp.Load() {
@@ -363,7 +369,7 @@ func (c *Consumer) session(ctx context.Context, js jetstream.JetStream) (progres
 	if !c.caughtUp.Load() && (state.Msgs == 0 || state.LastSeq <= last) {
 		c.markCaughtUp(0)
 	}
-	if c.caughtUp.Load() && state.LastSeq <= last {
+	if c.caughtUp.Load() && state.LastSeq <= c.verifiedSeq.Load() {
 		// Nothing was published while this consumer was away.
 		c.fresh.confirm(c.bound)
 	}
@@ -428,7 +434,7 @@ func (c *Consumer) watchStream(ctx context.Context, cancel context.CancelCauseFu
 			cancel(errStreamRecreated)
 			return
 		}
-		if c.fresh.await(t, info.State.LastSeq, &c.lastSeq, maxProbes) {
+		if c.fresh.await(t, info.State.LastSeq, &c.verifiedSeq, maxProbes) {
 			continue
 		}
 		// Behind the stream's last sequence. That is usually events in
@@ -441,7 +447,7 @@ func (c *Consumer) watchStream(ctx context.Context, cancel context.CancelCauseFu
 		rctx, rcancel = context.WithTimeout(ctx, timeout)
 		ci, err := cons.Info(rctx)
 		rcancel()
-		if err == nil && ci.NumPending == 0 && ci.Delivered.Stream <= c.lastSeq.Load() {
+		if err == nil && ci.NumPending == 0 && ci.Delivered.Stream <= c.verifiedSeq.Load() {
 			c.fresh.confirm(t)
 		}
 	}
@@ -658,7 +664,13 @@ func (c *Consumer) applyBatch(batch []*job, events []*Event, applied []bool) {
 			break
 		}
 	}
-	c.fresh.reached(c.lastSeq.Load())
+	for i := len(batch) - 1; i >= 0; i-- {
+		if batch[i].seq != 0 && batch[i].err == nil {
+			c.verifiedSeq.Store(batch[i].seq)
+			break
+		}
+	}
+	c.fresh.reached(c.verifiedSeq.Load())
 	if !c.caughtUp.Load() && (c.lastSeq.Load() >= c.target || lastJob.pending == 0) {
 		c.markCaughtUp(lastJob.pending)
 	}

@@ -103,6 +103,41 @@ func TestConsumerStalenessOutage(t *testing.T) {
 	eventually(t, 10*time.Second, "events published after the recovery", func() bool { return set.Len() == 3 })
 }
 
+// TestConsumerStaleWhenEventsDoNotVerify: events the consumer drops (signed
+// by a distribution key it does not trust, as after the keys Secret was
+// replaced while it kept running) do not confirm it current. Before, it
+// confirmed freshness up to the last sequence processed, dropped or not,
+// and stayed ready while it applied nothing.
+func TestConsumerStaleWhenEventsDoNotVerify(t *testing.T) {
+	n := newNATS(t)
+	_, js := n.connect()
+	ensureStream(t, js)
+	pub, priv := newKey(t)
+	_, otherPriv := newKey(t)
+	set := NewSet()
+	c := NewConsumer(js, testPrefix, []ed25519.PublicKey{pub}, set, WithLogger(testLogger()), WithProbeInterval(testProbe))
+	runConsumer(t, c)
+	eventually(t, waitLong, "replayed", c.CaughtUp)
+	publishN(t, NewPublisher(js, testPrefix, priv), 1, "trusted")
+	eventually(t, waitLong, "trusted event applied", func() bool { return set.Len() == 1 })
+	eventually(t, waitLong, "fresh", func() bool { d, _ := c.Staleness(); return d < time.Second })
+
+	untrusted := NewPublisher(js, testPrefix, otherPriv)
+	deadline := time.Now().Add(2 * time.Second)
+	for i := 0; time.Now().Before(deadline); i++ {
+		publishN(t, untrusted, 1, fmt.Sprintf("untrusted-%d", i))
+		time.Sleep(testProbe)
+	}
+	if d, _ := c.Staleness(); d < time.Second {
+		t.Fatalf("staleness %s while every new event is dropped, want it growing", d)
+	}
+	if set.Len() != 1 {
+		t.Fatalf("set holds %d events, want only the trusted one", set.Len())
+	}
+	publishN(t, NewPublisher(js, testPrefix, priv), 1, "trusted-again")
+	eventually(t, waitLong, "fresh once an event verifies again", func() bool { d, _ := c.Staleness(); return d < time.Second })
+}
+
 // TestConsumerStalenessExpiredTail: the events at the end of the stream
 // expire before the consumer could be delivered them (it is away), so it
 // never reaches the stream's last sequence; JetStream having nothing left
