@@ -106,6 +106,10 @@ type Config struct {
 	// LogLevel and LogFormat of the sidecars.
 	LogLevel  string `yaml:"log_level"`
 	LogFormat string `yaml:"log_format"`
+	// RevocationMaxStaleness is the sidecars' revocation_max_staleness:
+	// how long their revocation set may go unconfirmed against NATS before
+	// they report unready (docs/security.md, "Stale revocations").
+	RevocationMaxStaleness time.Duration `yaml:"revocation_max_staleness"`
 
 	// trusted holds the parsed keys, base64 of the raw bytes, after Load.
 	trusted []string
@@ -154,8 +158,9 @@ func DefaultConfig(image string) Config {
 			Requests: map[string]string{"cpu": "10m", "memory": "32Mi"},
 			Limits:   map[string]string{"memory": "128Mi"},
 		},
-		LogLevel:  "info",
-		LogFormat: "json",
+		LogLevel:               "info",
+		LogFormat:              "json",
+		RevocationMaxStaleness: sidecar.DefaultRevocationMaxStaleness,
 	}
 }
 
@@ -221,6 +226,9 @@ func (c *Config) Load() error {
 	}
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		add("log_format: %q, want text or json", c.LogFormat)
+	}
+	if c.RevocationMaxStaleness < sidecar.MinRevocationMaxStaleness {
+		add("revocation_max_staleness: %s is below %s", c.RevocationMaxStaleness, sidecar.MinRevocationMaxStaleness)
 	}
 	c.trusted = nil
 	for i, s := range c.DistributionPublicKeys {

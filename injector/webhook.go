@@ -292,6 +292,7 @@ func (c *Config) container(audience []string, port int) (corev1.Container, error
 		{Name: "TOKENWARDEN_CACHE_DIR", Value: CacheDir},
 		{Name: "TOKENWARDEN_LOG_LEVEL", Value: c.LogLevel},
 		{Name: "TOKENWARDEN_LOG_FORMAT", Value: c.LogFormat},
+		{Name: "TOKENWARDEN_REVOCATION_MAX_STALENESS", Value: c.RevocationMaxStaleness.String()},
 	}
 	if c.NATS.URLSecret.Set() {
 		env = append(env, corev1.EnvVar{Name: "TOKENWARDEN_NATS_URL", ValueFrom: &corev1.EnvVarSource{

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -182,6 +183,7 @@ func TestAppendsToExistingInitContainersAndVolumes(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.NATS.CredsSecret = injector.SecretKeyRef{Name: "tokenwarden-nats-sidecar", Key: "sidecar.creds"}
 	cfg.NATS.URLSecret = injector.SecretKeyRef{Name: "tokenwarden-nats-sidecar", Key: "url"}
+	cfg.RevocationMaxStaleness = 2 * time.Minute
 	if err := cfg.Load(); err != nil {
 		t.Fatal(err)
 	}
@@ -200,6 +202,9 @@ func TestAppendsToExistingInitContainersAndVolumes(t *testing.T) {
 	env := map[string]corev1.EnvVar{}
 	for _, e := range sc.Env {
 		env[e.Name] = e
+	}
+	if got := env["TOKENWARDEN_REVOCATION_MAX_STALENESS"].Value; got != "2m0s" {
+		t.Errorf("revocation staleness bound %q, want the configured 2m0s", got)
 	}
 	if env["TOKENWARDEN_AUDIENCE"].Value != "default-api" {
 		t.Errorf("audience %q, want the configured default", env["TOKENWARDEN_AUDIENCE"].Value)
@@ -394,12 +399,13 @@ func TestConfigValidation(t *testing.T) {
 	cfg.NATS.CredsSecret = injector.SecretKeyRef{Name: "Bad_Name", Key: "k"}
 	cfg.DistributionPublicKeys = []string{"not a key"}
 	cfg.LogLevel = "loud"
+	cfg.RevocationMaxStaleness = time.Second
 	cfg.TLSCertFile = "/x"
 	err := cfg.Load()
 	if err == nil {
 		t.Fatal("want errors")
 	}
-	for _, want := range []string{"image:", "issuer:", "port: 0", "nats.prefix", "image_pull_policy", "unsupported resource", "nats.creds_secret.name", "distribution_public_keys #1", "log_level", "tls_cert_file and tls_key_file"} {
+	for _, want := range []string{"image:", "issuer:", "port: 0", "nats.prefix", "image_pull_policy", "unsupported resource", "nats.creds_secret.name", "distribution_public_keys #1", "log_level", "revocation_max_staleness", "tls_cert_file and tls_key_file"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not mention %q:\n%v", want, err)
 		}

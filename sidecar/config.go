@@ -83,7 +83,7 @@ type NATSConfig struct {
 // probes of that would flap).
 const (
 	DefaultRevocationMaxStaleness = time.Minute
-	minRevocationMaxStaleness     = 15 * time.Second
+	MinRevocationMaxStaleness     = 15 * time.Second
 )
 
 // DefaultConfig returns the contract's defaults.
@@ -152,8 +152,8 @@ func (c *Config) Validate() error {
 	if c.KeyRefreshInterval < time.Second {
 		add("key_refresh_interval: %s is below 1s", c.KeyRefreshInterval)
 	}
-	if c.RevocationMaxStaleness < minRevocationMaxStaleness {
-		add("revocation_max_staleness: %s is below %s", c.RevocationMaxStaleness, minRevocationMaxStaleness)
+	if c.RevocationMaxStaleness < MinRevocationMaxStaleness {
+		add("revocation_max_staleness: %s is below %s", c.RevocationMaxStaleness, MinRevocationMaxStaleness)
 	}
 	return errors.Join(errs...)
 }

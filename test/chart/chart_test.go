@@ -514,6 +514,9 @@ func checkInjector(t *testing.T, m *manifests, v map[string]any) {
 	if cfg.Port != intOf(get(v, "sidecar.port")) {
 		t.Errorf("sidecar port %d", cfg.Port)
 	}
+	if want, err := time.ParseDuration(fmt.Sprint(get(v, "sidecar.revocationMaxStaleness"))); err != nil || cfg.RevocationMaxStaleness != want {
+		t.Errorf("sidecars' revocation_max_staleness %s, want sidecar.revocationMaxStaleness %v", cfg.RevocationMaxStaleness, get(v, "sidecar.revocationMaxStaleness"))
+	}
 	inlineBundled := get(v, "nats.enabled") == true && get(v, "sidecar.nats.auth") == "inline" && get(v, "sidecar.nats.url") == ""
 	if e := env(c, "TOKENWARDEN_NATS_URL"); inlineBundled != (e != nil) {
 		t.Errorf("injector TOKENWARDEN_NATS_URL %+v (inline with the bundled NATS: %v)", e, inlineBundled)
