@@ -8,6 +8,9 @@ set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/env.sh"
 W=$TW_CLUSTER_DIR
+if f=$(foreign_pids) && [ -n "$f" ]; then
+	die "another Kubernetes or containerd runs here (PIDs $(echo $f)); not touching the machine's shared state"
+fi
 
 # 1. Workloads first, while the cluster still runs: the kubelet then removes the sandboxes, their
 #    network namespaces and veths itself. Skipped when the API server is not answering.
@@ -44,9 +47,8 @@ ours() {
 	# pgrep matches its own command line too, so leave out this shell and its children.
 	pgrep -f -- "$W/|$TW_CACHE/(k8s|etcd|coredns)-[^/ ]+/bin/[a-z]" 2>/dev/null | grep -vx "$$" || true
 }
-pids=""
-for f in "$W"/pids/*.pid; do [ -f "$f" ] && pids="$pids $(cat "$f")"; done
-stop TERM $pids $(ours)
+# By command line, not by PID file: the PIDs of a run killed long ago may belong to others now.
+stop TERM $(ours)
 for _ in $(seq 1 20); do [ -z "$(ours)" ] && break; sleep 0.5; done
 stop KILL $(ours)
 # Wait until they are gone, not only signalled (a stopping containerd still holds its mounts).
@@ -108,7 +110,7 @@ fi
 
 # 7. Files.
 phase "files"
-rm -rf /var/lib/kubelet /var/lib/cni /var/log/pods /var/log/containers /run/containerd /var/lib/containerd-tw 2>/dev/null
+rm -rf /var/lib/kubelet /var/lib/cni /var/log/pods /var/log/containers /run/containerd 2>/dev/null
 rm -rf "$W" 2>/dev/null || { sleep 1; rm -rf "$W"; }
 phase done
 leftover=$(ours; cg_procs; mounts)

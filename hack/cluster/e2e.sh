@@ -29,6 +29,18 @@ diagnose() {
 	done
 }
 
+# Whatever fails from here on, the cluster does not outlive this script.
+finish() {
+	local rc=$?
+	if [ $rc -ne 0 ] && [ -d "$W" ]; then
+		diagnose || true
+		"$here/down.sh" || true
+	fi
+	rm -f "${before:-}" "${after:-}"
+	exit $rc
+}
+trap finish EXIT
+
 phase "clean up, snapshot before"
 "$here/down.sh"
 before=$(mktemp); after=$(mktemp)
@@ -60,7 +72,6 @@ phase "snapshot after"
 if ! diff -u "$before" "$after"; then
 	die "cluster-down left the machine different from before cluster-up (diff above)"
 fi
-rm -f "$before" "$after"
 phase done
 [ $status -eq 0 ] || die "go test ./test/k8s failed"
 log "e2e-k8s passed"

@@ -29,7 +29,7 @@ PAUSE_IMAGE=registry.k8s.io/pause:3.10
 COREDNS_IMAGE=registry.k8s.io/coredns/coredns:${COREDNS_VERSION}
 # Sysctls the cluster changes (ip_forward itself; the rest the kubelet sets): recorded before the
 # first start and restored on teardown.
-SYSCTLS="net.ipv4.ip_forward kernel.panic kernel.panic_on_oops vm.overcommit_memory net.ipv4.conf.all.route_localnet net.bridge.bridge-nf-call-iptables net.bridge.bridge-nf-call-ip6tables net.netfilter.nf_conntrack_max"
+SYSCTLS="net.ipv4.ip_forward kernel.panic kernel.panic_on_oops vm.overcommit_memory vm.panic_on_oom kernel.keys.root_maxkeys kernel.keys.root_maxbytes net.ipv4.conf.all.route_localnet net.bridge.bridge-nf-call-iptables net.bridge.bridge-nf-call-ip6tables net.netfilter.nf_conntrack_max"
 
 # phase NAME: prints how long the previous phase took, so a slow run shows where its time went.
 _phase_name=""; _phase_start=0
@@ -39,6 +39,16 @@ phase() {
 		printf '[%s] %-28s %6.1fs\n' "${0##*/}" "$_phase_name" "$(awk "BEGIN{print $now - $_phase_start}")"
 	fi
 	_phase_name=$1; _phase_start=$now
+}
+# foreign_pids: processes of a Kubernetes or containerd that this tool did not start (k3s, a
+# kubeadm node, the system's containerd). cluster-up and cluster-down refuse to run beside them:
+# teardown removes the pods' cgroups, /var/lib/kubelet and the KUBE-/CNI- iptables chains, which
+# would be theirs too.
+foreign_pids() {
+	local p
+	for p in $(pgrep -- '^(containerd|kubelet|kube-proxy|kube-apiserver|k3s.*|etcd)$' 2>/dev/null); do
+		tr '\0' ' ' </proc/"$p"/cmdline 2>/dev/null | grep -qE -- "$TW_CLUSTER_DIR/|$TW_CACHE/" || echo "$p"
+	done
 }
 log() { printf '[%s] %s\n' "${0##*/}" "$*"; }
 die() { printf '[%s] error: %s\n' "${0##*/}" "$*" >&2; exit 1; }

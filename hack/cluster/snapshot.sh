@@ -3,7 +3,7 @@
 # processes of the cluster's binaries, mounts, network namespaces, interfaces, iptables chains
 # and rules of both families, nftables tables, pod cgroups, sysctls and state directories.
 # `make e2e-k8s` takes one before cluster-up and one after cluster-down and fails on any
-# difference (test/k8s/teardown_test.go does the same for a killed cluster).
+# difference (it kills a cluster with kill -9 and brings one up over the wreck in between).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/env.sh"

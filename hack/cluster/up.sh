@@ -23,6 +23,10 @@ for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-prox
 done
 export PATH=$K8S_BIN:$ETCD_BIN:$COREDNS_BIN:$PATH
 
+if f=$(foreign_pids) && [ -n "$f" ]; then
+	die "another Kubernetes or containerd runs here (PIDs $(echo $f)): stop it first; this cluster would take over its cgroups, iptables chains and /var/lib/kubelet"
+fi
+
 phase "clean up earlier runs"
 # A cluster of an earlier run, whole or killed halfway, goes first.
 "$here/down.sh" >/dev/null || die "could not clean up an earlier cluster: run hack/cluster/down.sh and read its output"
@@ -78,6 +82,8 @@ state = "$W/containerd/state"
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
+        # runc's state beside everything else, not in /run/containerd/runc.
+        Root = "$W/runc"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$W/cni/net.d"

@@ -191,7 +191,8 @@ func Run(ctx context.Context, o Options, f func(ctx context.Context, nc *nats.Co
 	}
 	for attempt := 1; ; attempt++ {
 		if nc != nil && serve(ctx, log, nc, f) {
-			// A connection that served a while starts the backoff over.
+			// A connection that was up (and then closed for good) starts
+			// the backoff over: about a second before the next one.
 			attempt = 1
 		}
 		if !Sleep(ctx, delay(attempt)) { // false at once when ctx has ended

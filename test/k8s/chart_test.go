@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -128,7 +129,7 @@ func (e *env) checkPodsReady(t *testing.T) {
 // checkInjected: the API server called the webhook, the pod has the native sidecar, and the app
 // started only once the sidecar was ready.
 func (e *env) checkInjected(t *testing.T) {
-	if !e.t.Run("deploy", func(t *testing.T) {
+	if !t.Run("deploy", func(t *testing.T) {
 		// Once only: the app block of the docs creates the namespace.
 		if _, err := e.run(t.Context(), "", "kubectl", "get", "ns", appNS); err != nil {
 			e.script(t, e.docBlock(t, "local-cluster-app"))
@@ -402,6 +403,9 @@ func (e *env) deleteIssuerPod(t *testing.T, issuer string) {
 	logins.finish(t, "logins while an issuer pod was deleted")
 }
 
+// probeLine is an access-log line (internal/accesslog) of a probe route.
+var probeLine = regexp.MustCompile(`"route":"([A-Z]+ )?/(readyz|healthz|metrics)"`)
+
 // checkProbeLogs: a kubelet probing every few seconds must not fill the logs at info level.
 func (e *env) checkProbeLogs(t *testing.T) {
 	for _, c := range []struct{ ns, selector, container string }{
@@ -419,7 +423,7 @@ func (e *env) checkProbeLogs(t *testing.T) {
 		}
 		logs := e.kubectl(t, args...)
 		for _, line := range strings.Split(logs, "\n") {
-			if strings.Contains(line, `"/readyz"`) || strings.Contains(line, `"/healthz"`) || strings.Contains(line, `"/metrics"`) {
+			if probeLine.MatchString(line) {
 				t.Errorf("%s logs a probe: %s", pods[0].Name, line)
 				break
 			}

@@ -72,7 +72,9 @@ func newEnv(t *testing.T) *env {
 		}
 	}
 	return &env{t: t, root: root, kubeconfig: kc, twBin: tw,
-		hc: &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}}
+		// Longer than the issuer's failover wait (5 s) plus a login's own work: a slow answer
+		// during a NATS rollout is a success, not a failure.
+		hc: &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}}
 }
 
 // phase runs one step as a subtest and records how long it took.
