@@ -147,7 +147,7 @@ type Consumer struct {
 	// drops every new event (a distribution key it does not trust signs
 	// them) does not count as current.
 	verifiedSeq atomic.Uint64
-	fresh    freshness
+	fresh       freshness
 
 	// Owned by the goroutine of Run (which applies events too).
 	target     uint64    // stream's last sequence when the replay began
