@@ -15,6 +15,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tokenwarden/tokenwarden/internal/natsconn"
 )
 
 // Observer receives what a Consumer does, for metrics. Its methods are
@@ -412,7 +414,7 @@ func (c *Consumer) watchStream(ctx context.Context, cancel context.CancelCauseFu
 	timeout := min(requestTimeout, max(c.probeEvery, time.Second))
 	for {
 		wait := c.probeEvery*3/4 + rand.N(c.probeEvery/2+1) // #nosec G404 -- jitter, not a secret
-		if !sleep(ctx, wait) {
+		if !natsconn.Sleep(ctx, wait) {
 			return
 		}
 		if nc != nil && !nc.IsConnected() {
@@ -450,17 +452,6 @@ func (c *Consumer) watchStream(ctx context.Context, cancel context.CancelCauseFu
 		if err == nil && ci.NumPending == 0 && ci.Delivered.Stream <= c.verifiedSeq.Load() {
 			c.fresh.confirm(t)
 		}
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }
 
