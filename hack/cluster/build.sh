@@ -41,21 +41,18 @@ else
 	touch "$ETCD_BIN/.complete"
 fi
 
-phase "coredns $COREDNS_VERSION"
-if built "$COREDNS_BIN" coredns; then
-	log "coredns $COREDNS_VERSION: cached"
-else
-	rm -rf "$COREDNS_BIN"; mkdir -p "$COREDNS_BIN"
-	GOBIN=$COREDNS_BIN CGO_ENABLED=0 GOFLAGS=-trimpath go install -ldflags "-s -w" "github.com/coredns/coredns@$COREDNS_VERSION"
-	touch "$COREDNS_BIN/.complete"
-fi
-
-phase "helm $HELM_VERSION"
-if built "$HELM_BIN" helm; then
-	log "helm $HELM_VERSION: cached"
-else
-	rm -rf "$HELM_BIN"; mkdir -p "$HELM_BIN"
-	GOBIN=$HELM_BIN CGO_ENABLED=0 GOFLAGS=-trimpath go install -ldflags "-s -w" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
-	touch "$HELM_BIN/.complete"
-fi
+# go_install NAME DIR BINARY PKG@VERSION: `go install` into DIR unless it is cached there.
+go_install() {
+	local name=$1 dir=$2 bin=$3 pkg=$4
+	phase "$name"
+	if built "$dir" "$bin"; then
+		log "$name: cached"
+		return
+	fi
+	rm -rf "$dir"; mkdir -p "$dir"
+	GOBIN=$dir CGO_ENABLED=0 GOFLAGS=-trimpath go install -ldflags "-s -w" "$pkg"
+	touch "$dir/.complete"
+}
+go_install "coredns $COREDNS_VERSION" "$COREDNS_BIN" coredns "github.com/coredns/coredns@$COREDNS_VERSION"
+go_install "helm $HELM_VERSION" "$HELM_BIN" helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 phase done
