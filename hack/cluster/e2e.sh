@@ -20,7 +20,7 @@ diagnose() {
 	local k="$K8S_BIN/kubectl --kubeconfig $KUBECONFIG_OUT --request-timeout=10s"
 	$k get nodes,pods,pvc -A -o wide 2>&1 | sed 's/^/  /'
 	$k get events -A --sort-by=.lastTimestamp 2>&1 | tail -n 40 | sed 's/^/  /'
-	for p in $($k get pods -A --no-headers 2>/dev/null | awk '$4!="Running" || $3 !~ /^([0-9]+)\/\1$/ {print $1"/"$2}'); do
+	for p in $($k get pods -A --no-headers 2>/dev/null | awk '{split($3, r, "/")} $4 != "Running" || r[1] != r[2] {print $1 "/" $2}'); do
 		echo "  --- logs of $p"
 		$k -n "${p%/*}" logs "${p#*/}" --all-containers --tail=30 2>&1 | sed 's/^/    /'
 	done
