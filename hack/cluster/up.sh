@@ -2,12 +2,12 @@
 # Brings up a real single-node Kubernetes cluster on this machine from upstream parts: etcd,
 # kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and kube-proxy (iptables),
 # containerd with runc, the CNI bridge, CoreDNS, a local StorageClass with PersistentVolumes.
-# The settings follow ../shared/k8s-recipe.md (a 2-core firecracker VM with cgroup v1 and no
-# CAP_SYS_RESOURCE); docs/kubernetes.md "Try it on a local cluster" explains how to use it.
+# The settings are those a 2-core firecracker VM with cgroup v1 and no CAP_SYS_RESOURCE needs;
+# docs/kubernetes.md "Try it on a local cluster" explains how to use it (make cluster-up).
 #
 # Needs root, the Debian packages of `make deps-k8s`, and the binaries of build.sh (run first).
-# Images: every image is loaded from hack/cluster/images/*.tar (OCI or docker archives) given in
-# IMAGES; nothing is pulled. The kubeconfig is written to $KUBECONFIG_OUT.
+# Images: the archives named in IMAGES (make images builds them) are imported into containerd;
+# nothing is pulled. The kubeconfig is written to $KUBECONFIG_OUT.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/env.sh"
