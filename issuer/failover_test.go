@@ -158,3 +158,20 @@ func TestLoginRidesOutNATSRestart(t *testing.T) {
 		t.Fatalf("login across a NATS restart: %d %v", r.Status, r.Body)
 	}
 }
+
+// TestHealthzFailsWhenNATSClosedForGood: nats.go reconnects for ever, but
+// should it still close the connection for good, the issuer could never
+// become ready again; /healthz then fails so that the kubelet restarts it
+// (before, it stayed 200 and the replica stayed unready for ever).
+func TestHealthzFailsWhenNATSClosedForGood(t *testing.T) {
+	e := newEnv(t)
+	in := e.start()
+	in.waitReady(t)
+	if r := do(t, mustReq(t, "GET", in.url+"/healthz")); r.Status != http.StatusOK {
+		t.Fatalf("healthz with NATS up: %d %v", r.Status, r.Body)
+	}
+	in.nc.Load().Close() // what nats.go does on a few server errors
+	if r := do(t, mustReq(t, "GET", in.url+"/healthz")); r.Status != http.StatusServiceUnavailable {
+		t.Fatalf("healthz with the NATS connection closed for good: %d %v", r.Status, r.Body)
+	}
+}

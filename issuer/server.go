@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -45,6 +46,11 @@ type Server struct {
 	revocations *revocation.Set
 	denied      *denyList
 	consumer    atomic.Pointer[revocation.Consumer]
+	// nc is the NATS connection of Run, for /healthz: nats.go reconnects
+	// for ever, but a connection it still closes for good would leave this
+	// process unready for ever, so it reports itself unhealthy and the
+	// kubelet restarts it.
+	nc atomic.Pointer[nats.Conn]
 
 	userLimiter *failureLimiter
 	ipLimiter   *failureLimiter
@@ -197,6 +203,7 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	}
 	defer nc.Close()
+	s.nc.Store(nc)
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -333,6 +340,10 @@ func (s *Server) Handler() http.Handler {
 	route("GET /admin/v1/keys", s.admin(s.handleListKeys))
 	route("POST /admin/v1/keys/rotate", s.admin(s.handleRotate))
 	route("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		if nc := s.nc.Load(); nc != nil && nc.IsClosed() {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "NATS connection closed for good: restart this process"})
+			return
+		}
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	route("GET /readyz", s.handleReadyz)
