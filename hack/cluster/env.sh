@@ -45,9 +45,13 @@ phase() {
 # teardown removes the pods' cgroups, /var/lib/kubelet and the KUBE-/CNI- iptables chains, which
 # would be theirs too.
 foreign_pids() {
-	local p
-	for p in $(pgrep -- '^(containerd|kubelet|kube-proxy|kube-apiserver|k3s.*|etcd)$' 2>/dev/null); do
-		tr '\0' ' ' </proc/"$p"/cmdline 2>/dev/null | grep -qE -- "$TW_CLUSTER_DIR/|$TW_CACHE/" || echo "$p"
+	local p cmd
+	# Live processes only: one of ours killed a moment ago may not be reaped yet (a zombie
+	# has no command line to recognise it by).
+	for p in $(ps -eo pid=,stat=,comm= 2>/dev/null | awk '$2 !~ /^Z/ && $3 ~ /^(containerd|kubelet|kube-proxy|kube-apiserver|k3s.*|etcd)$/ {print $1}'); do
+		cmd=$(tr '\0' ' ' </proc/"$p"/cmdline 2>/dev/null) || continue
+		[ -n "$cmd" ] || continue
+		grep -qE -- "$TW_CLUSTER_DIR/|$TW_CACHE/" <<<"$cmd" || echo "$p"
 	done
 }
 log() { printf '[%s] %s\n' "${0##*/}" "$*"; }
