@@ -8,6 +8,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tokenwarden/tokenwarden/internal/natsconn"
 )
 
 // failoverBudget bounds how long a token request waits out a NATS failover
@@ -36,12 +38,8 @@ func retryFailover(ctx context.Context, op func() error) error {
 		if err == nil || !transient(err) || time.Now().Add(delay).After(deadline) {
 			return err
 		}
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !natsconn.Sleep(ctx, delay) {
 			return err
-		case <-t.C:
 		}
 		delay = min(2*delay, 500*time.Millisecond)
 	}
@@ -71,12 +69,8 @@ func (s *Server) readyWithin(ctx context.Context) error {
 		if err == nil || !time.Now().Before(deadline) {
 			return err
 		}
-		t := time.NewTimer(50 * time.Millisecond)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !natsconn.Sleep(ctx, 50*time.Millisecond) {
 			return err
-		case <-t.C:
 		}
 	}
 }
