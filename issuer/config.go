@@ -158,8 +158,10 @@ func (c *Config) Validate() error {
 	if c.NATS.RefreshRetention < c.RefreshTokenTTL {
 		add("nats.refresh_retention %s is shorter than refresh_token_ttl %s", c.NATS.RefreshRetention, c.RefreshTokenTTL)
 	}
-	if c.Leeway < 0 {
-		add("leeway must not be negative")
+	if c.Leeway <= 0 {
+		// Verifiers read 0 as their 30s default, while revocations would
+		// expire at exp+0: a revoked token would come back for 30s.
+		add("leeway must be positive (default 30s): it is the clock skew every verifier allows, and revocations are kept that long past a token's exp")
 	}
 	if c.RateLimit.FailuresPerUser < 1 || c.RateLimit.FailuresPerIP < 1 {
 		add("rate_limit: failures_per_user and failures_per_ip must be at least 1")

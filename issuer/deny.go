@@ -47,8 +47,8 @@ func denyKey(kind revocation.Kind, value string) string {
 // add records e; a record already at least as wide is left alone. jti
 // events need none: access tokens do not outlive their event.
 func (d *denyList) add(ctx context.Context, e *revocation.Event) error {
-	if e.Kind == revocation.KindJTI {
-		return nil
+	if e.Kind == revocation.KindJTI || e.Kind == revocation.KindKID {
+		return nil // neither concerns a refresh-token family
 	}
 	key := denyKey(e.Kind, e.Value)
 	val := []byte(strconv.FormatInt(e.IssuedBefore, 10))

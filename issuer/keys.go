@@ -40,7 +40,12 @@ type storedKey struct {
 	ActivatedAt time.Time `json:"activated_at,omitzero"`
 	RetiredAt   time.Time `json:"retired_at,omitzero"`
 	RemoveAt    time.Time `json:"remove_at,omitzero"`
-	Sealed      []byte    `json:"sealed_private_key"`
+	ActivatedBy string    `json:"activated_by,omitempty"`
+	// A revoked key keeps only its record: its private half is destroyed.
+	RevokedAt    time.Time `json:"revoked_at,omitzero"`
+	RevokedBy    string    `json:"revoked_by,omitempty"`
+	RevokeReason string    `json:"revoke_reason,omitempty"`
+	Sealed       []byte    `json:"sealed_private_key,omitempty"`
 }
 
 // ringState is an immutable snapshot the hot path reads with one atomic load.
@@ -93,16 +98,19 @@ func (m *keyManager) current() *ringState { return m.state.Load() }
 func (m *keyManager) encode(r *jwks.Ring) ([]byte, error) {
 	sr := storedRing{Sequence: r.Sequence}
 	for _, k := range r.Keys {
-		der, err := k.MarshalPrivate()
-		if err != nil {
-			return nil, err
+		sk := storedKey{ID: k.ID, Alg: string(k.Alg), State: string(k.State), CreatedAt: k.CreatedAt,
+			ActivatedAt: k.ActivatedAt, RetiredAt: k.RetiredAt, RemoveAt: k.RemoveAt, ActivatedBy: k.ActivatedBy,
+			RevokedAt: k.RevokedAt, RevokedBy: k.RevokedBy, RevokeReason: k.RevokeReason}
+		if k.State != jwks.StateRevoked {
+			der, err := k.MarshalPrivate()
+			if err != nil {
+				return nil, err
+			}
+			if sk.Sealed, err = seal(m.aead, k.ID, der); err != nil {
+				return nil, err
+			}
 		}
-		sealed, err := seal(m.aead, k.ID, der)
-		if err != nil {
-			return nil, err
-		}
-		sr.Keys = append(sr.Keys, storedKey{ID: k.ID, Alg: string(k.Alg), State: string(k.State), CreatedAt: k.CreatedAt,
-			ActivatedAt: k.ActivatedAt, RetiredAt: k.RetiredAt, RemoveAt: k.RemoveAt, Sealed: sealed})
+		sr.Keys = append(sr.Keys, sk)
 	}
 	return json.Marshal(sr)
 }
@@ -114,18 +122,21 @@ func (m *keyManager) decode(b []byte) (*jwks.Ring, error) {
 	}
 	r := &jwks.Ring{Sequence: sr.Sequence}
 	for _, s := range sr.Keys {
-		der, err := unseal(m.aead, s.ID, s.Sealed)
-		if err != nil {
-			return nil, err
-		}
 		alg, err := jwks.ParseAlgorithm(s.Alg)
 		if err != nil {
 			return nil, fmt.Errorf("key %s: %w", s.ID, err)
 		}
-		k, err := jwks.Key{ID: s.ID, Alg: alg, State: jwks.State(s.State), CreatedAt: s.CreatedAt,
-			ActivatedAt: s.ActivatedAt, RetiredAt: s.RetiredAt, RemoveAt: s.RemoveAt}.WithPrivate(der)
-		if err != nil {
-			return nil, err
+		k := &jwks.Key{ID: s.ID, Alg: alg, State: jwks.State(s.State), CreatedAt: s.CreatedAt,
+			ActivatedAt: s.ActivatedAt, RetiredAt: s.RetiredAt, RemoveAt: s.RemoveAt, ActivatedBy: s.ActivatedBy,
+			RevokedAt: s.RevokedAt, RevokedBy: s.RevokedBy, RevokeReason: s.RevokeReason}
+		if k.State != jwks.StateRevoked {
+			der, err := unseal(m.aead, s.ID, s.Sealed)
+			if err != nil {
+				return nil, err
+			}
+			if k, err = k.WithPrivate(der); err != nil {
+				return nil, err
+			}
 		}
 		r.Keys = append(r.Keys, k)
 	}
@@ -201,6 +212,23 @@ func (m *keyManager) load(ctx context.Context) error {
 	}
 }
 
+// read returns the newest ring in KV (and installs it), for decisions
+// that must not rest on a watch that may lag.
+func (m *keyManager) read(ctx context.Context) (*jwks.Ring, error) {
+	e, err := m.kv.Get(ctx, ringKey)
+	if err != nil {
+		return nil, fmt.Errorf("read key ring: %w", err)
+	}
+	r, err := m.decode(e.Value())
+	if err != nil {
+		return nil, err
+	}
+	if err := m.install(r, e.Revision()); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
 // update applies change to the newest ring and stores the result with CAS,
 // retrying on conflicts. change returns (nil, nil) when there is nothing to
 // do. It returns the ring that is current afterwards.
@@ -274,13 +302,14 @@ func (m *keyManager) nextPublished(ctx context.Context, cur *jwks.Ring) (bool, e
 	return ok, nil
 }
 
-// Rotate rotates the ring now.
-func (m *keyManager) Rotate(ctx context.Context) (*jwks.Ring, error) {
+// Rotate rotates the ring now, for actor (the admin client id).
+func (m *keyManager) Rotate(ctx context.Context, actor string) (*jwks.Ring, error) {
 	r, err := m.update(ctx, func(cur *jwks.Ring) (*jwks.Ring, error) {
 		next, err := cur.Rotate(m.now(), m.policy())
 		if err != nil {
 			return nil, err
 		}
+		next.Active().ActivatedBy = actor
 		if ok, err := m.nextPublished(ctx, cur); err != nil || !ok {
 			if err == nil {
 				err = fmt.Errorf("%w: key %s is not in the published bundle yet", jwks.ErrNextNotReady, cur.Next().ID)
@@ -291,7 +320,7 @@ func (m *keyManager) Rotate(ctx context.Context) (*jwks.Ring, error) {
 	})
 	if err == nil {
 		m.metrics.rotations.WithLabelValues("on_demand").Inc()
-		m.log.Info("key ring rotated on demand", "active_kid", r.Active().ID)
+		m.log.Info("key ring rotated on demand", "active_kid", r.Active().ID, "actor", actor)
 	}
 	return r, err
 }

@@ -43,7 +43,7 @@ func TestRotationLifecycle(t *testing.T) {
 	k1, k2 := r0.Active().ID, r0.Next().ID
 
 	// On-demand rotation refuses until the next key has propagated.
-	if _, err := in.keys.Rotate(ctx); !errors.Is(err, jwks.ErrNextNotReady) {
+	if _, err := in.keys.Rotate(ctx, "test"); !errors.Is(err, jwks.ErrNextNotReady) {
 		t.Fatalf("rotate before propagation: %v", err)
 	}
 	tok := in.login(t, "").str("access_token") // signed by k1, valid 10 min
@@ -107,7 +107,7 @@ func TestRotationLifecycle(t *testing.T) {
 	}
 	// On-demand rotation now promotes k3, which has been published long
 	// enough.
-	ring, err := in.keys.Rotate(ctx)
+	ring, err := in.keys.Rotate(ctx, "test")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +175,7 @@ func TestBundlePublished(t *testing.T) {
 		t.Fatal("active key missing from bundle")
 	}
 	clock.Advance(time.Hour)
-	if _, err := in.keys.Rotate(t.Context()); err != nil {
+	if _, err := in.keys.Rotate(t.Context(), "test"); err != nil {
 		t.Fatal(err)
 	}
 	b2 := read()
@@ -292,7 +292,7 @@ func TestTwoReplicas(t *testing.T) {
 	var wg sync.WaitGroup
 	errs := make([]error, 2)
 	for i, in := range []*instance{a, b} {
-		wg.Go(func() { _, errs[i] = in.keys.Rotate(context.Background()) })
+		wg.Go(func() { _, errs[i] = in.keys.Rotate(context.Background(), "test") })
 	}
 	wg.Wait()
 	ok := 0
@@ -490,7 +490,7 @@ func TestReplicaBehindReadsTheRing(t *testing.T) {
 	// b's old ring has never seen it.
 	for range 2 {
 		clock.Advance(time.Hour)
-		if _, err := a.keys.Rotate(context.Background()); err != nil {
+		if _, err := a.keys.Rotate(context.Background(), "test"); err != nil {
 			t.Fatal(err)
 		}
 	}

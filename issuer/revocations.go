@@ -72,13 +72,14 @@ func (s *Server) publish(ctx context.Context, e *revocation.Event) (uint64, erro
 
 // revokeEvent builds an event of kind for value that outlives every token
 // it can match, and publishes it.
-func (s *Server) revokeEvent(ctx context.Context, kind revocation.Kind, value string, tokenExp time.Time, reason string) (*revocation.Event, uint64, error) {
+func (s *Server) revokeEvent(ctx context.Context, kind revocation.Kind, value string, tokenExp time.Time, reason, actor string) (*revocation.Event, uint64, error) {
 	now := s.now()
 	exp := revocation.ExpiryFor(kind, tokenExp, now, s.maxTokenTTL(), s.cfg.Leeway)
 	e, err := revocation.NewEvent(kind, value, time.Time{}, exp, reason, now)
 	if err != nil {
 		return nil, 0, err
 	}
+	e.Actor = actor
 	seq, err := s.publish(ctx, e)
 	return e, seq, err
 }
@@ -86,9 +87,17 @@ func (s *Server) revokeEvent(ctx context.Context, kind revocation.Kind, value st
 func (s *Server) handleCreateRevocation(w http.ResponseWriter, r *http.Request) {
 	req, oe := decodeRevocationRequest(w, r)
 	if oe != nil {
+		s.audit(r, "revocation.create", "", "", "refused: "+oe.Description)
 		writeOAuthError(w, oe)
 		return
 	}
+	if req.Kind == revocation.KindKID {
+		// A key revocation is more than an event: the ring must stop
+		// signing with the key and unpublish it.
+		s.revokeKeyHTTP(w, r, req.Value, req.Reason, false, true)
+		return
+	}
+	target := string(req.Kind) + " " + req.Value
 	now := s.now()
 	issuedBefore := time.Time{}
 	if req.IssuedBefore != nil {
@@ -96,6 +105,7 @@ func (s *Server) handleCreateRevocation(w http.ResponseWriter, r *http.Request) 
 		// A revocation of tokens not issued yet would lock users out until
 		// then; the leeway allows for clock skew with the caller.
 		if issuedBefore.After(now.Add(s.cfg.Leeway)) {
+			s.audit(r, "revocation.create", target, req.Reason, "refused: issued_before is in the future")
 			writeOAuthError(w, errInvalidRequest("issued_before is in the future"))
 			return
 		}
@@ -108,20 +118,28 @@ func (s *Server) handleCreateRevocation(w http.ResponseWriter, r *http.Request) 
 	}
 	exp := revocation.ExpiryFor(req.Kind, time.Time{}, horizon, s.maxTokenTTL(), s.cfg.Leeway)
 	e, err := revocation.NewEvent(req.Kind, req.Value, issuedBefore, exp, req.Reason, now)
+	if err == nil {
+		e.Actor = actor(r)
+		err = e.Validate()
+	}
 	switch {
 	case errors.Is(err, revocation.ErrExpired):
+		s.audit(r, "revocation.create", target, req.Reason, "refused: nothing to revoke")
 		writeOAuthError(w, errInvalidRequest("every token issued before issued_before has already expired: nothing to revoke"))
 		return
 	case err != nil:
+		s.audit(r, "revocation.create", target, req.Reason, "refused: "+err.Error())
 		writeOAuthError(w, errInvalidRequest(err.Error()))
 		return
 	}
 	seq, err := s.publish(r.Context(), e)
 	if err != nil {
 		s.log.Error("revocation not stored", "kind", e.Kind, "err", err)
+		s.audit(r, "revocation.create", target, req.Reason, "failed: "+err.Error())
 		writeOAuthError(w, errUnavailable("revocation not stored: "+err.Error()))
 		return
 	}
+	s.audit(r, "revocation.create", target, req.Reason, "ok: event "+e.ID)
 	writeJSON(w, http.StatusCreated, storedRevocation{Event: e, Sequence: seq})
 }
 
@@ -143,7 +161,7 @@ func decodeRevocationRequest(w http.ResponseWriter, r *http.Request) (*revocatio
 		return nil, errInvalidRequest("trailing data after the JSON object")
 	}
 	if !req.Kind.Valid() {
-		return nil, errInvalidRequest(`kind must be one of "jti", "sid", "sub", "client", "all"`)
+		return nil, errInvalidRequest(`kind must be one of "jti", "sid", "sub", "client", "all", "kid"`)
 	}
 	return &req, nil
 }
@@ -204,10 +222,10 @@ func (s *Server) revoke(ctx context.Context, clientID, token string) error {
 		s.log.Warn("client tried to revoke another client's access token", "client_id", clientID, "jti", c.ID)
 		return nil
 	}
-	if revoked, _ := s.revocations.Check(&jwks.Claims{ID: c.ID}); revoked {
+	if s.revocations.Has(revocation.KindJTI, c.ID) {
 		return nil // already revoked: publishing again would only load every sidecar
 	}
-	if _, _, err := s.revokeEvent(ctx, revocation.KindJTI, c.ID, time.Unix(c.Expiry, 0), "revoked by client "+clientID); err != nil {
+	if _, _, err := s.revokeEvent(ctx, revocation.KindJTI, c.ID, time.Unix(c.Expiry, 0), "revoked by client "+clientID, "client:"+clientID); err != nil {
 		return errUnavailable("revocation not stored")
 	}
 	return nil
@@ -229,7 +247,7 @@ func (s *Server) logout(ctx context.Context, clientID, fid, token string) error 
 	if f.ClientID != clientID || !s.ownsToken(f, token) {
 		return nil
 	}
-	if revoked, _ := s.revocations.Check(&jwks.Claims{SessionID: f.SessionID}); f.Revoked && revoked {
+	if f.Revoked && s.revocations.Has(revocation.KindSID, f.SessionID) {
 		return nil // logged out already
 	}
 	if _, err := s.families.revoke(ctx, f.ID, "logout"); err != nil {
@@ -237,7 +255,7 @@ func (s *Server) logout(ctx context.Context, clientID, fid, token string) error 
 	}
 	// Published even if the family was already revoked: a retry after a
 	// failed publish must still reach the sidecars.
-	if _, _, err := s.revokeEvent(ctx, revocation.KindSID, f.SessionID, time.Time{}, "logout"); err != nil {
+	if _, _, err := s.revokeEvent(ctx, revocation.KindSID, f.SessionID, time.Time{}, "logout", "client:"+clientID); err != nil {
 		return errUnavailable("session revocation not stored")
 	}
 	s.log.Info("logout", "client_id", clientID, "sid", f.SessionID)

@@ -339,6 +339,7 @@ func (s *Server) Handler() http.Handler {
 	route("GET /admin/v1/revocations", s.admin(s.handleListRevocations))
 	route("GET /admin/v1/keys", s.admin(s.handleListKeys))
 	route("POST /admin/v1/keys/rotate", s.admin(s.handleRotate))
+	route("POST /admin/v1/keys/{kid}/revoke", s.admin(s.handleRevokeKey))
 	route("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		if nc := s.nc.Load(); nc != nil && nc.IsClosed() {
 			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "NATS connection closed for good: restart this process"})

@@ -330,7 +330,7 @@ func (s *Server) reuseDetected(ctx context.Context, f *family) error {
 		return errUnavailable("refresh token store unavailable")
 	}
 	// The access tokens of the session may be in the thief's hands too.
-	if _, _, err := s.revokeEvent(ctx, revocation.KindSID, f.SessionID, time.Time{}, "refresh token reuse"); err != nil {
+	if _, _, err := s.revokeEvent(ctx, revocation.KindSID, f.SessionID, time.Time{}, "refresh token reuse", "issuer"); err != nil {
 		s.log.Error("revoke session after refresh token reuse", "sid", f.SessionID, "err", err)
 		return errUnavailable("session revocation not stored")
 	}
@@ -374,6 +374,14 @@ func (s *Server) accessToken(c *directory.Client, sub, sid, scope string) (*toke
 	st := s.keys.current()
 	if st == nil {
 		return nil, errUnavailable("signing keys not loaded yet")
+	}
+	if s.revocations.Has(revocation.KindKID, st.ring.Active().ID) {
+		// Another replica revoked the key and this one's ring watch has
+		// not caught up: read the ring rather than sign with a dead key.
+		s.keys.refresh(context.Background())
+		if st = s.keys.current(); s.revocations.Has(revocation.KindKID, st.ring.Active().ID) {
+			return nil, errUnavailable("the signing key was revoked and its successor is not loaded yet")
+		}
 	}
 	jti, err := randomID()
 	if err != nil {

@@ -25,6 +25,10 @@ type Claims struct {
 	ClientID  string   `json:"client_id"`
 	Scope     string   `json:"scope,omitempty"`
 	SessionID string   `json:"sid,omitempty"`
+	// KeyID is the kid of the key that signed the token (from its header,
+	// set by Verifier.Verify), so a revoked signing key can be checked
+	// like any other revocation, on cache hits too.
+	KeyID string `json:"-"`
 }
 
 // Scopes returns the space-separated scope claim as a slice.

@@ -15,7 +15,7 @@ import (
 )
 
 // State is where a key is in its life. Keys only ever move forward:
-// next → active → retired → removed.
+// next → active → retired → removed, or from any of those to revoked.
 type State string
 
 const (
@@ -27,6 +27,11 @@ const (
 	// StateRetired keys sign nothing but stay published until every token
 	// they signed has expired.
 	StateRetired State = "retired"
+	// StateRevoked keys were revoked by an administrator (a leaked private
+	// key): unpublished at once, their private half destroyed, kept in the
+	// ring only so that `keys list` can show when, why and by whom until
+	// no token they signed can still be valid.
+	StateRevoked State = "revoked"
 )
 
 // RSABits is the size of generated RSA keys. 2048 is the floor of RFC 7518
@@ -43,10 +48,19 @@ type Key struct {
 	CreatedAt time.Time
 	// ActivatedAt is when it started signing (zero while next).
 	ActivatedAt time.Time
+	// ActivatedBy is the admin client id whose on-demand rotation or key
+	// revocation made it sign; empty for the periodic schedule.
+	ActivatedBy string
 	// RetiredAt is when it stopped signing (zero until retired).
 	RetiredAt time.Time
-	// RemoveAt is when a retired key leaves the JWKS (zero until retired).
+	// RemoveAt is when a retired key leaves the JWKS, or a revoked key the
+	// ring (zero until retired or revoked).
 	RemoveAt time.Time
+	// RevokedAt, RevokedBy (the admin client id) and RevokeReason record
+	// an administrator's revocation of the key.
+	RevokedAt    time.Time
+	RevokedBy    string
+	RevokeReason string
 
 	signer crypto.Signer
 }

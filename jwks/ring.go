@@ -109,6 +109,8 @@ func (r *Ring) Validate() error {
 		case StateNext:
 			next++
 		case StateRetired:
+		case StateRevoked:
+			continue // its private half is destroyed on revocation
 		default:
 			return fmt.Errorf("key ring: key %s has unknown state %q", k.ID, k.State)
 		}
@@ -169,7 +171,7 @@ func (r *Ring) Advance(now time.Time, p Policy) (*Ring, bool, error) {
 	}
 	kept := make([]*Key, 0, len(out.Keys))
 	for _, k := range out.Keys {
-		if k.State == StateRetired && !now.Before(k.RemoveAt) {
+		if (k.State == StateRetired || k.State == StateRevoked) && !now.Before(k.RemoveAt) {
 			changed = true
 			continue
 		}
@@ -189,7 +191,7 @@ func (r *Ring) NextTransition(p Policy) time.Time {
 		t = ready
 	}
 	for _, k := range r.Keys {
-		if k.State == StateRetired && k.RemoveAt.Before(t) {
+		if (k.State == StateRetired || k.State == StateRevoked) && k.RemoveAt.Before(t) {
 			t = k.RemoveAt
 		}
 	}
@@ -197,11 +199,88 @@ func (r *Ring) NextTransition(p Policy) time.Time {
 }
 
 // KeySet returns the public keys of every published key (next, active and
-// retired): what verifiers must accept.
+// retired): what verifiers must accept. Revoked keys are not published.
 func (r *Ring) KeySet() (*KeySet, error) {
 	pubs := make([]PublicKey, 0, len(r.Keys))
 	for _, k := range r.Keys {
-		pubs = append(pubs, k.Public())
+		if k.State != StateRevoked {
+			pubs = append(pubs, k.Public())
+		}
 	}
 	return NewKeySet(pubs...)
+}
+
+// Errors of Ring.Revoke.
+var (
+	// ErrKeyNotFound: the ring holds no key with that kid.
+	ErrKeyNotFound = errors.New("no such key")
+	// ErrAlreadyRevoked: the key was revoked before; nothing changes.
+	ErrAlreadyRevoked = errors.New("key already revoked")
+)
+
+// Revocation is what Ring.Revoke did besides marking the key.
+type Revocation struct {
+	// Key is the revoked key as it now stands in the ring.
+	Key *Key
+	// WasState is the state the key had.
+	WasState State
+	// Activated is the key that signs from now on when the active key was
+	// revoked (the former next key), nil otherwise.
+	Activated *Key
+	// CutShort is how much of the activated key's propagation delay was
+	// skipped: sidecars that have not fetched it yet meet an unknown kid
+	// and fetch the bundle (single-flight) before its tokens verify.
+	CutShort time.Duration
+}
+
+// Revoke takes the key kid out of service at now, for an administrator
+// (actor) who says why (reason). The key leaves the published set at
+// once and its private half is dropped; it stays in the ring, revoked,
+// until RemoveAt (now plus RetainRetired: the longest token lifetime and
+// leeway, after which no token it signed can be valid) so `keys list` can
+// show it. Revoking the active key activates the next key immediately,
+// cutting its propagation delay short, and a fresh next key is made, as
+// it is when the next key itself is revoked: the ring always keeps one
+// active and one next key.
+func (r *Ring) Revoke(kid string, now time.Time, p Policy, reason, actor string) (*Ring, *Revocation, error) {
+	var target *Key
+	for _, k := range r.Keys {
+		if k.ID == kid {
+			target = k
+		}
+	}
+	switch {
+	case target == nil:
+		return nil, nil, fmt.Errorf("%w: %s", ErrKeyNotFound, kid)
+	case target.State == StateRevoked:
+		return nil, &Revocation{Key: target, WasState: StateRevoked}, ErrAlreadyRevoked
+	}
+	out := &Ring{Sequence: r.Sequence + 1}
+	rev := &Revocation{WasState: target.State}
+	needNext := target.State == StateActive || target.State == StateNext
+	for _, k := range r.Keys {
+		c := *k
+		switch {
+		case k.ID == kid:
+			c.State, c.signer = StateRevoked, nil
+			c.RevokedAt, c.RevokedBy, c.RevokeReason = now.UTC(), actor, reason
+			c.RemoveAt = now.Add(p.RetainRetired).UTC()
+			rev.Key = &c
+		case k.State == StateNext && target.State == StateActive:
+			c.State, c.ActivatedAt, c.ActivatedBy = StateActive, now.UTC(), actor
+			rev.Activated = &c
+			if ready := k.CreatedAt.Add(p.PropagationDelay); now.Before(ready) {
+				rev.CutShort = ready.Sub(now)
+			}
+		}
+		out.Keys = append(out.Keys, &c)
+	}
+	if needNext {
+		fresh, err := GenerateKey(p.Alg, now)
+		if err != nil {
+			return nil, nil, err
+		}
+		out.Keys = append(out.Keys, fresh)
+	}
+	return out, rev, out.Validate()
 }

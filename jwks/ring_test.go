@@ -7,6 +7,7 @@ import (
 	"crypto/rsa"
 	"errors"
 	"math/big"
+	"slices"
 	"testing"
 	"time"
 )
@@ -231,4 +232,92 @@ func TestAnyAudience(t *testing.T) {
 	if _, err := strict.Verify(tok); !errors.Is(err, ErrWrongAudience) {
 		t.Fatalf("strict verifier: %v", err)
 	}
+}
+
+// TestRingRevoke: every state can be revoked; the key leaves the published
+// set at once, loses its private half, and the ring keeps one active and
+// one next key; the record goes when no token of the key can be valid.
+func TestRingRevoke(t *testing.T) {
+	p := testPolicy(ES256)
+	t0 := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	base := func(t *testing.T) *Ring {
+		t.Helper()
+		r, err := NewRing(t0, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Rotate once so the ring has a retired key too.
+		r, err = r.Rotate(t0.Add(p.PropagationDelay), p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	for _, state := range []State{StateActive, StateNext, StateRetired} {
+		t.Run(string(state), func(t *testing.T) {
+			r := base(t)
+			target := r.find(state)
+			now := t0.Add(p.PropagationDelay + time.Minute)
+			out, rev, err := r.Revoke(target.ID, now, p, "leaked", "admin")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := out.Validate(); err != nil || out.Sequence != r.Sequence+1 {
+				t.Fatalf("ring after revoke: %v, seq %d", err, out.Sequence)
+			}
+			k := rev.Key
+			if k.State != StateRevoked || k.RevokedBy != "admin" || k.RevokeReason != "leaked" || !k.RevokedAt.Equal(now) ||
+				!k.RemoveAt.Equal(now.Add(p.RetainRetired)) || k.signer != nil || rev.WasState != state {
+				t.Fatalf("revoked key %+v", k)
+			}
+			ks, err := out.KeySet()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, ok := ks.Lookup(target.ID); ok {
+				t.Fatal("revoked key still published")
+			}
+			switch state {
+			case StateActive:
+				if out.Active().ID != r.Next().ID || out.Active().ActivatedBy != "admin" || rev.Activated.ID != r.Next().ID {
+					t.Fatalf("next key not activated: %+v", out.Active())
+				}
+				// The next key was made at the rotation, a minute ago.
+				if rev.CutShort != p.PropagationDelay-time.Minute {
+					t.Fatalf("cut short %v", rev.CutShort)
+				}
+			case StateNext:
+				if out.Active().ID != r.Active().ID || out.Next().ID == target.ID || rev.Activated != nil {
+					t.Fatalf("after revoking next: active %s next %s", out.Active().ID, out.Next().ID)
+				}
+			case StateRetired:
+				if out.Active().ID != r.Active().ID || out.Next().ID != r.Next().ID || len(out.Keys) != len(r.Keys) {
+					t.Fatal("revoking a retired key changed the others")
+				}
+			}
+			if _, _, err := out.Revoke(target.ID, now, p, "again", "admin"); !errors.Is(err, ErrAlreadyRevoked) {
+				t.Fatalf("second revoke: %v", err)
+			}
+			gone, changed, err := out.Advance(now.Add(p.RetainRetired), p)
+			if err != nil || !changed {
+				t.Fatalf("advance past retention: %v %v", changed, err)
+			}
+			if slices.ContainsFunc(gone.Keys, func(k *Key) bool { return k.ID == target.ID }) {
+				t.Fatal("revoked key record outlived its retention")
+			}
+		})
+	}
+	t.Run("cut short", func(t *testing.T) {
+		r, _ := NewRing(t0, p)
+		_, rev, err := r.Revoke(r.Active().ID, t0.Add(time.Minute), p, "leak", "admin")
+		if err != nil || rev.CutShort != p.PropagationDelay-time.Minute {
+			t.Fatalf("cut short %v, err %v", rev.CutShort, err)
+		}
+	})
+	t.Run("unknown", func(t *testing.T) {
+		r, _ := NewRing(t0, p)
+		if _, _, err := r.Revoke("nope", t0, p, "", ""); !errors.Is(err, ErrKeyNotFound) {
+			t.Fatal(err)
+		}
+	})
 }

@@ -80,6 +80,10 @@ var (
 type VerifyError struct {
 	Reason string
 	Err    error
+	// KeyID is the token's kid when Err is ErrUnknownKey: a caller that
+	// knows the key was revoked can say so instead of "unknown key id".
+	// It comes from the unverified token: never trust it for anything else.
+	KeyID string
 }
 
 func (e *VerifyError) Error() string {
@@ -320,7 +324,9 @@ func (v *Verifier) Verify(token string) (*Claims, error) {
 	// 5. Key and signature.
 	key, ok := v.keys.KeySet().Lookup(kid)
 	if !ok {
-		return nil, verifyFail(ErrUnknownKey, "unknown key id", fmt.Sprintf("kid %q", kid))
+		ve := verifyFail(ErrUnknownKey, "unknown key id", fmt.Sprintf("kid %q", kid))
+		ve.KeyID = kid
+		return nil, ve
 	}
 	if key.Alg != alg {
 		return nil, verifyFail(ErrUnsupportedAlg, "algorithm does not match key",
@@ -347,7 +353,12 @@ func (v *Verifier) Verify(token string) (*Claims, error) {
 	if !utf8.Valid(payload) || !json.Valid(payload) {
 		return nil, verifyFail(ErrMalformed, "malformed token", "payload is not JSON")
 	}
-	return v.verifyClaims(string(payload))
+	c, err := v.verifyClaims(string(payload))
+	if err != nil {
+		return nil, err
+	}
+	c.KeyID = kid
+	return c, nil
 }
 
 // verifyParseHeader checks the JOSE header and returns its alg and kid.

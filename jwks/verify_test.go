@@ -796,7 +796,7 @@ func TestVerify(t *testing.T) {
 func TestVerifyClaimsContent(t *testing.T) {
 	e := verifyTestKeys(t)
 	v := verifyTestVerifier(t, e.ks, nil)
-	for _, alg := range []string{"ES256", "EdDSA", "RS256"} {
+	for alg, kid := range map[string]string{"ES256": "ec-1", "EdDSA": "ed-1", "RS256": "rsa-1"} {
 		c, err := v.Verify(e.good(t, alg, func(m map[string]any) {
 			m["nbf"] = verifyTestNowUnix - 60
 			m["sub"] = "al\u00e9ce \"q\""
@@ -808,6 +808,7 @@ func TestVerifyClaimsContent(t *testing.T) {
 			Issuer: verifyTestIssuer, Subject: "al\u00e9ce \"q\"", Audience: Audience{verifyTestAudience},
 			Expiry: verifyTestNowUnix + 600, IssuedAt: verifyTestNowUnix - 60, NotBefore: verifyTestNowUnix - 60,
 			ID: "tok-1", ClientID: "demo-app", Scope: "read write", SessionID: "sess-1",
+			KeyID: kid, // from the header: the key that signed it, for kid revocations
 		}
 		if fmt.Sprintf("%#v", *c) != fmt.Sprintf("%#v", want) {
 			t.Errorf("%s: claims\n got %#v\nwant %#v", alg, *c, want)

@@ -34,15 +34,19 @@ const (
 	KindClient Kind = "client"
 	// KindAll revokes every token issued at or before IssuedBefore.
 	KindAll Kind = "all"
+	// KindKID revokes every token signed by the key whose kid is the
+	// value, whatever its iat or jti: a forger holding a leaked key
+	// chooses those, so only the key names every forged token.
+	KindKID Kind = "kid"
 )
 
 // Kinds lists every kind, in the order Check consults them.
-var Kinds = []Kind{KindJTI, KindSID, KindSub, KindClient, KindAll}
+var Kinds = []Kind{KindKID, KindJTI, KindSID, KindSub, KindClient, KindAll}
 
 // Valid reports whether k is a known kind.
 func (k Kind) Valid() bool {
 	switch k {
-	case KindJTI, KindSID, KindSub, KindClient, KindAll:
+	case KindJTI, KindSID, KindSub, KindClient, KindAll, KindKID:
 		return true
 	}
 	return false
@@ -62,6 +66,8 @@ const (
 	MaxReasonLen = 512
 	// MaxIDLen bounds Event.ID in bytes (NewEvent makes 22).
 	MaxIDLen = 64
+	// MaxActorLen bounds Event.Actor in bytes.
+	MaxActorLen = 256
 	// MaxEventSize bounds a signed event on the wire; Verify rejects larger
 	// input before parsing it.
 	MaxEventSize = 4096
@@ -104,6 +110,11 @@ type Event struct {
 	// Reason is the administrator's free text. It is kept for audit
 	// (Set.Events) but never shown to token holders.
 	Reason string `json:"reason,omitempty"`
+	// Actor is who asked for the revocation, for audit: the admin client
+	// id; "client:<id>" for a client revoking its own token (RFC 7009) or
+	// logging out; "issuer" for the issuer's own (refresh-token reuse).
+	// Never shown to token holders.
+	Actor string `json:"actor,omitempty"`
 	// IssuedAt (Unix seconds) is when the event was made.
 	IssuedAt int64 `json:"iat"`
 	// IssuedAtMs is IssuedAt in milliseconds, for the propagation-delay
@@ -198,6 +209,12 @@ func (e *Event) Validate() error {
 	}
 	if !printable(e.Reason) {
 		return bad("reason is not printable UTF-8")
+	}
+	if len(e.Actor) > MaxActorLen {
+		return bad("actor longer than %d bytes", MaxActorLen)
+	}
+	if !printable(e.Actor) {
+		return bad("actor is not printable UTF-8")
 	}
 	if e.IssuedAt <= 0 {
 		return bad("iat missing")

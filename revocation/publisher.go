@@ -31,26 +31,35 @@ func NewPublisher(js jetstream.JetStream, prefix string, key ed25519.PrivateKey)
 // and returns the original sequence. The message's TTL keeps it until
 // e.ExpiresAt; an event that has already expired is ErrExpired.
 func (p *Publisher) Publish(ctx context.Context, e *Event) (uint64, error) {
+	seq, _, err := p.PublishOnce(ctx, e)
+	return seq, err
+}
+
+// PublishOnce is Publish that also reports whether JetStream had already
+// stored an event with e's ID within its duplicate window (then seq is
+// the stored one's): two issuer replicas publishing the same
+// deterministic ID at once store one event, and each learns which it was.
+func (p *Publisher) PublishOnce(ctx context.Context, e *Event) (seq uint64, duplicate bool, err error) {
 	if err := e.Validate(); err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	ttl := e.Expires().Sub(p.now())
 	if ttl <= 0 {
-		return 0, ErrExpired
+		return 0, false, ErrExpired
 	}
 	// JetStream counts TTLs in whole seconds (at least one): round up, so
 	// the event outlives its expires_at rather than the other way round.
 	ttl = max(ttl.Truncate(time.Second)+time.Second, time.Second)
 	data, err := Sign(e, p.key)
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	ack, err := p.js.Publish(ctx, Subject(p.prefix, e.Kind), data,
 		jetstream.WithMsgID(e.ID),
 		jetstream.WithExpectStream(p.stream),
 		jetstream.WithMsgTTL(ttl))
 	if err != nil {
-		return 0, fmt.Errorf("publish revocation %s: %w", e.ID, err)
+		return 0, false, fmt.Errorf("publish revocation %s: %w", e.ID, err)
 	}
-	return ack.Sequence, nil
+	return ack.Sequence, ack.Duplicate, nil
 }

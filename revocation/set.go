@@ -27,6 +27,7 @@ const (
 	ReasonSubject = "subject revoked"
 	ReasonClient  = "client revoked"
 	ReasonAll     = "all tokens revoked"
+	ReasonKey     = "signing key revoked"
 )
 
 // The memdb schema: one table of buckets. An entry is one revoked (kind,
@@ -92,11 +93,13 @@ func kindCode(k Kind) byte {
 		return 'c'
 	case KindAll:
 		return 'a'
+	case KindKID:
+		return 'k'
 	}
 	return 0
 }
 
-// kindSlot numbers the kinds 0 to 4.
+// kindSlot numbers the kinds 0 to numKinds-1.
 func kindSlot(k Kind) int {
 	switch k {
 	case KindJTI:
@@ -107,9 +110,14 @@ func kindSlot(k Kind) int {
 		return 2
 	case KindClient:
 		return 3
+	case KindKID:
+		return 5
 	}
 	return 4
 }
+
+// numKinds is the number of kinds (and of kindSlot's slots).
+const numKinds = 6
 
 // keyIndexer indexes buckets by key. FromArgs takes a *lookup, a reusable
 // argument: from a pool, a lookup allocates nothing but what go-memdb
@@ -193,7 +201,7 @@ type Set struct {
 	n    atomic.Int64 // live events, updated by writers before commit
 	// entries counts entries by kind (kindSlot), so Check skips kinds with
 	// none.
-	entries [5]atomic.Int64
+	entries [numKinds]atomic.Int64
 	// all is the highest issued_before of the "all" events (0: none), the
 	// one bound every Check needs: an atomic saves a lookup on the hot
 	// path. Writers (serialised by go-memdb) raise it before committing an
@@ -297,7 +305,7 @@ func (s *Set) insert(txn *writeTxn, e *Event, now int64) bool {
 	switch {
 	case have == nil:
 		ne = entry{value: ev.Value, maxBefore: ev.IssuedBefore, minExpires: ev.ExpiresAt, events: []*Event{&ev}}
-	case e.Kind == KindJTI || e.Kind == KindSID:
+	case e.Kind == KindJTI || e.Kind == KindSID || e.Kind == KindKID:
 		// A token or session is revoked or not: one event per entry is
 		// enough, the one that lasts longest. Keeping every repeat would
 		// let a client that revokes the same session over and over make
@@ -357,7 +365,7 @@ func (s *Set) insert(txn *writeTxn, e *Event, now int64) bool {
 			return false
 		}
 	}
-	if have == nil || e.Kind != KindJTI && e.Kind != KindSID {
+	if have == nil || e.Kind != KindJTI && e.Kind != KindSID && e.Kind != KindKID {
 		s.n.Add(1)
 	}
 	if ev.Kind == KindAll && ev.IssuedBefore > s.all.Load() {
@@ -368,9 +376,9 @@ func (s *Set) insert(txn *writeTxn, e *Event, now int64) bool {
 
 // Check reports whether a token with claims c is revoked, and if so a
 // short kind-based reason. It is revoked when the set holds an event for
-// its jti, for its sid (when it has one), or a sub, client or all event
-// with c.IssuedAt <= issued_before. Check takes no lock: it makes up to
-// four exact lookups in one immutable snapshot of the set (go-memdb's
+// the key that signed it (kid), its jti, its sid (when it has one), or a
+// sub, client or all event with c.IssuedAt <= issued_before. Check takes
+// no lock: it makes up to five exact lookups in one immutable snapshot of the set (go-memdb's
 // read transactions are lock-free) and reads the "all" bound from an
 // atomic.
 func (s *Set) Check(c *jwks.Claims) (revoked bool, reason string) {
@@ -405,6 +413,9 @@ func (s *Set) Check(c *jwks.Claims) (revoked bool, reason string) {
 		}
 		return &b.entries[i]
 	}
+	if get(KindKID, c.KeyID) != nil {
+		return true, ReasonKey
+	}
 	if get(KindJTI, c.ID) != nil {
 		return true, ReasonToken
 	}
@@ -421,6 +432,28 @@ func (s *Set) Check(c *jwks.Claims) (revoked bool, reason string) {
 		return true, ReasonAll
 	}
 	return false, ""
+}
+
+// Has reports whether the set holds an event of kind for value, whatever
+// its issued_before: the exact question "is this key (or token, or
+// session) revoked already?", which Check cannot answer for claims built
+// to ask it (their zero iat would match any "all" event).
+func (s *Set) Has(kind Kind, value string) bool {
+	if value == "" || !kind.Valid() || kind == KindAll || s.entries[kindSlot(kind)].Load() == 0 {
+		return false
+	}
+	l := lookups.Get().(*lookup)
+	defer lookups.Put(l)
+	raw, err := s.db.Txn(false).First(table, indexID, s.key(l, kind, value)...)
+	if err != nil {
+		return false
+	}
+	b, _ := raw.(*bucket)
+	if b == nil {
+		return false
+	}
+	_, found := b.find(value)
+	return found
 }
 
 // Len is the number of events in the set (expired ones count until GC
@@ -451,7 +484,7 @@ func (s *Set) GC(now time.Time) int {
 		due = append(due, b)
 	}
 	removed := 0
-	var gone [5]int64 // entries deleted, by kind
+	var gone [numKinds]int64 // entries deleted, by kind
 	all := s.all.Load()
 	for _, b := range due {
 		slot := kindSlot(b.entries[0].events[0].Kind)

@@ -31,7 +31,7 @@ func ev(t testing.TB, kind Kind, value string, before int64) *Event {
 func TestSetCheck(t *testing.T) {
 	iat := at.Unix()
 	claims := func(edit func(c *jwks.Claims)) *jwks.Claims {
-		c := &jwks.Claims{ID: "tok-1", SessionID: "sess-1", Subject: "alice", ClientID: "app", IssuedAt: iat}
+		c := &jwks.Claims{ID: "tok-1", SessionID: "sess-1", Subject: "alice", ClientID: "app", IssuedAt: iat, KeyID: "key-1"}
 		if edit != nil {
 			edit(c)
 		}
@@ -82,6 +82,15 @@ func TestSetCheck(t *testing.T) {
 		{"several all events: max wins", []*Event{
 			ev(t, KindAll, "", -100), ev(t, KindAll, "", 20), ev(t, KindAll, "", 0),
 		}, claims(func(c *jwks.Claims) { c.IssuedAt = iat + 20 }), ReasonAll},
+		{"kid", []*Event{ev(t, KindKID, "key-1", 0)}, claims(nil), ReasonKey},
+		{"kid ignores iat (a forger chooses it)", []*Event{ev(t, KindKID, "key-1", 0)}, claims(func(c *jwks.Claims) { c.IssuedAt = iat + 3600 }), ReasonKey},
+		{"kid ignores jti and sid", []*Event{ev(t, KindKID, "key-1", 0)}, claims(func(c *jwks.Claims) { c.ID, c.SessionID = "forged", "" }), ReasonKey},
+		{"other kid", []*Event{ev(t, KindKID, "key-2", 0)}, claims(nil), ""},
+		{"claims without a kid", []*Event{ev(t, KindKID, "key-1", 0)}, claims(func(c *jwks.Claims) { c.KeyID = "" }), ""},
+		{"a kid event does not match a jti of that value", []*Event{ev(t, KindKID, "tok-1", 0)}, claims(nil), ""},
+		{"kid reason comes first", []*Event{
+			ev(t, KindJTI, "tok-1", 0), ev(t, KindKID, "key-1", 0),
+		}, claims(nil), ReasonKey},
 		{"jti reason comes first", []*Event{
 			ev(t, KindAll, "", 0), ev(t, KindSub, "alice", 0), ev(t, KindJTI, "tok-1", 0),
 		}, claims(nil), ReasonToken},
@@ -420,13 +429,13 @@ func TestSetModel(t *testing.T) {
 		}
 		return e
 	}
-	// modelApply mirrors Apply: jti and sid keep the one event that lasts
+	// modelApply mirrors Apply: kid, jti and sid keep the one event that lasts
 	// longest; other kinds keep every event.
 	modelApply := func(e *Event) bool {
 		if _, ok := live[e.ID]; ok || e.ExpiresAt <= now.Unix() {
 			return false
 		}
-		if e.Kind == KindJTI || e.Kind == KindSID {
+		if e.Kind == KindJTI || e.Kind == KindSID || e.Kind == KindKID {
 			for id, h := range live {
 				if h.Kind == e.Kind && h.Value == e.Value {
 					if h.ExpiresAt >= e.ExpiresAt {
@@ -446,7 +455,7 @@ func TestSetModel(t *testing.T) {
 		}
 		txn := s.db.Txn(false)
 		byID, byExp := map[*bucket]bool{}, map[*bucket]bool{}
-		var counted [5]int64
+		var counted [numKinds]int64
 		it, _ := txn.Get(table, indexID)
 		for raw := it.Next(); raw != nil; raw = it.Next() {
 			b := raw.(*bucket)
@@ -490,6 +499,8 @@ func TestSetModel(t *testing.T) {
 				c.Subject = e.Value
 			case KindClient:
 				c.ClientID = e.Value
+			case KindKID:
+				c.KeyID = e.Value
 			}
 			if revoked, _ := s.Check(c); !revoked {
 				t.Fatalf("step %d: live %s %q not revoked", step, e.Kind, e.Value)

@@ -500,3 +500,61 @@ func TestLeewayOutlivesEventExpiry(t *testing.T) {
 		t.Fatalf("revoked token accepted once the event expired by the issuer's clock: %d", a.status)
 	}
 }
+
+func (revokeAll) Has(revocation.Kind, string) bool { return false }
+
+// TestSigningKeyRevoked: a kid event refuses every token of the key, a
+// verdict cached before it included, and forged tokens with any iat and
+// jti; once the bundle without the key arrives, the key's tokens are still
+// named "signing key revoked", and the new active key's tokens pass.
+func TestSigningKeyRevoked(t *testing.T) {
+	w := newWorld(t, jwks.ES256)
+	sc := w.start(w.config())
+	sc.waitReady(t)
+	tok := w.token()
+	if a := sc.verify(t, "GET", "/verify", tok); a.status != 200 {
+		t.Fatalf("before: %d", a.status)
+	}
+	leaked := w.ring.Active().ID
+	now := w.clock.Now()
+	e, err := revocation.NewEvent(revocation.KindKID, leaked, time.Time{}, now.Add(11*time.Minute), "leak", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := revocation.NewPublisher(w.js, "tokenwarden", w.dist).Publish(t.Context(), e); err != nil {
+		t.Fatal(err)
+	}
+	const want = `error_description="signing key revoked"`
+	waitFor(t, "kid event applied", func() bool { return sc.verify(t, "GET", "/verify", tok).status == 401 })
+	forged := w.token(func(c *jwks.Claims) { c.ID, c.IssuedAt, c.SessionID = "forged", now.Add(-time.Hour).Unix(), "" })
+	for name, tk := range map[string]string{"cached": tok, "forged": forged} {
+		if a := sc.verify(t, "GET", "/verify", tk); a.status != 401 || !strings.Contains(a.header.Get("WWW-Authenticate"), want) {
+			t.Errorf("%s token of the revoked key: %d %q", name, a.status, a.header.Get("WWW-Authenticate"))
+		}
+	}
+	// The issuer's next step: a bundle without the key.
+	next, _, err := w.ring.Revoke(leaked, time.Now(), jwks.DefaultPolicy(), "leak", "admin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.ring = next
+	seq := w.publish(next)
+	waitFor(t, "bundle without the key", func() bool { return sc.keys.Status().Sequence == seq })
+	for name, tk := range map[string]string{"cached": tok, "forged": forged, "new forged": w2token(t, w, leaked)} {
+		if a := sc.verify(t, "GET", "/verify", tk); a.status != 401 || !strings.Contains(a.header.Get("WWW-Authenticate"), want) {
+			t.Errorf("%s token after the bundle dropped the key: %d %q", name, a.status, a.header.Get("WWW-Authenticate"))
+		}
+	}
+	if a := sc.verify(t, "GET", "/verify", w.token()); a.status != 200 {
+		t.Fatalf("token of the new active key: %d %q", a.status, a.header.Get("WWW-Authenticate"))
+	}
+}
+
+// w2token signs a token with the kid of a key the ring no longer holds,
+// as a forger holding that key would: the header names the kid, whatever
+// the signature.
+func w2token(t *testing.T, _ *world, kid string) string {
+	t.Helper()
+	hdr := base64URL([]byte(`{"alg":"ES256","typ":"at+jwt","kid":"` + kid + `"}`))
+	return hdr + ".eyJzdWIiOiJ4In0." + base64URL(randBytes(64))
+}

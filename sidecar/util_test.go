@@ -5,6 +5,7 @@ import (
 	"sync"
 
 	"github.com/tokenwarden/tokenwarden/jwks"
+	"github.com/tokenwarden/tokenwarden/revocation"
 )
 
 func base64URL(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
@@ -28,4 +29,10 @@ func (s *switchable) Check(c *jwks.Claims) (bool, string) {
 		return false, ""
 	}
 	return s.rc.Check(c)
+}
+
+func (s *switchable) Has(kind revocation.Kind, value string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.rc != nil && s.rc.Has(kind, value)
 }

@@ -7,12 +7,15 @@ import (
 	"unsafe"
 
 	"github.com/tokenwarden/tokenwarden/jwks"
+	"github.com/tokenwarden/tokenwarden/revocation"
 )
 
-// RevocationChecker says whether verified claims have been revoked; the
-// revocation set (revocation.Set) implements it.
+// RevocationChecker says whether verified claims have been revoked, and
+// whether a signing key has; the revocation set (revocation.Set)
+// implements it.
 type RevocationChecker interface {
 	Check(c *jwks.Claims) (revoked bool, reason string)
+	Has(kind revocation.Kind, value string) bool
 }
 
 // ErrRevoked is wrapped by the *jwks.VerifyError of a revoked token.
@@ -65,8 +68,17 @@ func (v *Verifier) verifyMiss(token string, k *[sha256.Size]byte) (*jwks.Claims,
 	ks := v.keys.KeySet()
 	c, err := v.v.Verify(token)
 	if err != nil {
-		if errors.Is(err, jwks.ErrUnknownKey) && v.unknownKID != nil {
-			v.unknownKID()
+		var ve *jwks.VerifyError
+		if errors.As(err, &ve) && errors.Is(err, jwks.ErrUnknownKey) {
+			// A revoked key leaves the bundle: its tokens (a forger's
+			// among them) are named for what they are, and do not make
+			// the key cache fetch a bundle that will not have the key.
+			if v.revoked.Has(revocation.KindKID, ve.KeyID) {
+				return nil, false, &jwks.VerifyError{Reason: revocation.ReasonKey, Err: ErrRevoked}
+			}
+			if v.unknownKID != nil {
+				v.unknownKID()
+			}
 		}
 		return nil, false, err
 	}

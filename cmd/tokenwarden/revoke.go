@@ -47,6 +47,8 @@ func newRevokeCommand(g *globals) *cobra.Command {
 				switch args[0] {
 				case "jti", "sid", "sub", "client":
 					return nil
+				case "kid":
+					return errors.New("a signing key is revoked with: tokenwarden keys revoke KID --reason TEXT")
 				}
 				return fmt.Errorf("unknown kind %q: want jti, sid, sub, client or all", args[0])
 			case len(args) == 2:
