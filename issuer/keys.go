@@ -2,7 +2,6 @@ package issuer
 
 import (
 	"context"
-	"crypto/cipher"
 	"crypto/ed25519"
 	"encoding/json"
 	"errors"
@@ -41,6 +40,9 @@ type storedKey struct {
 	RetiredAt   time.Time `json:"retired_at,omitzero"`
 	RemoveAt    time.Time `json:"remove_at,omitzero"`
 	Sealed      []byte    `json:"sealed_private_key"`
+	// KEK is the id of the key-encryption key that sealed the private key
+	// (KEKID); empty in rings written before ids were recorded.
+	KEK string `json:"kek_id,omitempty"`
 }
 
 // ringState is an immutable snapshot the hot path reads with one atomic load.
@@ -57,7 +59,7 @@ type ringState struct {
 type keyManager struct {
 	kv      jetstream.KeyValue // <prefix>_keys
 	bundles jetstream.KeyValue // <prefix>_jwks
-	aead    cipher.AEAD
+	keks    *keyEncryptionKeys
 	dist    ed25519.PrivateKey
 	policy  func() jwks.Policy
 	now     func() time.Time
@@ -67,6 +69,10 @@ type keyManager struct {
 	state     atomic.Pointer[ringState]
 	publishMu sync.Mutex
 	published uint64 // highest bundle sequence known to be in KV
+
+	// unreadable is the newest ring seen in KV that this replica could not
+	// open for want of its key-encryption key (rewrap.go); nil when none.
+	unreadable atomic.Pointer[unreadableRing]
 
 	refreshMu   sync.Mutex
 	lastRefresh time.Time
@@ -97,12 +103,12 @@ func (m *keyManager) encode(r *jwks.Ring) ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		sealed, err := seal(m.aead, k.ID, der)
+		sealed, kekID, err := m.keks.seal(k.ID, der)
 		if err != nil {
 			return nil, err
 		}
 		sr.Keys = append(sr.Keys, storedKey{ID: k.ID, Alg: string(k.Alg), State: string(k.State), CreatedAt: k.CreatedAt,
-			ActivatedAt: k.ActivatedAt, RetiredAt: k.RetiredAt, RemoveAt: k.RemoveAt, Sealed: sealed})
+			ActivatedAt: k.ActivatedAt, RetiredAt: k.RetiredAt, RemoveAt: k.RemoveAt, Sealed: sealed, KEK: kekID})
 	}
 	return json.Marshal(sr)
 }
@@ -114,7 +120,7 @@ func (m *keyManager) decode(b []byte) (*jwks.Ring, error) {
 	}
 	r := &jwks.Ring{Sequence: sr.Sequence}
 	for _, s := range sr.Keys {
-		der, err := unseal(m.aead, s.ID, s.Sealed)
+		der, err := m.keks.unseal(s.ID, s.KEK, s.Sealed)
 		if err != nil {
 			return nil, err
 		}
@@ -137,10 +143,11 @@ func (m *keyManager) decode(b []byte) (*jwks.Ring, error) {
 
 // install makes r the ring this replica signs with, unless it already holds
 // a newer one (watch updates and CAS results can arrive in either order).
+// Newer is ringNewer's rule: a re-sealed ring keeps its sequence.
 func (m *keyManager) install(r *jwks.Ring, rev uint64) error {
 	for {
 		old := m.state.Load()
-		if old != nil && old.ring.Sequence >= r.Sequence {
+		if old != nil && !ringNewer(old, r, rev) {
 			return nil
 		}
 		ks, err := r.KeySet()
@@ -154,7 +161,8 @@ func (m *keyManager) install(r *jwks.Ring, rev uint64) error {
 		st := &ringState{ring: r, keys: ks, doc: doc, rev: rev, loaded: m.now()}
 		if m.state.CompareAndSwap(old, st) {
 			m.metrics.ringSequence.Set(float64(r.Sequence))
-			if old != nil {
+			m.readable(rev)
+			if old != nil && old.ring.Sequence != r.Sequence {
 				m.log.Info("key ring updated", "sequence", r.Sequence, "active_kid", r.Active().ID, "next_kid", r.Next().ID)
 			}
 			return nil
@@ -410,7 +418,7 @@ func (m *keyManager) refresh(ctx context.Context) {
 	}
 	r, err := m.decode(e.Value())
 	if err != nil {
-		m.log.Error("key ring in NATS cannot be read", "err", err)
+		m.cannotRead(e, err)
 		return
 	}
 	if err := m.install(r, e.Revision()); err != nil {
@@ -433,7 +441,7 @@ func (m *keyManager) watch(ctx context.Context) {
 			}
 			r, err := m.decode(e.Value())
 			if err != nil {
-				m.log.Error("key ring in NATS cannot be read", "err", err)
+				m.cannotRead(e, err)
 				continue
 			}
 			if err := m.install(r, e.Revision()); err != nil {
