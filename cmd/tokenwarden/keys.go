@@ -15,7 +15,7 @@ func newKeysCommand(g *globals) *cobra.Command {
 	var a adminClient
 	cmd := &cobra.Command{
 		Use:   "keys",
-		Short: "Show or rotate the issuer's signing keys (admin API)",
+		Short: "Show, rotate or re-seal the issuer's signing keys (admin API)",
 	}
 	a.register(cmd)
 	cmd.AddCommand(&cobra.Command{
@@ -40,7 +40,7 @@ func newKeysCommand(g *globals) *cobra.Command {
 			}
 			return printRing(g.stdout, info)
 		},
-	})
+	}, newKeysRewrapCommand(g, &a))
 	return cmd
 }
 
