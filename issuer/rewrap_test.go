@@ -581,6 +581,7 @@ func TestKEKRotationInPlace(t *testing.T) {
 	if len(tr.failures) > 0 || tr.ok.Load() < 24 {
 		t.Fatalf("%d rounds ok, failures: %v", tr.ok.Load(), tr.failures)
 	}
+	t.Logf("%d token rounds (issue, verify against the bundle and on every replica), 0 failures", tr.ok.Load())
 }
 
 // TestReplicaWithoutNewKEKBehind: a replica on the old KEK alone meets a
