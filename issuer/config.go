@@ -39,6 +39,14 @@ type Config struct {
 	// TOKENWARDEN_KEY_ENCRYPTION_KEY variable rather than a file on disk).
 	KeyEncryptionKeyFile string `yaml:"key_encryption_key_file"`
 	KeyEncryptionKey     string `yaml:"-"`
+	// PreviousKeyEncryptionKeyFiles hold earlier key-encryption keys
+	// (base64, one per file) that stored signing keys may still be sealed
+	// under while the KEK is replaced: the issuer opens with them, never
+	// seals. PreviousKeyEncryptionKeys are the same inline
+	// (TOKENWARDEN_PREVIOUS_KEY_ENCRYPTION_KEYS, comma-separated); both
+	// lists are used. See keyEncryptionKeys in kek.go.
+	PreviousKeyEncryptionKeyFiles []string `yaml:"previous_key_encryption_key_files"`
+	PreviousKeyEncryptionKeys     []string `yaml:"-"`
 
 	Keys KeysConfig `yaml:"keys"`
 

@@ -15,7 +15,7 @@ import (
 // "leaked key" scenario of test/chaos forges tokens with a real signing
 // key), and so can a responder who must learn which keys were exposed.
 func ReadKeyRing(ctx context.Context, js jetstream.JetStream, prefix string, kek []byte) (*jwks.Ring, error) {
-	aead, err := newAEAD(kek)
+	keks, err := newKeyEncryptionKeys(kek)
 	if err != nil {
 		return nil, err
 	}
@@ -27,6 +27,6 @@ func ReadKeyRing(ctx context.Context, js jetstream.JetStream, prefix string, kek
 	if err != nil {
 		return nil, fmt.Errorf("read key ring: %w", err)
 	}
-	m := &keyManager{aead: aead}
+	m := &keyManager{keks: keks}
 	return m.decode(e.Value())
 }

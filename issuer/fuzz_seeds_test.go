@@ -268,10 +268,25 @@ func TestWriteIssuerFuzzSeeds(t *testing.T) {
 		})
 	}
 	same := func(*storedRing) {}
+	// A ring sealed under the previous KEK, as before a rewrap.
+	prev := &keyManager{keks: &keyEncryptionKeys{current: m.keks.previous[0]}}
+	prevRing, err := prev.encode(ring)
+	if err != nil {
+		t.Fatal(err)
+	}
 	writeSeeds(t, "FuzzDecodeKeyRing", map[string][]any{
 		"valid-sealed": {sealedRing, false},
 		"valid-plain":  {plain(same), true},
-		"kids-swapped": {mutate(func(c *storedRing) { c.Keys[0].ID, c.Keys[1].ID = c.Keys[1].ID, c.Keys[0].ID }), false},
+		"legacy-no-kek-id": {mutate(func(c *storedRing) {
+			for i := range c.Keys {
+				c.Keys[i].KEK = ""
+			}
+		}), false},
+		"sealed-previous-kek": {prevRing, false},
+		"kek-id-unknown":      {mutate(func(c *storedRing) { c.Keys[0].KEK = "0123456789abcdef" }), false},
+		"kek-id-malformed":    {mutate(func(c *storedRing) { c.Keys[1].KEK = "KEK\n" }), false},
+		"kek-id-of-other-kek": {mutate(func(c *storedRing) { c.Keys[0].KEK = m.keks.previousIDs()[0] }), false},
+		"kids-swapped":        {mutate(func(c *storedRing) { c.Keys[0].ID, c.Keys[1].ID = c.Keys[1].ID, c.Keys[0].ID }), false},
 		"sealed-bit-flip": {mutate(func(c *storedRing) {
 			s := append([]byte(nil), c.Keys[0].Sealed...)
 			s[len(s)-1] ^= 1
@@ -288,19 +303,26 @@ func TestWriteIssuerFuzzSeeds(t *testing.T) {
 		"not-json":           {[]byte("ring"), false},
 		"sealed-not-base64":  {[]byte(`{"sequence":1,"keys":[{"kid":"a","alg":"ES256","state":"active","sealed_private_key":"!!"}]}`), false},
 	})
-	aead := m.aead
-	s1, _ := seal(aead, "k1", []byte("fuzz-plain-1"))
-	s2, _ := seal(aead, "k2", []byte("fuzz-plain-2 a longer plaintext"))
+	s1, id, _ := m.keks.seal("k1", []byte("fuzz-plain-1"))
+	s2, _, _ := m.keks.seal("k2", []byte("fuzz-plain-2 a longer plaintext"))
+	s3, prevID, _ := prev.keks.seal("k3", []byte("fuzz-plain-3 sealed under the previous KEK"))
 	flipped := append([]byte(nil), s1...)
 	flipped[len(flipped)/2] ^= 0x80
 	writeSeeds(t, "FuzzUnseal", map[string][]any{
-		"valid-k1":      {"k1", s1},
-		"valid-k2":      {"k2", s2},
-		"wrong-kid":     {"k2", s1},
-		"bit-flip":      {"k1", flipped},
-		"truncated":     {"k1", s1[:len(s1)-1]},
-		"nonce-only":    {"k1", s1[:12]},
-		"empty":         {"", []byte{}},
-		"tag-only-size": {"k1", make([]byte, 28)},
+		"valid-k1":             {"k1", id, s1},
+		"valid-k2":             {"k2", id, s2},
+		"legacy-no-kek-id":     {"k1", "", s1},
+		"previous-kek":         {"k3", prevID, s3},
+		"previous-kek-legacy":  {"k3", "", s3},
+		"kek-id-of-other-kek":  {"k1", prevID, s1},
+		"kek-id-unknown":       {"k1", "0123456789abcdef", s1},
+		"kek-id-malformed":     {"k1", "0123456789ABCDEF", s1},
+		"kek-id-control-chars": {"k1", "\x1b[31mred\n", s1},
+		"wrong-kid":            {"k2", id, s1},
+		"bit-flip":             {"k1", id, flipped},
+		"truncated":            {"k1", id, s1[:len(s1)-1]},
+		"nonce-only":           {"k1", id, s1[:12]},
+		"empty":                {"", "", []byte{}},
+		"tag-only-size":        {"k1", id, make([]byte, 28)},
 	})
 }

@@ -412,6 +412,7 @@ var adminRoutes = []struct{ method, path string }{
 	{"POST", "/admin/v1/revocations"},
 	{"GET", "/admin/v1/keys"},
 	{"POST", "/admin/v1/keys/rotate"},
+	{"POST", "/admin/v1/keys/rewrap"},
 }
 
 // FuzzAdminAuth: every admin route with a fuzzed method and Authorization
@@ -503,11 +504,11 @@ func FuzzDecodeKeyRing(f *testing.F) {
 				return
 			}
 			for i, k := range sr.Keys {
-				sealed, err := seal(m.aead, k.ID, k.Sealed)
+				sealed, kekID, err := m.keks.seal(k.ID, k.Sealed)
 				if err != nil {
 					t.Fatal(err)
 				}
-				sr.Keys[i].Sealed = sealed
+				sr.Keys[i].Sealed, sr.Keys[i].KEK = sealed, kekID
 			}
 			var err error
 			if data, err = json.Marshal(sr); err != nil {
@@ -544,23 +545,31 @@ func FuzzDecodeKeyRing(f *testing.F) {
 }
 
 // fuzzKEK is the key-encryption key the seeds of FuzzDecodeKeyRing and
-// FuzzUnseal were sealed with.
-var fuzzKEK = []byte("tokenwarden fuzz KEK 32 bytes!!!")
+// FuzzUnseal were sealed with; fuzzPreviousKEK the previous one the fuzz
+// issuer still opens with (the seeds sealed under it), as during a KEK
+// replacement.
+var (
+	fuzzKEK         = []byte("tokenwarden fuzz KEK 32 bytes!!!")
+	fuzzPreviousKEK = []byte("tokenwarden fuzz old KEK 32 byte")
+)
 
 func fuzzKeyManager(tb testing.TB) *keyManager {
-	aead, err := newAEAD(fuzzKEK)
+	keks, err := newKeyEncryptionKeys(fuzzKEK, fuzzPreviousKEK)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return &keyManager{aead: aead}
+	return &keyManager{keks: keks}
 }
 
-// FuzzUnseal: opening a sealed key record never panics, and succeeds only
-// for what was sealed under that very kid with the issuer's key.
+// FuzzUnseal: opening a sealed key record (its kid, the id of the KEK it
+// names, the sealed bytes) never panics, and succeeds only for what was
+// sealed under that very kid with one of the issuer's KEKs: the one the id
+// names, or, for a record without an id, whichever opens it.
 func FuzzUnseal(f *testing.F) {
 	m := fuzzKeyManager(f)
-	f.Fuzz(func(t *testing.T, kid string, sealed []byte) {
-		plain, err := unseal(m.aead, kid, sealed)
+	ids := []string{m.keks.currentID(), m.keks.previousIDs()[0]}
+	f.Fuzz(func(t *testing.T, kid, kekID string, sealed []byte) {
+		plain, err := m.keks.unseal(kid, kekID, sealed)
 		if err != nil {
 			if plain != nil {
 				t.Fatal("plaintext with an error")
@@ -568,8 +577,24 @@ func FuzzUnseal(f *testing.F) {
 			return
 		}
 		// It opened: so it is authentic for this kid and no other.
-		if _, err := unseal(m.aead, kid+"x", sealed); err == nil {
+		if _, err := m.keks.unseal(kid+"x", kekID, sealed); err == nil {
 			t.Fatalf("sealed key opens under kid %q and %q", kid, kid+"x")
+		}
+		// Exactly one KEK opens it: the one the id names, if it names one.
+		opened := 0
+		for _, id := range ids {
+			if p, err := m.keks.unseal(kid, id, sealed); err == nil {
+				opened++
+				if kekID != "" && id != kekID {
+					t.Fatalf("record naming KEK %s opens under KEK %s too", kekID, id)
+				}
+				if !bytes.Equal(p, plain) {
+					t.Fatal("two plaintexts for one record")
+				}
+			}
+		}
+		if opened != 1 {
+			t.Fatalf("record opens under %d KEKs", opened)
 		}
 		// Every record the seeds hold was sealed from such a plaintext; the
 		// fuzzer cannot forge another.

@@ -2,7 +2,6 @@ package issuer
 
 import (
 	"context"
-	"crypto/cipher"
 	"crypto/ed25519"
 	"encoding/json"
 	"errors"
@@ -30,6 +29,16 @@ const bundleKey = "current"
 type storedRing struct {
 	Sequence uint64      `json:"sequence"`
 	Keys     []storedKey `json:"keys"`
+	// Rewrapped records the last re-sealing under a new key-encryption
+	// key, for audit. A rewrap changes nothing else, so the ring's
+	// sequence and keys do not show it.
+	Rewrapped *rewrapRecord `json:"rewrapped,omitempty"`
+}
+
+type rewrapRecord struct {
+	At  time.Time `json:"at"`
+	By  string    `json:"by"`
+	KEK string    `json:"kek_id"`
 }
 
 type storedKey struct {
@@ -46,6 +55,9 @@ type storedKey struct {
 	RevokedBy    string    `json:"revoked_by,omitempty"`
 	RevokeReason string    `json:"revoke_reason,omitempty"`
 	Sealed       []byte    `json:"sealed_private_key,omitempty"`
+	// KEK is the id of the key-encryption key that sealed the private key
+	// (KEKID); empty in rings written before ids were recorded.
+	KEK string `json:"kek_id,omitempty"`
 }
 
 // ringState is an immutable snapshot the hot path reads with one atomic load.
@@ -62,7 +74,7 @@ type ringState struct {
 type keyManager struct {
 	kv      jetstream.KeyValue // <prefix>_keys
 	bundles jetstream.KeyValue // <prefix>_jwks
-	aead    cipher.AEAD
+	keks    *keyEncryptionKeys
 	dist    ed25519.PrivateKey
 	policy  func() jwks.Policy
 	now     func() time.Time
@@ -72,6 +84,10 @@ type keyManager struct {
 	state     atomic.Pointer[ringState]
 	publishMu sync.Mutex
 	published uint64 // highest bundle sequence known to be in KV
+
+	// unreadable is the newest ring seen in KV that this replica could not
+	// open for want of its key-encryption key (rewrap.go); nil when none.
+	unreadable atomic.Pointer[unreadableRing]
 
 	refreshMu   sync.Mutex
 	lastRefresh time.Time
@@ -106,7 +122,7 @@ func (m *keyManager) encode(r *jwks.Ring) ([]byte, error) {
 			if err != nil {
 				return nil, err
 			}
-			if sk.Sealed, err = seal(m.aead, k.ID, der); err != nil {
+			if sk.Sealed, sk.KEK, err = m.keks.seal(k.ID, der); err != nil {
 				return nil, err
 			}
 		}
@@ -130,7 +146,7 @@ func (m *keyManager) decode(b []byte) (*jwks.Ring, error) {
 			ActivatedAt: s.ActivatedAt, RetiredAt: s.RetiredAt, RemoveAt: s.RemoveAt, ActivatedBy: s.ActivatedBy,
 			RevokedAt: s.RevokedAt, RevokedBy: s.RevokedBy, RevokeReason: s.RevokeReason}
 		if k.State != jwks.StateRevoked {
-			der, err := unseal(m.aead, s.ID, s.Sealed)
+			der, err := m.keks.unseal(s.ID, s.KEK, s.Sealed)
 			if err != nil {
 				return nil, err
 			}
@@ -148,10 +164,11 @@ func (m *keyManager) decode(b []byte) (*jwks.Ring, error) {
 
 // install makes r the ring this replica signs with, unless it already holds
 // a newer one (watch updates and CAS results can arrive in either order).
+// Newer is ringNewer's rule: a re-sealed ring keeps its sequence.
 func (m *keyManager) install(r *jwks.Ring, rev uint64) error {
 	for {
 		old := m.state.Load()
-		if old != nil && old.ring.Sequence >= r.Sequence {
+		if old != nil && !ringNewer(old, r, rev) {
 			return nil
 		}
 		ks, err := r.KeySet()
@@ -165,7 +182,8 @@ func (m *keyManager) install(r *jwks.Ring, rev uint64) error {
 		st := &ringState{ring: r, keys: ks, doc: doc, rev: rev, loaded: m.now()}
 		if m.state.CompareAndSwap(old, st) {
 			m.metrics.ringSequence.Set(float64(r.Sequence))
-			if old != nil {
+			m.readable(rev)
+			if old != nil && old.ring.Sequence != r.Sequence {
 				m.log.Info("key ring updated", "sequence", r.Sequence, "active_kid", r.Active().ID, "next_kid", r.Next().ID)
 			}
 			return nil
@@ -256,6 +274,9 @@ func (m *keyManager) update(ctx context.Context, change func(*jwks.Ring) (*jwks.
 		if err != nil {
 			return nil, err
 		}
+		if b, err = keepRewrapRecord(e.Value(), b); err != nil {
+			return nil, err
+		}
 		rev, err := m.kv.Update(ctx, ringKey, b, e.Revision())
 		if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
 			continue // another replica changed the ring first
@@ -272,6 +293,23 @@ func (m *keyManager) update(ctx context.Context, change func(*jwks.Ring) (*jwks.
 		return next, nil
 	}
 	return nil, errors.New("key ring: too many concurrent changes, try again")
+}
+
+// keepRewrapRecord carries the audit record of the last rewrap from the
+// stored ring old into the encoded ring b, which encode cannot know of.
+func keepRewrapRecord(old, b []byte) ([]byte, error) {
+	var o struct {
+		Rewrapped *rewrapRecord `json:"rewrapped"`
+	}
+	if json.Unmarshal(old, &o) != nil || o.Rewrapped == nil {
+		return b, nil
+	}
+	var sr storedRing
+	if err := json.Unmarshal(b, &sr); err != nil {
+		return nil, fmt.Errorf("decode key ring: %w", err)
+	}
+	sr.Rewrapped = o.Rewrapped
+	return json.Marshal(sr)
 }
 
 // nextPublished reports whether the bundle in KV holds cur's next key.
@@ -439,7 +477,7 @@ func (m *keyManager) refresh(ctx context.Context) {
 	}
 	r, err := m.decode(e.Value())
 	if err != nil {
-		m.log.Error("key ring in NATS cannot be read", "err", err)
+		m.cannotRead(e, err)
 		return
 	}
 	if err := m.install(r, e.Revision()); err != nil {
@@ -462,7 +500,7 @@ func (m *keyManager) watch(ctx context.Context) {
 			}
 			r, err := m.decode(e.Value())
 			if err != nil {
-				m.log.Error("key ring in NATS cannot be read", "err", err)
+				m.cannotRead(e, err)
 				continue
 			}
 			if err := m.install(r, e.Revision()); err != nil {

@@ -90,14 +90,15 @@ func New(cfg Config, opts ...Option) (*Server, error) {
 		return nil, err
 	}
 	s.dist = dist
-	kek, err := cfg.keyEncryptionKey()
+	kek, previousKEKs, err := cfg.keyEncryptionKeys()
 	if err != nil {
 		return nil, err
 	}
-	aead, err := newAEAD(kek)
+	keks, err := newKeyEncryptionKeys(kek, previousKEKs...)
 	if err != nil {
 		return nil, err
 	}
+	s.log.Info("key-encryption keys loaded", "kek_id", keks.currentID(), "previous_kek_ids", keks.previousIDs())
 	s.dir, err = directory.NewWatcher(cfg.UsersFile, cfg.ClientsFile, s.log, directory.WithOnReload(func(d *directory.Directory) {
 		s.metrics.directoryReload.WithLabelValues("ok").Inc()
 		s.log.Info("reloaded users and clients", "users", d.Users(), "clients", d.Clients())
@@ -107,7 +108,8 @@ func New(cfg Config, opts ...Option) (*Server, error) {
 	}
 	s.userLimiter = newFailureLimiter(cfg.RateLimit.FailuresPerUser)
 	s.ipLimiter = newFailureLimiter(cfg.RateLimit.FailuresPerIP)
-	s.keys = &keyManager{aead: aead, dist: dist, policy: s.policy, now: s.now, log: s.log, metrics: s.metrics}
+	s.keys = &keyManager{keks: keks, dist: dist, policy: s.policy, now: s.now, log: s.log, metrics: s.metrics}
+	s.metrics.registry.MustRegister(s.keys.unreadableMetric())
 	s.verifier, err = jwks.NewVerifier(jwks.VerifierConfig{
 		Issuer: cfg.Issuer, Audience: []string{cfg.Issuer}, Leeway: cfg.Leeway, Now: s.now,
 	}, s.keys)
@@ -163,8 +165,15 @@ func (s *Server) setStatus(check, problem string) {
 
 // Ready returns nil once this replica can serve every request: NATS
 // reachable, key ring loaded, revocation stream replayed and deny records
-// read; else what is missing. It is what /readyz reports.
-func (s *Server) Ready() error { return s.ready() }
+// read; else what is missing. It is what /readyz reports: that also fails
+// while this replica's key ring is behind a ring it cannot open (rewrap.go),
+// which token requests, signing with what the replica holds, do not wait for.
+func (s *Server) Ready() error {
+	if err := s.ready(); err != nil {
+		return err
+	}
+	return s.keys.ringBehind()
+}
 
 // ready returns nil when this replica can serve requests that need state.
 func (s *Server) ready() error {
@@ -190,6 +199,7 @@ func (s *Server) statusSnapshot() map[string]string {
 	} else if !s.denied.synced.Load() {
 		out["revocations"] = "reading the deny records"
 	}
+	s.keys.reportUnreadable(out)
 	return out
 }
 
@@ -340,6 +350,7 @@ func (s *Server) Handler() http.Handler {
 	route("GET /admin/v1/keys", s.admin(s.handleListKeys))
 	route("POST /admin/v1/keys/rotate", s.admin(s.handleRotate))
 	route("POST /admin/v1/keys/{kid}/revoke", s.admin(s.handleRevokeKey))
+	route("POST /admin/v1/keys/rewrap", s.admin(s.handleRewrap))
 	route("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		if nc := s.nc.Load(); nc != nil && nc.IsClosed() {
 			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "NATS connection closed for good: restart this process"})
@@ -354,7 +365,7 @@ func (s *Server) Handler() http.Handler {
 
 func (s *Server) handleReadyz(w http.ResponseWriter, _ *http.Request) {
 	checks := s.statusSnapshot()
-	if s.ready() != nil {
+	if s.Ready() != nil {
 		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "not ready", "checks": checks})
 		return
 	}

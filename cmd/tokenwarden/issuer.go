@@ -28,6 +28,8 @@ func issuerSettings(c *issuer.Config) []setting {
 		{flag: "distribution-key-file", usage: "Ed25519 private key (PKCS#8 PEM) that signs bundles and events", bind: &c.DistributionKeyFile},
 		{flag: "key-encryption-key-file", usage: "file with the base64 32-byte key sealing signing keys at rest", bind: &c.KeyEncryptionKeyFile},
 		{flag: "key-encryption-key", usage: "the key-encryption key itself, base64", bind: &c.KeyEncryptionKey, envOnly: true},
+		{flag: "previous-key-encryption-key-files", usage: "files with earlier key-encryption keys, comma-separated: opened with, never sealed with, until `tokenwarden keys rewrap`", bind: &c.PreviousKeyEncryptionKeyFiles},
+		{flag: "previous-key-encryption-keys", usage: "earlier key-encryption keys themselves, base64, comma-separated", bind: &c.PreviousKeyEncryptionKeys, envOnly: true},
 		{flag: "signing-alg", usage: "algorithm of new signing keys: ES256, EdDSA or RS256", bind: &c.Keys.Algorithm},
 		{flag: "rotation-period", usage: "how long a key signs before rotation", bind: &c.Keys.RotationPeriod},
 		{flag: "propagation-delay", usage: "how long a key is published before it signs", bind: &c.Keys.PropagationDelay},

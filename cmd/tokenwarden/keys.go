@@ -17,7 +17,7 @@ func newKeysCommand(g *globals) *cobra.Command {
 	var a adminClient
 	cmd := &cobra.Command{
 		Use:   "keys",
-		Short: "Show, rotate or revoke the issuer's signing keys (admin API)",
+		Short: "Show, rotate, revoke or re-seal the issuer's signing keys (admin API)",
 	}
 	a.register(cmd)
 	var (
@@ -74,7 +74,7 @@ func newKeysCommand(g *globals) *cobra.Command {
 			}
 			return printRing(g.stdout, info)
 		},
-	})
+	}, newKeysRewrapCommand(g, &a))
 	return cmd
 }
 

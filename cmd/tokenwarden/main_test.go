@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"net"
 	"net/http"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -116,6 +118,46 @@ func TestLayeredConfig(t *testing.T) {
 	}
 }
 
+// TestPreviousKEKSettings: the previous key-encryption keys come as
+// comma-separated lists, the files from the YAML file, the variable or the
+// flag, the keys themselves only from the variable.
+func TestPreviousKEKSettings(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "issuer.yaml")
+	_ = os.WriteFile(file, []byte("previous_key_encryption_key_files: [/from/file]\n"), 0o600)
+	t.Setenv("TOKENWARDEN_PREVIOUS_KEY_ENCRYPTION_KEYS", "a2V5MQ==, a2V5Mg==")
+	for name, tc := range map[string]struct {
+		env   string
+		flags []string
+		want  []string
+	}{
+		"file":     {want: []string{"/from/file"}},
+		"variable": {env: "/k/1.key,/k/2.key", want: []string{"/k/1.key", "/k/2.key"}},
+		"flag":     {env: "/k/1.key", flags: []string{"--previous-key-encryption-key-files", "/f/1.key,,/f/2.key"}, want: []string{"/f/1.key", "/f/2.key"}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			if tc.env != "" {
+				t.Setenv("TOKENWARDEN_PREVIOUS_KEY_ENCRYPTION_KEY_FILES", tc.env)
+			}
+			cfg := issuer.DefaultConfig()
+			settings := issuerSettings(&cfg)
+			cmd := &cobra.Command{Use: "x", RunE: func(*cobra.Command, []string) error { return nil }}
+			registerFlags(cmd, settings)
+			if err := cmd.ParseFlags(tc.flags); err != nil {
+				t.Fatal(err)
+			}
+			if cmd.Flags().Lookup("previous-key-encryption-keys") != nil {
+				t.Fatal("the keys themselves must not be a flag (ps shows flags)")
+			}
+			if err := loadLayered(cmd, file, &cfg, settings); err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(cfg.PreviousKeyEncryptionKeyFiles, tc.want) || !slices.Equal(cfg.PreviousKeyEncryptionKeys, []string{"a2V5MQ==", "a2V5Mg=="}) {
+				t.Fatalf("files %q, keys %q", cfg.PreviousKeyEncryptionKeyFiles, cfg.PreviousKeyEncryptionKeys)
+			}
+		})
+	}
+}
+
 func TestExampleIssuerConfigLoads(t *testing.T) {
 	cfg := issuer.DefaultConfig()
 	settings := issuerSettings(&cfg)
@@ -209,6 +251,16 @@ func TestDev(t *testing.T) {
 	_, _, err = run(t, t.Context(), "", "keys", "rotate", "--issuer", base, "--client-id", "admin", "--client-secret", "admin-secret")
 	if err == nil || !strings.Contains(err.Error(), "not yet propagated") {
 		t.Fatalf("early rotate: %v", err)
+	}
+	// Re-sealing finds every key under dev's key-encryption key already.
+	kek, err := os.ReadFile(filepath.Join(data, "key-encryption.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kekBytes, _ := base64.StdEncoding.DecodeString(strings.TrimSpace(string(kek)))
+	rewrapOut, _, err := run(t, t.Context(), "", "keys", "rewrap", "--issuer", base, "--client-id", "admin", "--client-secret", "admin-secret")
+	if want := "re-sealed 0 of 2 signing keys: all are sealed under key-encryption key " + issuer.KEKID(kekBytes); err != nil || !strings.Contains(rewrapOut, want) {
+		t.Fatalf("keys rewrap: %v\n%s\nwant %q", err, rewrapOut, want)
 	}
 	if _, _, err := run(t, t.Context(), "", "keys", "list", "--issuer", base, "--client-id", "admin", "--client-secret", "wrong"); err == nil || !strings.Contains(err.Error(), "invalid_client") {
 		t.Fatalf("wrong admin secret: %v", err)

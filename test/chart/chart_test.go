@@ -310,7 +310,34 @@ func checkIssuer(t *testing.T, m *manifests, v map[string]any) {
 	if u, _ := get(v, "issuer.url").(string); u != "" && cfg.Issuer != u {
 		t.Errorf("issuer %q, want %q", cfg.Issuer, u)
 	}
+	checkIssuerKeyFiles(t, d, cfg)
 	checkDrain(t, "issuer", d, cfg.ShutdownDelay, intOf(get(v, "issuer.shutdownDelaySeconds")))
+}
+
+// checkIssuerKeyFiles: every key file the issuer's config names (the
+// distribution key, the current and any previous key-encryption key) is
+// mounted from the keys Secret, or the issuer would not start.
+func checkIssuerKeyFiles(t *testing.T, d *appsv1.Deployment, cfg issuer.Config) {
+	t.Helper()
+	dir := ""
+	for _, vm := range d.Spec.Template.Spec.Containers[0].VolumeMounts {
+		if vm.Name == "keys" {
+			dir = vm.MountPath
+		}
+	}
+	mounted := map[string]bool{}
+	for _, vol := range d.Spec.Template.Spec.Volumes {
+		if vol.Name == "keys" && vol.Secret != nil {
+			for _, it := range vol.Secret.Items {
+				mounted[dir+"/"+it.Path] = true
+			}
+		}
+	}
+	for _, f := range append([]string{cfg.DistributionKeyFile, cfg.KeyEncryptionKeyFile}, cfg.PreviousKeyEncryptionKeyFiles...) {
+		if !mounted[f] {
+			t.Errorf("issuer.yaml names %s, which is not mounted from the keys Secret (mounted: %v)", f, mounted)
+		}
+	}
 }
 
 // checkDrain: the process drains on SIGTERM for the configured delay
@@ -703,6 +730,9 @@ func TestValuesAreValidated(t *testing.T) {
 		"persistence not bool":  {[]string{"--set", "nats.persistence.enabled=maybe"}, "enabled"},
 		"external without url":  {[]string{"--set", "nats.enabled=false"}, "nats.external.url"},
 		"secret auth no name":   {[]string{"--set", "sidecar.nats.auth=secret", "--set", "sidecar.nats.secret.name="}, "sidecar.nats.secret.name"},
+		"KEK data key path":     {[]string{"--set", "issuer.keys.keyEncryptionKey=../kek"}, "keyEncryptionKey"},
+		"KEK also previous":     {[]string{"--set", "issuer.keys.previousKeyEncryptionKeys={key-encryption.key}"}, "must not list issuer.keys.keyEncryptionKey"},
+		"KEK is dist key":       {[]string{"--set", "issuer.keys.keyEncryptionKey=distribution.key"}, "must not name the distribution key"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()

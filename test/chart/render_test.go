@@ -188,6 +188,12 @@ func render(t *testing.T, args ...string) *manifests {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return parseManifests(t, out)
+}
+
+// parseManifests decodes every document of helm's output strictly.
+func parseManifests(t *testing.T, out string) *manifests {
+	t.Helper()
 	m := &manifests{byKind: map[string][]any{}}
 	for i, doc := range strings.Split(out, "\n---") {
 		if strings.TrimSpace(stripComments(doc)) == "" {

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"go.yaml.in/yaml/v3"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -212,5 +213,89 @@ func TestMinimalExampleCanLogInAndAdminister(t *testing.T) {
 	}
 	if _, err := d.AuthenticateUser("demo", "demo-password"); err != nil {
 		t.Fatalf("demo user: %v", err)
+	}
+}
+
+// TestKEKReplacement walks docs/kubernetes.md's "Replace the key-encryption
+// key" against a fake cluster holding the chart's keys Secret: every data
+// key the operator added is kept on upgrade (nothing is regenerated), the
+// issuer mounts and names the new key and the previous one, and a key
+// named but missing from the Secret is refused before any pod could fail
+// (or the chart regenerate every key).
+func TestKEKReplacement(t *testing.T) {
+	keys := func(data map[string][]byte) *corev1.Secret {
+		return &corev1.Secret{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"},
+			ObjectMeta: metav1.ObjectMeta{Name: fullname + "-keys", Namespace: namespace}, Data: data}
+	}
+	dist := map[string][]byte{"distribution.key": []byte("dist-private"), "distribution.pub": []byte("dist-public")}
+	with := func(kv ...string) map[string][]byte {
+		d := map[string][]byte{}
+		for k, v := range dist {
+			d[k] = v
+		}
+		for i := 0; i < len(kv); i += 2 {
+			d[kv[i]] = []byte(kv[i+1])
+		}
+		return d
+	}
+	for name, tc := range map[string]struct {
+		secret   map[string][]byte
+		args     []string
+		current  string   // want key_encryption_key_file's data key
+		previous []string // want previous_key_encryption_key_files' data keys
+		fail     string
+	}{
+		"step 1, new key added, nothing named yet": {secret: with("key-encryption.key", "old", "key-encryption-2.key", "new"),
+			current: "key-encryption.key"},
+		"step 2, new key current, old previous": {secret: with("key-encryption.key", "old", "key-encryption-2.key", "new"),
+			args:    []string{"--set", "issuer.keys.keyEncryptionKey=key-encryption-2.key", "--set", "issuer.keys.previousKeyEncryptionKeys={key-encryption.key}"},
+			current: "key-encryption-2.key", previous: []string{"key-encryption.key"}},
+		"step 4, old key dropped": {secret: with("key-encryption-2.key", "new"),
+			args: []string{"--set", "issuer.keys.keyEncryptionKey=key-encryption-2.key"}, current: "key-encryption-2.key"},
+		"new key not in the Secret": {secret: with("key-encryption.key", "old"),
+			args: []string{"--set", "issuer.keys.keyEncryptionKey=key-encryption-2.key", "--set", "issuer.keys.previousKeyEncryptionKeys={key-encryption.key}"},
+			fail: `has no data key "key-encryption-2.key"`},
+		"previous key not in the Secret": {secret: with("key-encryption-2.key", "new"),
+			args: []string{"--set", "issuer.keys.keyEncryptionKey=key-encryption-2.key", "--set", "issuer.keys.previousKeyEncryptionKeys={key-encryption.key}"},
+			fail: `has no data key "key-encryption.key"`},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			out, err := renderAgainst(t, []any{keys(tc.secret)}, tc.args...)
+			if tc.fail != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.fail) || !strings.Contains(err.Error(), "docs/kubernetes.md") {
+					t.Fatalf("want a refusal mentioning %q, got %v", tc.fail, err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := parseManifests(t, out)
+			sec, _ := m.get("Secret", fullname+"-keys").(*corev1.Secret)
+			if sec == nil || len(sec.Data) != len(tc.secret) {
+				t.Fatalf("keys Secret %+v, want exactly the data keys of the cluster's", sec)
+			}
+			for k, v := range tc.secret {
+				if string(sec.Data[k]) != string(v) {
+					t.Errorf("keys Secret %s = %q, want %q kept", k, sec.Data[k], v)
+				}
+			}
+			raw := configMapData(t, m, fullname+"-issuer", "issuer.yaml")
+			cfg := issuer.DefaultConfig()
+			dec := yaml.NewDecoder(strings.NewReader(raw))
+			dec.KnownFields(true)
+			if err := dec.Decode(&cfg); err != nil {
+				t.Fatalf("issuer.yaml: %v\n%s", err, raw)
+			}
+			var prev []string
+			for _, f := range cfg.PreviousKeyEncryptionKeyFiles {
+				prev = append(prev, filepath.Base(f))
+			}
+			if filepath.Base(cfg.KeyEncryptionKeyFile) != tc.current || !slices.Equal(prev, tc.previous) {
+				t.Fatalf("issuer.yaml names KEK %s and previous %v, want %s and %v", cfg.KeyEncryptionKeyFile, prev, tc.current, tc.previous)
+			}
+			checkIssuerKeyFiles(t, deployment(t, m, fullname+"-issuer"), cfg)
+		})
 	}
 }

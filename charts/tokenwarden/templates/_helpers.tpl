@@ -175,6 +175,24 @@ imagePullSecrets:
 {{- if and (eq .Values.sidecar.nats.auth "secret") (not .Values.sidecar.nats.secret.urlKey) (not .Values.sidecar.nats.url) (not .Values.nats.enabled) (not .Values.nats.external.url) }}
 {{- fail "sidecar.nats: set secret.urlKey or a url" }}
 {{- end }}
+{{- if has .Values.issuer.keys.keyEncryptionKey .Values.issuer.keys.previousKeyEncryptionKeys }}
+{{- fail "issuer.keys.previousKeyEncryptionKeys must not list issuer.keys.keyEncryptionKey: the previous keys are the ones being replaced" }}
+{{- end }}
+{{- if has .Values.issuer.keys.keyEncryptionKey (list "distribution.key" "distribution.pub") }}
+{{- fail "issuer.keys.keyEncryptionKey must not name the distribution key" }}
+{{- end }}
+{{- /* A key-encryption key named but missing from an existing keys Secret would leave the issuer
+pods unable to start, or (for the chart's own Secret) regenerate every key: refuse instead.
+lookup answers only when Helm talks to a cluster. */}}
+{{- $ksName := include "tokenwarden.keys.secretName" . }}
+{{- $ks := lookup "v1" "Secret" .Release.Namespace $ksName }}
+{{- if and $ks $ks.data }}
+{{- range $k := prepend .Values.issuer.keys.previousKeyEncryptionKeys .Values.issuer.keys.keyEncryptionKey }}
+{{- if not (index $ks.data $k) }}
+{{- fail (printf "the keys Secret %s has no data key %q (issuer.keys.keyEncryptionKey, previousKeyEncryptionKeys): add the key there first (docs/kubernetes.md, \"Replace the key-encryption key\")" $ksName $k) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- with .Values.nats.external.issuerCredentials }}
 {{- if and .secretName (not (or .urlKey .credsKey)) }}
 {{- fail "nats.external.issuerCredentials: set urlKey or credsKey" }}
