@@ -77,7 +77,7 @@ func TestCheckEnvoyRequests(t *testing.T) {
 				[2]string{"x-auth-role", "root"}, [2]string{"X-Auth-Groups", "wheel"}, [2]string{"x-auth-scope", "tokenwarden:admin"}),
 			code: 200, strip: []string{"x-auth-groups", "x-auth-role"}},
 		{name: "client-sent identity headers, raw", filter: func() extauthz.Filter { f := envoyFilter(""); f.EncodeRawHeaders = true; return f }(),
-			req: envoyRequest([2]string{"authorization", "Bearer " + tok}, [2]string{"x-auth-role", "root"}, [2]string{"x-auth-role", "admin"}),
+			req:  envoyRequest([2]string{"authorization", "Bearer " + tok}, [2]string{"x-auth-role", "root"}, [2]string{"x-auth-role", "admin"}),
 			code: 200, strip: []string{"x-auth-role", "x-auth-role"}},
 		{name: "client-sent identity headers on a denial", filter: envoyFilter(""),
 			req: envoyRequest([2]string{"x-auth-subject", "admin"}), code: 401},
