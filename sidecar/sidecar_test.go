@@ -470,6 +470,9 @@ func TestConfigValidation(t *testing.T) {
 		"no listener":            func(c *Config) { c.Listen, c.Socket = "", "" },
 		"bad listen":             func(c *Config) { c.Listen = "8181" },
 		"refresh interval below": func(c *Config) { c.KeyRefreshInterval = time.Millisecond },
+		"bad grpc addr":          func(c *Config) { c.GRPCAddr = "9191" },
+		"grpc addr is listen":    func(c *Config) { c.GRPCAddr = c.Listen },
+		"grpc socket is socket":  func(c *Config) { c.Socket, c.GRPCSocket = "/run/tw.sock", "/run/tw.sock" },
 	} {
 		c := base()
 		mod(&c)
@@ -478,6 +481,15 @@ func TestConfigValidation(t *testing.T) {
 		}
 	}
 	c := base()
+	c.GRPCAddr = ""
+	if err := c.Validate(); err != nil {
+		t.Errorf("gRPC off refused: %v", err)
+	}
+	c.Listen, c.GRPCAddr = "127.0.0.1:0", "127.0.0.1:0"
+	if err := c.Validate(); err != nil {
+		t.Errorf("two ephemeral ports refused: %v", err)
+	}
+	c = base()
 	c.JWKSFallbackURL = "http://127.0.0.1:8080/.well-known/jwks.json"
 	if err := c.Validate(); err != nil {
 		t.Errorf("loopback http fallback refused: %v", err)
