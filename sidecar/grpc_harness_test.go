@@ -30,7 +30,18 @@ func (r *running) serveGRPC(t testing.TB) *grpc.ClientConn {
 	gs := r.NewGRPCServer()
 	go func() { _ = gs.Serve(ln) }()
 	t.Cleanup(gs.Stop)
-	conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	r.grpcAddr = ln.Addr().String()
+	return r.serveGRPCConn(t)
+}
+
+// serveGRPCConn is one more client connection to the gRPC server that
+// serveGRPC started (which it starts on first use).
+func (r *running) serveGRPCConn(t testing.TB) *grpc.ClientConn {
+	t.Helper()
+	if r.grpcAddr == "" {
+		return r.serveGRPC(t)
+	}
+	conn, err := grpc.NewClient(r.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -148,6 +148,8 @@ func randBytes(n int) []byte {
 type running struct {
 	*Sidecar
 	url    string
+	// grpcAddr is the gRPC server's, once serveGRPC started one.
+	grpcAddr string
 	cancel context.CancelFunc
 	done   chan struct{}
 }
