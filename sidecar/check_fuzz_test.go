@@ -1,10 +1,12 @@
 package sidecar
 
 import (
+	"fmt"
 	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -49,6 +51,15 @@ func FuzzCheck(f *testing.F) {
 			if err := proto.Unmarshal(wire, &extra); err != nil {
 				return
 			}
+			// The server's codec reads what Check reads exactly as
+			// protobuf does.
+			var partial authv3.CheckRequest
+			if err := decodeCheckRequest(wire, &partial); err != nil {
+				t.Fatalf("codec refused what proto accepts: %v", err)
+			}
+			if got, want := checkView(&partial), checkView(&extra); got != want {
+				t.Fatalf("codec read %s, protobuf %s", got, want)
+			}
 			proto.Merge(req, &extra)
 			if extra.GetAttributes() != nil && extra.GetAttributes().GetRequest() == nil {
 				req = &extra // also: requests with parts missing
@@ -91,6 +102,35 @@ func FuzzCheck(f *testing.F) {
 			t.Fatalf("status %d", o.code)
 		}
 	})
+}
+
+// checkView is what Check reads of a request, as text.
+func checkView(r *authv3.CheckRequest) string {
+	a := r.GetAttributes()
+	hr := a.GetRequest().GetHttp()
+	var b strings.Builder
+	fmt.Fprintf(&b, "attrs=%v request=%v http=%v ext=%s headers=%s", a != nil, a.GetRequest() != nil, hr != nil,
+		sortedMap(a.GetContextExtensions()), sortedMap(hr.GetHeaders()))
+	if hm := hr.GetHeaderMap(); hm != nil {
+		b.WriteString(" header_map=")
+		for _, h := range hm.GetHeaders() {
+			fmt.Fprintf(&b, "[%q %q %q]", h.GetKey(), h.GetValue(), h.GetRawValue())
+		}
+	}
+	return b.String()
+}
+
+func sortedMap(m map[string]string) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	var b strings.Builder
+	for _, k := range keys {
+		fmt.Fprintf(&b, "%q=%q ", k, m[k])
+	}
+	return b.String()
 }
 
 // TestWriteCheckFuzzSeeds writes FuzzCheck's seed corpus: requests as

@@ -147,11 +147,11 @@ func randBytes(n int) []byte {
 
 type running struct {
 	*Sidecar
-	url    string
+	url string
 	// grpcAddr is the gRPC server's, once serveGRPC started one.
 	grpcAddr string
-	cancel context.CancelFunc
-	done   chan struct{}
+	cancel   context.CancelFunc
+	done     chan struct{}
 }
 
 func (w *world) start(cfg Config, opts ...Option) *running {
