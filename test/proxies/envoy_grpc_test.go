@@ -1,19 +1,23 @@
 package proxies
 
 import (
+	"bytes"
 	"fmt"
 	"net"
 	"net/netip"
 	"net/url"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"go.yaml.in/yaml/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/tokenwarden/tokenwarden/injector"
 	"github.com/tokenwarden/tokenwarden/internal/extauthz"
 	"github.com/tokenwarden/tokenwarden/sidecar"
 )
@@ -250,5 +254,49 @@ func envoyDenies(t *testing.T, resp *authv3.CheckResponse, status int, www ...st
 		if !strings.Contains(challenge, w) {
 			t.Errorf("WWW-Authenticate %q lacks %q", challenge, w)
 		}
+	}
+}
+
+// TestEnvoyGatewayExample checks examples/envoy-gateway/security-policy.yaml
+// agrees with the sidecar and the injector: the sidecar injected into the
+// Envoy pods with its gRPC port, a loopback Backend on that port, and a
+// SecurityPolicy that fails closed, sends every header (so forged x-auth-*
+// headers reach the sidecar) and passes the five identity headers on.
+func TestEnvoyGatewayExample(t *testing.T) {
+	const path = "../../examples/envoy-gateway/security-policy.yaml"
+	docs := map[string]map[string]any{}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	for {
+		var m map[string]any
+		if err := dec.Decode(&m); err != nil {
+			break
+		}
+		docs[fmt.Sprint(m["kind"])] = m
+	}
+	ann := dig(t, docs["EnvoyProxy"], "spec", "provider", "kubernetes", "envoyDeployment", "pod", "annotations")
+	if dig(t, ann, injector.AnnotationInject) != "true" || dig(t, ann, injector.AnnotationGRPCPort) != "9191" {
+		t.Errorf("%s: the EnvoyProxy pods do not get the sidecar with gRPC on 9191: %v", path, ann)
+	}
+	ep := dig(t, docs["Backend"], "spec", "endpoints", 0, "ip")
+	if got := fmt.Sprintf("%v:%v", dig(t, ep, "address"), dig(t, ep, "port")); got != sidecar.DefaultGRPCAddr {
+		t.Errorf("%s: Backend %s, want %s", path, got, sidecar.DefaultGRPCAddr)
+	}
+	ea := dig(t, docs["SecurityPolicy"], "spec", "extAuth")
+	if dig(t, ea, "failOpen") != false {
+		t.Errorf("%s: extAuth must fail closed", path)
+	}
+	if _, ok := ea.(map[string]any)["headersToExtAuth"]; ok {
+		t.Errorf("%s: headersToExtAuth would hide forged x-auth-* headers from the sidecar", path)
+	}
+	if got := strings.Join(strs(t, dig(t, ea, "headersToBackend")), " "); got != strings.ToLower(strings.Join(authHeaders, " ")) {
+		t.Errorf("%s: headersToBackend %q", path, got)
+	}
+	ref := dig(t, ea, "grpc", "backendRefs", 0)
+	if dig(t, ref, "kind") != "Backend" || dig(t, ref, "name") != dig(t, docs["Backend"], "metadata", "name") || fmt.Sprint(dig(t, ref, "port")) != "9191" {
+		t.Errorf("%s: extAuth.grpc does not point at the Backend: %v", path, ref)
 	}
 }
