@@ -51,11 +51,9 @@ func (s *Sidecar) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 		// per call whose stack grows on every Check.
 		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))), // #nosec G115 -- GOMAXPROCS is small and positive
 		// Fixed windows large enough for any CheckRequest: no BDP pings
-		// on a loopback connection, and one write buffer per connection
-		// only while it writes.
+		// on a loopback connection.
 		grpc.InitialWindowSize(1 << 20),
 		grpc.InitialConnWindowSize(1 << 20),
-		grpc.SharedWriteBuffer(true),
 		grpc.ForceServerCodecV2(checkCodec{}),
 	}, opts...)...)
 	authv3.RegisterAuthorizationServer(gs, &authorizationServer{s: s})
