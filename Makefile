@@ -150,6 +150,7 @@ fuzz:
 	$(GO) test $(FUZZFLAGS) -fuzz '^FuzzVerifyRequest$$' ./sidecar/
 	$(GO) test $(FUZZFLAGS) -fuzz '^FuzzVerifyTarget$$' ./sidecar/
 	$(GO) test $(FUZZFLAGS) -fuzz '^FuzzIntrospect$$' ./sidecar/
+	$(GO) test $(FUZZFLAGS) -fuzz '^FuzzCheck$$' ./sidecar/
 	$(GO) test $(FUZZFLAGS) -fuzz '^FuzzVerifyEvent$$' ./revocation/
 	$(GO) test $(FUZZFLAGS) -fuzz '^FuzzParse$$' ./issuer/directory/
 	$(GO) test $(FUZZFLAGS) -fuzz '^FuzzVerifyPassword$$' ./issuer/directory/

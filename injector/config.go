@@ -33,6 +33,10 @@ const (
 	AnnotationAudience = "tokenwarden.io/audience"
 	// AnnotationPort overrides the sidecar's HTTP port.
 	AnnotationPort = "tokenwarden.io/port"
+	// AnnotationGRPCPort overrides the loopback port of the sidecar's gRPC
+	// API (Envoy ext_authz Check, for Istio's proxy in the pod); "off"
+	// turns it off.
+	AnnotationGRPCPort = "tokenwarden.io/grpc-port"
 	// AnnotationStatus is set to StatusInjected on every injected pod; a pod
 	// carrying it is never injected again.
 	AnnotationStatus = "tokenwarden.io/status"
@@ -91,6 +95,10 @@ type Config struct {
 	// Port is the sidecar's default HTTP port (tokenwarden.io/port
 	// overrides it per pod).
 	Port int `yaml:"port"`
+	// GRPCPort is the default port of the sidecar's gRPC API, on
+	// 127.0.0.1 (tokenwarden.io/grpc-port overrides it per pod); 0 turns
+	// it off by default.
+	GRPCPort int `yaml:"grpc_port"`
 
 	NATS NATSConfig `yaml:"nats"`
 
@@ -153,6 +161,7 @@ func DefaultConfig(image string) Config {
 		ImagePullPolicy: string(corev1.PullIfNotPresent),
 		Issuer:          "http://tokenwarden-issuer:8080",
 		Port:            8181,
+		GRPCPort:        9191,
 		NATS:            NATSConfig{URL: "nats://tokenwarden-nats:4222", Prefix: "tokenwarden"},
 		Resources: Resources{
 			Requests: map[string]string{"cpu": "10m", "memory": "32Mi"},
@@ -199,6 +208,9 @@ func (c *Config) Load() error {
 	}
 	if c.Port < 1 || c.Port > 65535 {
 		add("port: %d, want 1 to 65535", c.Port)
+	}
+	if c.GRPCPort < 0 || c.GRPCPort > 65535 || (c.GRPCPort != 0 && c.GRPCPort == c.Port) {
+		add("grpc_port: %d, want 1 to 65535 and not port, or 0 for off", c.GRPCPort)
 	}
 	if c.NATS.URL == "" && !c.NATS.URLSecret.Set() {
 		add("nats.url or nats.url_secret: one is required")

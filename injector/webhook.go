@@ -218,11 +218,37 @@ func (c *Config) Patch(pod *corev1.Pod) ([]Op, error) {
 		}
 		port = p
 	}
+	grpcPort := c.GRPCPort
+	v, explicit := pod.Annotations[AnnotationGRPCPort]
+	if explicit {
+		switch v = strings.TrimSpace(v); v {
+		case "off", "false", "0":
+			grpcPort = 0
+		default:
+			p, err := strconv.Atoi(v)
+			if err != nil || p < 1 || p > 65535 {
+				return nil, fmt.Errorf("annotation %s: %q is not a port number (1 to 65535) or off", AnnotationGRPCPort, v)
+			}
+			grpcPort = p
+		}
+	}
+	if !explicit && grpcPort != 0 && (grpcPort == port || portUsed(pod, grpcPort)) {
+		// The default gRPC port is taken in this pod (a pod chose it for
+		// HTTP before the sidecar had gRPC): such a pod keeps working as
+		// before, without gRPC, unless it asks for a gRPC port.
+		grpcPort = 0
+	}
+	if grpcPort == port {
+		return nil, fmt.Errorf("the sidecar's HTTP and gRPC ports are both %d; change one with annotation %s or %s", port, AnnotationPort, AnnotationGRPCPort)
+	}
 	for _, cs := range [][]corev1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
 		for _, ctr := range cs {
 			for _, p := range ctr.Ports {
 				if int(p.ContainerPort) == port {
 					return nil, fmt.Errorf("port %d is already used by container %q; choose another with annotation %s", port, ctr.Name, AnnotationPort)
+				}
+				if grpcPort != 0 && int(p.ContainerPort) == grpcPort {
+					return nil, fmt.Errorf("port %d is already used by container %q; choose another sidecar gRPC port with annotation %s (or off)", grpcPort, ctr.Name, AnnotationGRPCPort)
 				}
 				if p.Name == PortName {
 					return nil, fmt.Errorf("container %q already has a port named %q", ctr.Name, PortName)
@@ -243,7 +269,7 @@ func (c *Config) Patch(pod *corev1.Pod) ([]Op, error) {
 			return nil, fmt.Errorf("the pod already has a volume named %q", v.Name)
 		}
 	}
-	ctr, err := c.container(audience, port)
+	ctr, err := c.container(audience, port, grpcPort)
 	if err != nil {
 		return nil, err
 	}
@@ -278,13 +304,16 @@ func (c *Config) Patch(pod *corev1.Pod) ([]Op, error) {
 }
 
 // container is the sidecar as a native sidecar container.
-func (c *Config) container(audience []string, port int) (corev1.Container, error) {
+func (c *Config) container(audience []string, port, grpcPort int) (corev1.Container, error) {
 	res, err := c.Resources.requirements()
 	if err != nil {
 		return corev1.Container{}, err
 	}
 	env := []corev1.EnvVar{
 		{Name: "TOKENWARDEN_LISTEN", Value: ":" + strconv.Itoa(port)},
+		// The gRPC API stays on loopback: its one client is the proxy in
+		// the pod (Istio's), and it has no TLS. Empty turns it off.
+		{Name: "TOKENWARDEN_GRPC_ADDR", Value: grpcAddr(grpcPort)},
 		{Name: "TOKENWARDEN_ISSUER", Value: c.Issuer},
 		{Name: "TOKENWARDEN_AUDIENCE", Value: strings.Join(audience, ",")},
 		{Name: "TOKENWARDEN_DISTRIBUTION_PUBLIC_KEYS", Value: strings.Join(c.trusted, ",")},
@@ -337,6 +366,27 @@ func (c *Config) container(audience []string, port int) (corev1.Container, error
 		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 		SecurityContext:          RestrictedSecurityContext(),
 	}, nil
+}
+
+// portUsed reports whether a container of pod declares port.
+func portUsed(pod *corev1.Pod, port int) bool {
+	for _, cs := range [][]corev1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
+		for _, ctr := range cs {
+			for _, p := range ctr.Ports {
+				if int(p.ContainerPort) == port {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+func grpcAddr(port int) string {
+	if port == 0 {
+		return ""
+	}
+	return "127.0.0.1:" + strconv.Itoa(port)
 }
 
 // RestrictedSecurityContext is the container security context of the

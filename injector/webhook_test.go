@@ -212,6 +212,10 @@ func TestAppendsToExistingInitContainersAndVolumes(t *testing.T) {
 	if env["TOKENWARDEN_LISTEN"].Value != ":9191" {
 		t.Errorf("listen %q", env["TOKENWARDEN_LISTEN"].Value)
 	}
+	// HTTP took the default gRPC port: gRPC is off, as before gRPC existed.
+	if e, ok := env["TOKENWARDEN_GRPC_ADDR"]; !ok || e.Value != "" {
+		t.Errorf("gRPC address %q (set %v), want off", e.Value, ok)
+	}
 	if ref := env["TOKENWARDEN_NATS_URL"].ValueFrom; ref == nil || ref.SecretKeyRef == nil || ref.SecretKeyRef.Name != "tokenwarden-nats-sidecar" || ref.SecretKeyRef.Key != "url" || env["TOKENWARDEN_NATS_URL"].Value != "" {
 		t.Errorf("NATS URL should come from the Secret: %+v", env["TOKENWARDEN_NATS_URL"])
 	}
@@ -529,4 +533,55 @@ func applyOp(node any, tokens []string, op string, val any) (any, error) {
 		return n, nil
 	}
 	return nil, fmt.Errorf("cannot descend into %T at %q", node, tok)
+}
+
+// TestGRPCPortAnnotation: the injected sidecar serves gRPC (Envoy
+// ext_authz, for Istio's proxy) on 127.0.0.1 at the configured port, or
+// the annotation's, or not at all.
+func TestGRPCPortAnnotation(t *testing.T) {
+	for _, c := range []struct {
+		name       string
+		annotation string // "": none
+		appPort    int32  // a port the app container declares, 0: none
+		want       string // TOKENWARDEN_GRPC_ADDR; "refused": the pod is refused
+	}{
+		{"default", "", 0, "127.0.0.1:9191"},
+		{"another port", "9292", 0, "127.0.0.1:9292"},
+		{"off", "off", 0, ""},
+		{"zero is off", "0", 0, ""},
+		{"not a port", "grpc", 0, "refused"},
+		{"out of range", "70000", 0, "refused"},
+		{"the HTTP port", "8181", 0, "refused"},
+		{"taken by the app, asked for", "9292", 9292, "refused"},
+		{"default taken by the app", "", 9191, ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := testConfig(t)
+			p := decodePod(t, readPod(t, "pod.yaml"))
+			if c.annotation != "" {
+				p.Annotations[injector.AnnotationGRPCPort] = c.annotation
+			}
+			if c.appPort != 0 {
+				p.Spec.Containers[0].Ports = append(p.Spec.Containers[0].Ports, corev1.ContainerPort{ContainerPort: c.appPort})
+			}
+			b, _ := json.Marshal(p)
+			resp, out := mutate(t, cfg, "shop", b)
+			if c.want == "refused" {
+				if resp.Allowed || !strings.Contains(resp.Result.Message, injector.AnnotationGRPCPort) && !strings.Contains(resp.Result.Message, "gRPC") {
+					t.Fatalf("allowed or unclear: %v", resp.Result)
+				}
+				return
+			}
+			if !resp.Allowed {
+				t.Fatalf("denied: %v", resp.Result)
+			}
+			got := map[string]string{}
+			for _, e := range decodePod(t, out).Spec.InitContainers[0].Env {
+				got[e.Name] = e.Value
+			}
+			if v, ok := got["TOKENWARDEN_GRPC_ADDR"]; !ok || v != c.want {
+				t.Fatalf("TOKENWARDEN_GRPC_ADDR %q (set %v), want %q", v, ok, c.want)
+			}
+		})
+	}
 }

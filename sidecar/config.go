@@ -25,6 +25,14 @@ type Config struct {
 	Listen string `yaml:"listen"`
 	// Socket is an optional Unix socket path served in addition.
 	Socket string `yaml:"socket"`
+	// GRPCAddr is the TCP address of the gRPC API (Envoy ext_authz
+	// envoy.service.auth.v3.Authorization/Check and grpc.health.v1),
+	// plaintext HTTP/2; loopback by default, for the proxy in the same pod.
+	// Empty turns it off.
+	GRPCAddr string `yaml:"grpc_addr"`
+	// GRPCSocket is an optional Unix socket path for the gRPC API, served
+	// in addition (or instead, with grpc_addr empty).
+	GRPCSocket string `yaml:"grpc_socket"`
 
 	// Issuer is the iss tokens must carry, exactly.
 	Issuer string `yaml:"issuer"`
@@ -86,10 +94,15 @@ const (
 	MinRevocationMaxStaleness     = 15 * time.Second
 )
 
+// DefaultGRPCAddr is the gRPC API's default address: loopback, for the
+// Envoy (Istio's, or one of the app's) in the same pod.
+const DefaultGRPCAddr = "127.0.0.1:9191"
+
 // DefaultConfig returns the contract's defaults.
 func DefaultConfig() Config {
 	return Config{
 		Listen:                 "127.0.0.1:8181",
+		GRPCAddr:               DefaultGRPCAddr,
 		Leeway:                 jwks.DefaultLeeway,
 		MaxTokenSize:           jwks.DefaultMaxTokenSize,
 		TokenCacheSize:         10_000,
@@ -111,6 +124,18 @@ func (c *Config) Validate() error {
 		if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 			add("listen: %q: %w", c.Listen, err)
 		}
+	}
+	if c.GRPCAddr != "" {
+		_, port, err := net.SplitHostPort(c.GRPCAddr)
+		switch {
+		case err != nil:
+			add("grpc_addr: %q: %w", c.GRPCAddr, err)
+		case c.GRPCAddr == c.Listen && port != "0":
+			add("grpc_addr: %q is also the HTTP listen address; give gRPC a port of its own", c.GRPCAddr)
+		}
+	}
+	if c.GRPCSocket != "" && c.GRPCSocket == c.Socket {
+		add("grpc_socket: %q is also the HTTP socket; give gRPC a path of its own", c.GRPCSocket)
 	}
 	if c.Issuer == "" {
 		add("issuer: required (the iss tokens must carry)")

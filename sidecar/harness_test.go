@@ -147,9 +147,11 @@ func randBytes(n int) []byte {
 
 type running struct {
 	*Sidecar
-	url    string
-	cancel context.CancelFunc
-	done   chan struct{}
+	url string
+	// grpcAddr is the gRPC server's, once serveGRPC started one.
+	grpcAddr string
+	cancel   context.CancelFunc
+	done     chan struct{}
 }
 
 func (w *world) start(cfg Config, opts ...Option) *running {

@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -77,33 +76,17 @@ func (s *Sidecar) Handler() http.Handler {
 // auth_request, Traefik forwardAuth and Envoy ext_authz forward the
 // original method and path, which do not matter here.
 func (s *Sidecar) handleVerify(w http.ResponseWriter, r *http.Request) {
-	token, problem := bearerToken(r)
-	if token == "" {
-		if problem != "" {
-			s.metrics.verifications.WithLabelValues("invalid").Inc()
-			challenge(w, http.StatusUnauthorized, "invalid_request", problem, "")
-			return
-		}
-		s.metrics.verifications.WithLabelValues("no_token").Inc()
-		w.Header().Set("WWW-Authenticate", realm)
-		w.WriteHeader(http.StatusUnauthorized)
-		return
-	}
-	start := time.Now()
-	c, _, err := s.verifier.Verify(token)
-	s.metrics.latency.Observe(time.Since(start).Seconds())
-	if err != nil {
-		s.metrics.verifications.WithLabelValues(resultOf(err)).Inc()
-		challenge(w, http.StatusUnauthorized, "invalid_token", reasonOf(err), "")
-		return
-	}
-	if missing := missingScopes(c, r); missing != "" {
-		s.metrics.verifications.WithLabelValues("insufficient_scope").Inc()
-		challenge(w, http.StatusForbidden, "insufficient_scope", "the token lacks a required scope", missing)
-		return
-	}
-	s.metrics.verifications.WithLabelValues("valid").Inc()
+	v := s.decide(r.Header.Values("Authorization"), requiredScopes(r), transportHTTP)
 	h := w.Header()
+	if v.code != http.StatusOK {
+		h.Set("WWW-Authenticate", v.challenge)
+		if v.noStore {
+			h.Set("Cache-Control", "no-store")
+		}
+		w.WriteHeader(v.code)
+		return
+	}
+	c := v.claims
 	h[HeaderSubject] = []string{c.Subject}
 	h[HeaderClientID] = []string{c.ClientID}
 	h[HeaderScope] = []string{c.Scope}
@@ -112,38 +95,24 @@ func (s *Sidecar) handleVerify(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 }
 
-// bearerToken extracts the RFC 6750 bearer token. An absent header (or
-// another scheme) is no token; several Authorization headers or a
-// malformed Bearer value is a problem worth saying.
+// bearerToken extracts the RFC 6750 bearer token of r (see bearerOf).
 func bearerToken(r *http.Request) (token, problem string) {
-	vals := r.Header.Values("Authorization")
-	if len(vals) == 0 {
-		return "", ""
-	}
-	if len(vals) > 1 {
-		return "", "more than one Authorization header"
-	}
-	scheme, rest, ok := strings.Cut(vals[0], " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") {
-		return "", ""
-	}
-	rest = strings.TrimSpace(rest)
-	if rest == "" || strings.ContainsAny(rest, " \t") {
-		return "", "malformed bearer token"
-	}
-	return rest, ""
+	return bearerOf(r.Header.Values("Authorization"))
 }
 
-// missingScopes returns the scopes required by the request (?scope= and
-// X-Required-Scope) that the token lacks, space-separated. A repeated
-// parameter or header requires every value, not only the first: an
-// ambiguous requirement must fail closed.
-func missingScopes(c *jwks.Claims, r *http.Request) string {
-	required := strings.Join(r.URL.Query()["scope"], " ")
+// requiredScopes returns the scopes the request requires (?scope= and
+// X-Required-Scope), space-separated. A repeated parameter or header
+// requires every value, not only the first: an ambiguous requirement must
+// fail closed.
+func requiredScopes(r *http.Request) string {
+	var required string
+	if r.URL.RawQuery != "" {
+		required = strings.Join(r.URL.Query()["scope"], " ")
+	}
 	for _, h := range r.Header.Values(HeaderRequiredScope) {
 		required += " " + h
 	}
-	return MissingScopes(c, required)
+	return required
 }
 
 // MissingScopes returns the scopes of required (space-separated) that the
@@ -176,18 +145,6 @@ func validScopeToken(s string) bool {
 		}
 	}
 	return s != ""
-}
-
-// challenge writes an RFC 6750 §3 error with its WWW-Authenticate header.
-// desc is fixed text (a VerifyError's Reason), never token content.
-func challenge(w http.ResponseWriter, code int, errCode, desc, scope string) {
-	v := realm + `, error="` + errCode + `", error_description="` + desc + `"`
-	if scope != "" {
-		v += `, scope="` + scope + `"`
-	}
-	w.Header().Set("WWW-Authenticate", v)
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(code)
 }
 
 func reasonOf(err error) string {
@@ -251,11 +208,11 @@ func (s *Sidecar) handleIntrospect(w http.ResponseWriter, r *http.Request) {
 	}
 	c, _, err := s.verifier.Verify(token)
 	if err != nil {
-		s.metrics.verifications.WithLabelValues(resultOf(err)).Inc()
+		s.metrics.count(transportHTTP, resultOf(err))
 		writeJSON(w, http.StatusOK, introspection{Active: false})
 		return
 	}
-	s.metrics.verifications.WithLabelValues("valid").Inc()
+	s.metrics.count(transportHTTP, resultValid)
 	writeJSON(w, http.StatusOK, introspection{Active: true, Subject: c.Subject, ClientID: c.ClientID, Scope: c.Scope, Expiry: c.Expiry,
 		IssuedAt: c.IssuedAt, ID: c.ID, Issuer: c.Issuer, Audience: c.Audience, TokenType: "Bearer", SessionID: c.SessionID})
 }

@@ -30,9 +30,16 @@ import (
 
 const phToken = "@TOKEN@"
 
-// fuzzSidecar is a sidecar holding one signed bundle from its disk cache,
-// and a genuine token for it.
+// fuzzSidecar is the HTTP API of a sidecar holding one signed bundle from
+// its disk cache, and a genuine token for it.
 func fuzzSidecar(tb testing.TB) (http.Handler, string) {
+	tb.Helper()
+	sc, genuine := fuzzSidecarOf(tb)
+	return sc.Handler(), genuine
+}
+
+// fuzzSidecarOf is the sidecar of fuzzSidecar itself.
+func fuzzSidecarOf(tb testing.TB) (*Sidecar, string) {
 	tb.Helper()
 	dist := ed25519.NewKeyFromSeed(make([]byte, ed25519.SeedSize))
 	ring, err := jwks.NewRing(time.Now(), jwks.DefaultPolicy())
@@ -59,7 +66,7 @@ func fuzzSidecar(tb testing.TB) (http.Handler, string) {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return sc.Handler(), genuine
+	return sc, genuine
 }
 
 // peers are the remote addresses a fuzzed byte picks from: loopback,

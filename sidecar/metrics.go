@@ -12,7 +12,12 @@ import (
 type metrics struct {
 	registry      *prometheus.Registry
 	verifications *prometheus.CounterVec
-	latency       prometheus.Histogram
+	latency       *prometheus.HistogramVec
+	// counted and latencyOf are the series of each transport, resolved
+	// once: a label lookup per verification would cost more than a cache
+	// hit does.
+	counted       [numTransports]map[string]prometheus.Counter
+	latencyOf     [numTransports]prometheus.Observer
 	natsConnected prometheus.Gauge
 
 	eventsApplied    prometheus.Counter
@@ -21,6 +26,26 @@ type metrics struct {
 	consumerLag      prometheus.Gauge
 	replayed         func() bool
 	onApplied        func(*revocation.Event)
+}
+
+// Results of tokenwarden_verifications_total.
+const (
+	resultValid             = "valid"
+	resultNoToken           = "no_token"
+	resultInvalid           = "invalid"
+	resultExpired           = "expired"
+	resultRevoked           = "revoked"
+	resultInsufficientScope = "insufficient_scope"
+	resultUnknownKey        = "unknown_key"
+)
+
+// count adds one verification of t with result.
+func (m *metrics) count(t transport, result string) {
+	if c, ok := m.counted[t][result]; ok {
+		c.Inc()
+		return
+	}
+	m.verifications.WithLabelValues(result, t.String()).Inc()
 }
 
 // Applied implements revocation.Observer. Events replayed at start-up are
@@ -50,13 +75,14 @@ func newMetrics(s *Sidecar) *metrics {
 		registry: r,
 		verifications: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tokenwarden_verifications_total",
-			Help: "Token verifications by result: valid, no_token, invalid, expired, revoked, insufficient_scope, unknown_key.",
-		}, []string{"result"}),
-		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Help: "Token verifications by result (valid, no_token, invalid, expired, revoked, insufficient_scope, unknown_key) and transport " +
+				"(http: /verify and /introspect; grpc: Envoy ext_authz Check).",
+		}, []string{"result", "transport"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "tokenwarden_verification_duration_seconds",
-			Help:    "Time to verify one token (cache hit or miss), excluding HTTP.",
+			Help:    "Time to verify one token (cache hit or miss), excluding HTTP and gRPC, by transport (http: /verify; grpc: Check).",
 			Buckets: []float64{1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3},
-		}),
+		}, []string{"transport"}),
 		natsConnected: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tokenwarden_nats_connected", Help: "1 while the NATS connection is up, else 0.",
 		}),
@@ -78,6 +104,13 @@ func newMetrics(s *Sidecar) *metrics {
 			c := s.consumer.Load()
 			return c != nil && c.CaughtUp()
 		},
+	}
+	for t := range numTransports {
+		m.counted[t] = map[string]prometheus.Counter{}
+		for _, res := range []string{resultValid, resultNoToken, resultInvalid, resultExpired, resultRevoked, resultInsufficientScope, resultUnknownKey} {
+			m.counted[t][res] = m.verifications.WithLabelValues(res, t.String())
+		}
+		m.latencyOf[t] = m.latency.WithLabelValues(t.String())
 	}
 	r.MustRegister(m.verifications, m.latency, m.natsConnected, m.eventsApplied, m.eventsDropped, m.propagationDelay, m.consumerLag,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{

@@ -90,30 +90,49 @@ func TestAttackCorpus(t *testing.T) {
 	w := newWorld(t, jwks.ES256)
 	sc := w.start(w.config())
 	sc.waitReady(t)
+	corpus := attackCorpus(t, w)
+	for name, tok := range corpus.seeds {
+		a := sc.verify(t, "GET", "/verify", tok)
+		if a.status != 401 || !strings.Contains(a.header.Get("WWW-Authenticate"), "invalid_token") {
+			t.Errorf("%s: %d %q", name, a.status, a.header.Get("WWW-Authenticate"))
+		}
+		if got := introspect(t, sc, tok); got["active"] != false {
+			t.Errorf("%s: introspection %v", name, got)
+		}
+	}
+	// And attacks built against this sidecar's own keys and configuration.
+	for name, tok := range corpus.crafted {
+		if a := sc.verify(t, "GET", "/verify", tok); a.status != 401 {
+			t.Errorf("%s: %d", name, a.status)
+		}
+	}
+}
+
+// attacks is the sidecar's attack corpus: every seed of the verifier's
+// fuzz corpus that fits in an Authorization header (by file name), and
+// attacks built against w's keys and configuration (by name).
+type attacks struct{ seeds, crafted map[string]string }
+
+func attackCorpus(t *testing.T, w *world) attacks {
+	t.Helper()
 	seeds, err := filepath.Glob("../jwks/testdata/fuzz/FuzzVerify/*")
 	if err != nil || len(seeds) < 20 {
 		t.Fatalf("seed corpus: %v (%d files)", err, len(seeds))
 	}
+	out := attacks{seeds: map[string]string{}}
 	for _, f := range seeds {
 		tok := readSeed(t, f)
 		if tok == "" || strings.ContainsAny(tok, " \t\r\n") {
 			continue // not expressible in an Authorization header
 		}
-		a := sc.verify(t, "GET", "/verify", tok)
-		if a.status != 401 || !strings.Contains(a.header.Get("WWW-Authenticate"), "invalid_token") {
-			t.Errorf("%s: %d %q", filepath.Base(f), a.status, a.header.Get("WWW-Authenticate"))
-		}
-		if got := introspect(t, sc, tok); got["active"] != false {
-			t.Errorf("%s: introspection %v", filepath.Base(f), got)
-		}
+		out.seeds[filepath.Base(f)] = tok
 	}
-	// And attacks built against this sidecar's own keys and configuration.
 	good := w.token()
 	for !strings.ContainsAny(good, "-_") { // so the alphabet swap below changes it
 		good = w.token()
 	}
 	parts := strings.Split(good, ".")
-	for name, tok := range map[string]string{
+	out.crafted = map[string]string{
 		"alg none":      b64json(`{"alg":"none","typ":"at+jwt","kid":"`+w.ring.Active().ID+`"}`) + "." + parts[1] + ".",
 		"padded":        parts[0] + "=." + parts[1] + "." + parts[2],
 		"std alphabet":  strings.ReplaceAll(strings.ReplaceAll(good, "-", "+"), "_", "/"),
@@ -123,11 +142,8 @@ func TestAttackCorpus(t *testing.T) {
 		"wrong typ":     b64json(`{"alg":"ES256","typ":"JWT","kid":"`+w.ring.Active().ID+`"}`) + "." + parts[1] + "." + parts[2],
 		"no signature":  parts[0] + "." + parts[1] + ".",
 		"empty payload": parts[0] + ".." + parts[2],
-	} {
-		if a := sc.verify(t, "GET", "/verify", tok); a.status != 401 {
-			t.Errorf("%s: %d", name, a.status)
-		}
 	}
+	return out
 }
 
 func b64json(s string) string { return strings.TrimRight(base64URL([]byte(s)), "=") }
@@ -454,6 +470,9 @@ func TestConfigValidation(t *testing.T) {
 		"no listener":            func(c *Config) { c.Listen, c.Socket = "", "" },
 		"bad listen":             func(c *Config) { c.Listen = "8181" },
 		"refresh interval below": func(c *Config) { c.KeyRefreshInterval = time.Millisecond },
+		"bad grpc addr":          func(c *Config) { c.GRPCAddr = "9191" },
+		"grpc addr is listen":    func(c *Config) { c.GRPCAddr = c.Listen },
+		"grpc socket is socket":  func(c *Config) { c.Socket, c.GRPCSocket = "/run/tw.sock", "/run/tw.sock" },
 	} {
 		c := base()
 		mod(&c)
@@ -462,6 +481,15 @@ func TestConfigValidation(t *testing.T) {
 		}
 	}
 	c := base()
+	c.GRPCAddr = ""
+	if err := c.Validate(); err != nil {
+		t.Errorf("gRPC off refused: %v", err)
+	}
+	c.Listen, c.GRPCAddr = "127.0.0.1:0", "127.0.0.1:0"
+	if err := c.Validate(); err != nil {
+		t.Errorf("two ephemeral ports refused: %v", err)
+	}
+	c = base()
 	c.JWKSFallbackURL = "http://127.0.0.1:8080/.well-known/jwks.json"
 	if err := c.Validate(); err != nil {
 		t.Errorf("loopback http fallback refused: %v", err)

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"text/template"
@@ -35,6 +36,7 @@ type devOptions struct {
 	data        string
 	issuerAddr  string
 	sidecarAddr string
+	sidecarGRPC string
 	natsAddr    string
 }
 
@@ -65,6 +67,15 @@ func newDevCommand(g *globals) *cobra.Command {
 				return err
 			}
 			defer func() { _ = sidecarLn.Close() }()
+			var grpcLns []net.Listener
+			if o.sidecarGRPC != "" {
+				ln, err := listenTCP(o.sidecarGRPC, "sidecar gRPC", "--sidecar-grpc-addr")
+				if err != nil {
+					return err
+				}
+				defer func() { _ = ln.Close() }()
+				grpcLns = append(grpcLns, ln)
+			}
 			if err := checkFree(o.natsAddr); err != nil {
 				return err
 			}
@@ -89,6 +100,12 @@ func newDevCommand(g *globals) *cobra.Command {
 			}
 			scfg := sidecar.DefaultConfig()
 			scfg.Listen = sidecarLn.Addr().String()
+			scfg.GRPCAddr = ""
+			grpcAddr := "off"
+			if len(grpcLns) > 0 {
+				scfg.GRPCAddr = grpcLns[0].Addr().String()
+				grpcAddr = scfg.GRPCAddr
+			}
 			scfg.Issuer = cfg.Issuer
 			scfg.Audience = []string{devAudience}
 			scfg.NATS.URL = ns.URL()
@@ -98,7 +115,7 @@ func newDevCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if err := printDevBanner(g.stdout, cfg.Issuer, "http://"+scfg.Listen, ns.URL(), o); err != nil {
+			if err := printDevBanner(g.stdout, cfg.Issuer, "http://"+scfg.Listen, grpcAddr, ns.URL(), o); err != nil {
 				return err
 			}
 			// Both run until Ctrl-C; if either fails, both stop.
@@ -109,13 +126,14 @@ func newDevCommand(g *globals) *cobra.Command {
 			// The sidecar starts once the issuer has made the bucket and the
 			// stream it reads, so a first start logs no retries.
 			waitIssuer(ctx, srv)
-			go func() { errc <- runSidecar(ctx, log, sc, sidecarLn); cancel() }()
+			go func() { errc <- runSidecar(ctx, log, sc, []net.Listener{sidecarLn}, grpcLns); cancel() }()
 			return errors.Join(<-errc, <-errc)
 		},
 	}
 	cmd.Flags().StringVar(&o.data, "data", ".tokenwarden-dev", "directory for NATS data, keys and the seeded users and clients")
 	cmd.Flags().StringVar(&o.issuerAddr, "issuer-addr", "127.0.0.1:8080", "issuer listen address")
 	cmd.Flags().StringVar(&o.sidecarAddr, "sidecar-addr", "127.0.0.1:8181", "sidecar listen address")
+	cmd.Flags().StringVar(&o.sidecarGRPC, "sidecar-grpc-addr", sidecar.DefaultGRPCAddr, `sidecar gRPC (Envoy ext_authz) listen address; "" turns it off`)
 	cmd.Flags().StringVar(&o.natsAddr, "nats-addr", "127.0.0.1:4222", "embedded NATS listen address")
 	return cmd
 }
@@ -229,6 +247,7 @@ tokenwarden dev is running (Ctrl-C stops it)
 
   issuer   {{.Issuer}}
   sidecar  {{.Sidecar}}   (verifies tokens for audience demo-api)
+  gRPC     {{.GRPC}}   (the sidecar's Envoy ext_authz Check and grpc.health.v1)
   NATS     {{.NATS}}   (JetStream data in {{.Data}})
 
 Seeded credentials:
@@ -253,6 +272,6 @@ Try it:
 
 `))
 
-func printDevBanner(w io.Writer, issuerURL, sidecarURL, natsURL string, o devOptions) error {
-	return devBanner.Execute(w, map[string]string{"Issuer": issuerURL, "Sidecar": sidecarURL, "NATS": natsURL, "Data": o.data})
+func printDevBanner(w io.Writer, issuerURL, sidecarURL, grpcAddr, natsURL string, o devOptions) error {
+	return devBanner.Execute(w, map[string]string{"Issuer": issuerURL, "Sidecar": sidecarURL, "GRPC": grpcAddr, "NATS": natsURL, "Data": o.data})
 }

@@ -25,6 +25,7 @@ func injectorSettings(c *injector.Config) []setting {
 		{flag: "issuer", usage: "issuer identifier the sidecars require (iss)", bind: &c.Issuer},
 		{flag: "audience", usage: "default audiences of the sidecars, comma-separated", bind: &c.Audience},
 		{flag: "sidecar-port", usage: "default HTTP port of the sidecars", bind: &c.Port},
+		{flag: "sidecar-grpc-port", usage: "default loopback port of the sidecars' gRPC API (Envoy ext_authz); 0 turns it off", bind: &c.GRPCPort},
 		{flag: "nats-url", usage: "NATS URL the sidecars connect to", bind: &c.NATS.URL},
 		{flag: "nats-prefix", usage: "prefix of the NATS buckets and streams", bind: &c.NATS.Prefix},
 		{flag: "distribution-public-key-file", usage: "PEM files of trusted distribution keys, comma-separated", bind: &c.DistributionPublicKeyFiles},

@@ -17,10 +17,16 @@ import (
 	"testing"
 	"time"
 
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/tokenwarden/tokenwarden/internal/extauthz"
 	"github.com/tokenwarden/tokenwarden/issuer"
 	"github.com/tokenwarden/tokenwarden/issuer/directory"
+	"github.com/tokenwarden/tokenwarden/sidecar"
 )
 
 // syncBuffer is written by a running command while the test reads it.
@@ -181,7 +187,7 @@ func TestDev(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		var out, errb syncBuffer
 		cmd := newRootCommand(strings.NewReader(""), &out, &errb)
-		cmd.SetArgs([]string{"dev", "--data", data, "--issuer-addr", "127.0.0.1:0", "--nats-addr", "127.0.0.1:0", "--sidecar-addr", "127.0.0.1:0"})
+		cmd.SetArgs([]string{"dev", "--data", data, "--issuer-addr", "127.0.0.1:0", "--nats-addr", "127.0.0.1:0", "--sidecar-addr", "127.0.0.1:0", "--sidecar-grpc-addr", "127.0.0.1:0"})
 		done := make(chan error, 1)
 		go func() { done <- cmd.ExecuteContext(ctx) }()
 		re := regexp.MustCompile(`issuer\s+(http://127\.0\.0\.1:\d+)`)
@@ -242,6 +248,7 @@ func TestDev(t *testing.T) {
 		t.Fatalf("sidecar verify: %v %v", err, vresp)
 	}
 	_ = vresp.Body.Close()
+	checkDevGRPC(t, out.String(), tok.AccessToken)
 	listOut, _, err := run(t, t.Context(), "", "keys", "list", "--issuer", base, "--client-id", "admin", "--client-secret", "admin-secret")
 	if err != nil || !strings.Contains(listOut, "active") || !strings.Contains(listOut, "next") {
 		t.Fatalf("keys list: %v\n%s", err, listOut)
@@ -290,17 +297,21 @@ func TestDevPortTaken(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = ln.Close() }()
-	_, _, err = run(t, t.Context(), "", "dev", "--data", t.TempDir(), "--issuer-addr", ln.Addr().String(), "--sidecar-addr", "127.0.0.1:0", "--nats-addr", "127.0.0.1:0")
+	_, _, err = run(t, t.Context(), "", "dev", "--data", t.TempDir(), "--issuer-addr", ln.Addr().String(), "--sidecar-addr", "127.0.0.1:0", "--sidecar-grpc-addr", "127.0.0.1:0", "--nats-addr", "127.0.0.1:0")
 	if err == nil || !strings.Contains(err.Error(), "--issuer-addr") {
 		t.Fatalf("port taken: %v", err)
 	}
-	_, _, err = run(t, t.Context(), "", "dev", "--data", t.TempDir(), "--issuer-addr", "127.0.0.1:0", "--sidecar-addr", "127.0.0.1:0", "--nats-addr", ln.Addr().String())
+	_, _, err = run(t, t.Context(), "", "dev", "--data", t.TempDir(), "--issuer-addr", "127.0.0.1:0", "--sidecar-addr", "127.0.0.1:0", "--sidecar-grpc-addr", "127.0.0.1:0", "--nats-addr", ln.Addr().String())
 	if err == nil || !strings.Contains(err.Error(), "--nats-addr") {
 		t.Fatalf("NATS port taken: %v", err)
 	}
-	_, _, err = run(t, t.Context(), "", "dev", "--data", t.TempDir(), "--issuer-addr", "127.0.0.1:0", "--sidecar-addr", ln.Addr().String(), "--nats-addr", "127.0.0.1:0")
+	_, _, err = run(t, t.Context(), "", "dev", "--data", t.TempDir(), "--issuer-addr", "127.0.0.1:0", "--sidecar-addr", ln.Addr().String(), "--sidecar-grpc-addr", "127.0.0.1:0", "--nats-addr", "127.0.0.1:0")
 	if err == nil || !strings.Contains(err.Error(), "--sidecar-addr") {
 		t.Fatalf("sidecar port taken: %v", err)
+	}
+	_, _, err = run(t, t.Context(), "", "dev", "--data", t.TempDir(), "--issuer-addr", "127.0.0.1:0", "--sidecar-addr", "127.0.0.1:0", "--sidecar-grpc-addr", ln.Addr().String(), "--nats-addr", "127.0.0.1:0")
+	if err == nil || !strings.Contains(err.Error(), "--sidecar-grpc-addr") {
+		t.Fatalf("sidecar gRPC port taken: %v", err)
 	}
 }
 
@@ -318,4 +329,30 @@ func waitReady(t *testing.T, base string) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Fatalf("%s not ready", base)
+}
+
+// checkDevGRPC asks the dev sidecar's gRPC API, at the address its banner
+// prints, about token: healthy, and Check allows it as demo.
+func checkDevGRPC(t *testing.T, banner, token string) {
+	t.Helper()
+	m := regexp.MustCompile(`gRPC\s+(127\.0\.0\.1:\d+)`).FindStringSubmatch(banner)
+	if m == nil {
+		t.Fatalf("banner has no gRPC address:\n%s", banner)
+	}
+	conn, err := grpc.NewClient(m[1], grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = conn.Close() }()
+	h, err := healthpb.NewHealthClient(conn).Check(t.Context(), &healthpb.HealthCheckRequest{Service: sidecar.AuthorizationService})
+	if err != nil || h.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("gRPC health: %v %v", h, err)
+	}
+	req := extauthz.Filter{ContextExtensions: map[string]string{sidecar.ScopeContextExtension: "read"}}.CheckRequest(
+		extauthz.Request{Method: "GET", Path: "/", Host: "app", Headers: [][2]string{{"authorization", "Bearer " + token}}})
+	resp, err := authv3.NewAuthorizationClient(conn).Check(t.Context(), req)
+	if err != nil || resp.GetStatus().GetCode() != 0 || len(resp.GetOkResponse().GetHeaders()) != 5 ||
+		resp.GetOkResponse().GetHeaders()[0].GetHeader().GetValue() != "demo" {
+		t.Fatalf("gRPC Check: %v %v", resp, err)
+	}
 }

@@ -2,8 +2,12 @@ package main
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"net"
+	"sync"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -14,6 +18,8 @@ func sidecarSettings(c *sidecar.Config) []setting {
 	return []setting{
 		{flag: "listen", usage: "HTTP listen address (keep it on loopback)", bind: &c.Listen},
 		{flag: "socket", usage: "also serve on this Unix socket path", bind: &c.Socket},
+		{flag: "grpc-addr", usage: `gRPC listen address of Envoy ext_authz Check and grpc.health.v1 (keep it on loopback; "" turns it off)`, bind: &c.GRPCAddr},
+		{flag: "grpc-socket", usage: "also serve the gRPC API on this Unix socket path", bind: &c.GRPCSocket},
 		{flag: "issuer", usage: "issuer identifier tokens must carry (iss)", bind: &c.Issuer},
 		{flag: "audience", usage: "accepted audiences, comma-separated", bind: &c.Audience},
 		{flag: "algorithms", usage: "allowed token algorithms, comma-separated (default ES256,EdDSA,RS256)", bind: &c.Algorithms},
@@ -49,8 +55,41 @@ func newSidecarCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return runSidecar(ctx, log, sc, lns...)
+			grpcLns, err := sidecarGRPCListeners(cfg)
+			if err != nil {
+				closeAll(lns)
+				return err
+			}
+			return runSidecar(ctx, log, sc, lns, grpcLns)
 		})
+}
+
+// sidecarGRPCListeners opens the gRPC API's listeners: none when both
+// grpc_addr and grpc_socket are empty.
+func sidecarGRPCListeners(cfg sidecar.Config) ([]net.Listener, error) {
+	var lns []net.Listener
+	if cfg.GRPCAddr != "" {
+		ln, err := listenTCP(cfg.GRPCAddr, "sidecar gRPC", "--grpc-addr")
+		if err != nil {
+			return nil, err
+		}
+		lns = append(lns, ln)
+	}
+	if cfg.GRPCSocket != "" {
+		ln, err := listenUnix(cfg.GRPCSocket)
+		if err != nil {
+			closeAll(lns)
+			return nil, err
+		}
+		lns = append(lns, ln)
+	}
+	return lns, nil
+}
+
+func closeAll(lns []net.Listener) {
+	for _, l := range lns {
+		_ = l.Close()
+	}
 }
 
 func sidecarListeners(cfg sidecar.Config) ([]net.Listener, error) {
@@ -75,6 +114,49 @@ func sidecarListeners(cfg sidecar.Config) ([]net.Listener, error) {
 	return lns, nil
 }
 
-func runSidecar(ctx context.Context, log *slog.Logger, sc *sidecar.Sidecar, lns ...net.Listener) error {
-	return runProgram(ctx, log, "sidecar", sc, lns...)
+// runSidecar serves the sidecar's HTTP API on lns and its gRPC API on
+// grpcLns until ctx ends or a server fails. The gRPC server stops
+// gracefully with the HTTP ones (Envoy's Checks in flight finish, up to
+// shutdownTimeout), before the sidecar stops following NATS.
+func runSidecar(ctx context.Context, log *slog.Logger, sc *sidecar.Sidecar, lns, grpcLns []net.Listener) error {
+	if len(grpcLns) == 0 {
+		return runProgram(ctx, log, "sidecar", sc, lns...)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	gs := sc.NewGRPCServer()
+	errc := make(chan error, len(grpcLns))
+	var wg sync.WaitGroup
+	for _, ln := range grpcLns {
+		wg.Go(func() {
+			// Serve returns nil once stopped; anything else is a failure,
+			// which stops the whole sidecar.
+			if err := gs.Serve(ln); err != nil {
+				errc <- fmt.Errorf("sidecar gRPC on %s: %w", ln.Addr(), err)
+				cancel()
+			}
+		})
+		log.Info("sidecar gRPC listening", "addr", ln.Addr().String())
+	}
+	wg.Go(func() {
+		<-runCtx.Done()
+		stopped := make(chan struct{})
+		go func() { gs.GracefulStop(); close(stopped) }()
+		t := time.NewTimer(shutdownTimeout)
+		defer t.Stop()
+		select {
+		case <-stopped:
+		case <-t.C:
+			gs.Stop()
+			<-stopped
+		}
+	})
+	err := runProgram(runCtx, log, "sidecar", sc, lns...)
+	cancel()
+	wg.Wait()
+	close(errc)
+	for e := range errc {
+		err = errors.Join(err, e)
+	}
+	return err
 }

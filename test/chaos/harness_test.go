@@ -528,7 +528,7 @@ func deploy(t *testing.T) *deployment {
 			"--nats-url", urls, "--distribution-public-key-file", d.distPub,
 			"--cache-dir", filepath.Join(dir, fmt.Sprintf("cache-%d", i)),
 			"--leeway", leeway.String(), "--key-refresh-interval", "1s",
-			"--access-log", "false", "--log-level", "warn")
+			"--access-log", "false", "--log-level", "warn", "--grpc-addr", "")
 		d.sidecars = append(d.sidecars, &sidecarProc{i: i, url: fmt.Sprintf("http://127.0.0.1:%d", port), natsURLs: urls, proc: p})
 	}
 	for _, sc := range d.sidecars {

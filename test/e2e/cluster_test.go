@@ -94,7 +94,7 @@ func startCluster(t *testing.T) *cluster {
 	for i := range 2 {
 		addr := freeAddr(t)
 		sock := filepath.Join(dir, fmt.Sprintf("sidecar-%d.sock", i))
-		start(t, fmt.Sprintf("sidecar-%d", i), nil, twBin, "sidecar", "--listen", addr, "--socket", sock, "--issuer", issuerURL, "--audience", "orders-api",
+		start(t, fmt.Sprintf("sidecar-%d", i), nil, twBin, "sidecar", "--listen", addr, "--socket", sock, "--grpc-addr", freeAddr(t), "--issuer", issuerURL, "--audience", "orders-api",
 			"--nats-url", natsURL, "--distribution-public-key-file", distPub, "--cache-dir", filepath.Join(dir, fmt.Sprintf("cache-%d", i)))
 		waitOK(t, "http://"+addr+"/readyz", 60*time.Second)
 		c.sidecars = append(c.sidecars, "http://"+addr)

@@ -170,7 +170,7 @@ func tw(t *testing.T, env []string, args ...string) (string, error) {
 // sidecar URLs.
 func startDev(t *testing.T, data string) (*proc, string, string) {
 	t.Helper()
-	p := start(t, "dev", nil, twBin, "dev", "--data", data, "--issuer-addr", freeAddr(t), "--sidecar-addr", freeAddr(t), "--nats-addr", freeAddr(t))
+	p := start(t, "dev", nil, twBin, "dev", "--data", data, "--issuer-addr", freeAddr(t), "--sidecar-addr", freeAddr(t), "--sidecar-grpc-addr", freeAddr(t), "--nats-addr", freeAddr(t))
 	iss := p.waitFor(regexp.MustCompile(`issuer\s+(http://\S+)`), 60*time.Second)[1]
 	sc := p.waitFor(regexp.MustCompile(`sidecar\s+(http://\S+)`), 10*time.Second)[1]
 	waitOK(t, iss+"/readyz", 30*time.Second)

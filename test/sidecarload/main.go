@@ -1,7 +1,9 @@
 // Command sidecarload measures the sidecar as a separate process, the way
 // it runs in a pod: requests/s and latency of /verify (cache hits) against
 // /healthz of the same server, over loopback keep-alive connections, and
-// its resident memory idle and under that load.
+// its resident memory idle and under that load; then gRPC Check (Envoy
+// ext_authz) against /verify, and the sidecar's CPU per verification for
+// cache hits and misses over both.
 //
 // It starts `tokenwarden dev` (NATS + issuer) and one `tokenwarden sidecar`
 // process from the binary given by -bin, so build first (make build). All
@@ -56,7 +58,7 @@ func run(bin string, conns int, dur time.Duration) error {
 	// which is not measured).
 	// #nosec G204 -- the operator names the binary to measure
 	dev := exec.CommandContext(ctx, bin, "dev", "--data", filepath.Join(dir, "dev"), "--issuer-addr", "127.0.0.1:0",
-		"--sidecar-addr", "127.0.0.1:0", "--nats-addr", "127.0.0.1:0", "--log-level", "warn")
+		"--sidecar-addr", "127.0.0.1:0", "--sidecar-grpc-addr", "127.0.0.1:0", "--nats-addr", "127.0.0.1:0", "--log-level", "warn")
 	out, err := dev.StdoutPipe()
 	if err != nil {
 		return err
@@ -76,8 +78,12 @@ func run(bin string, conns int, dur time.Duration) error {
 	if err != nil {
 		return err
 	}
+	grpcAddr, err := loadtest.FreeAddr()
+	if err != nil {
+		return err
+	}
 	// #nosec G204 -- as above
-	sc := exec.CommandContext(ctx, bin, "sidecar", "--listen", addr, "--issuer", issuerURL, "--audience", "demo-api",
+	sc := exec.CommandContext(ctx, bin, "sidecar", "--listen", addr, "--grpc-addr", grpcAddr, "--issuer", issuerURL, "--audience", "demo-api",
 		"--nats-url", natsURL, "--distribution-public-key-file", filepath.Join(dir, "dev", "distribution.pub"), "--log-level", "warn")
 	sc.Stderr = os.Stderr
 	if err := sc.Start(); err != nil {
@@ -113,7 +119,31 @@ func run(bin string, conns int, dur time.Duration) error {
 	if verify.errors > 0 || health.errors > 0 {
 		return errors.New("requests failed during the load")
 	}
-	return nil
+	return grpcReport(ctx, grpcSetup{base: base, grpcAddr: grpcAddr, tok: tok, conns: conns, dur: dur,
+		startMissSidecar: func(ctx context.Context) (string, string, func(), error) {
+			addr, err := loadtest.FreeAddr()
+			if err != nil {
+				return "", "", nil, err
+			}
+			grpcAddr, err := loadtest.FreeAddr()
+			if err != nil {
+				return "", "", nil, err
+			}
+			// #nosec G204 -- as above
+			sc := exec.CommandContext(ctx, bin, "sidecar", "--listen", addr, "--grpc-addr", grpcAddr, "--token-cache-size", "0",
+				"--issuer", issuerURL, "--audience", "demo-api", "--nats-url", natsURL,
+				"--distribution-public-key-file", filepath.Join(dir, "dev", "distribution.pub"), "--log-level", "warn")
+			sc.Stderr = os.Stderr
+			if err := sc.Start(); err != nil {
+				return "", "", nil, fmt.Errorf("start the sidecar without a token cache: %w", err)
+			}
+			stop := func() { _ = sc.Process.Signal(os.Interrupt); _ = sc.Wait() }
+			if err := loadtest.WaitReady("http://"+addr+"/readyz", 30*time.Second); err != nil {
+				stop()
+				return "", "", nil, err
+			}
+			return "http://" + addr, grpcAddr, stop, nil
+		}})
 }
 
 var (
@@ -170,6 +200,10 @@ type result struct {
 	rps      float64
 	p50, p99 time.Duration
 	errors   int64
+	// n is the number of answers; cpuPerReq the sidecar's CPU time per
+	// answer, when measured (grpc.go).
+	n         int64
+	cpuPerReq time.Duration
 }
 
 // load sends GETs to u on conns keep-alive connections for dur and reports
@@ -233,5 +267,6 @@ func load(u, tok string, conns int, dur time.Duration, sample func()) result {
 	close(stop)
 	elapsed := time.Since(start)
 	st := loadtest.Summarize(lat)
-	return result{rps: float64(count.Load()) / elapsed.Seconds(), p50: st.P50.Round(time.Microsecond), p99: st.P99.Round(time.Microsecond), errors: errs.Load()}
+	return result{rps: float64(count.Load()) / elapsed.Seconds(), p50: st.P50.Round(time.Microsecond), p99: st.P99.Round(time.Microsecond), errors: errs.Load(),
+		n: count.Load()}
 }

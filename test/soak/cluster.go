@@ -156,7 +156,7 @@ func startCluster(ctx context.Context, o options, dir string) (*cluster, error) 
 	}
 	c.sidecarURL = "http://" + sidecarAddr
 	if c.sidecar, err = startProc(dir, "sidecar", nil, o.bin, "sidecar", "--listen", sidecarAddr, "--issuer", c.issuerURL,
-		"--audience", audience, "--nats-url", natsURL, "--distribution-public-key-file", distPub, "--log-level", "warn"); err != nil {
+		"--audience", audience, "--nats-url", natsURL, "--distribution-public-key-file", distPub, "--log-level", "warn", "--grpc-addr", ""); err != nil {
 		return c, err
 	}
 	if err := c.sidecar.waitReady(c.sidecarURL+"/readyz", 60*time.Second); err != nil {
