@@ -54,12 +54,13 @@ func (s *Sidecar) Handler() http.Handler {
 	if s.cfg.AccessLog {
 		log = s.log
 	}
-	verify := accesslog.Wrap(log, slog.LevelInfo, "/verify", http.HandlerFunc(s.handleVerify), nil)
+	policy := accesslog.Policy{Level: slog.LevelInfo, SuccessSample: s.cfg.AccessLogSuccessSample, Slow: s.cfg.AccessLogSlow}
+	verify := accesslog.WrapPolicy(log, policy, "/verify", http.HandlerFunc(s.handleVerify), nil)
 	other := map[string]http.Handler{}
 	for _, route := range []string{"/introspect", "/healthz", "/readyz", "/metrics"} {
-		other[route] = accesslog.Wrap(log, slog.LevelInfo, route, mux, nil)
+		other[route] = accesslog.WrapPolicy(log, policy, route, mux, nil)
 	}
-	unknown := accesslog.Wrap(log, slog.LevelInfo, "other", mux, nil)
+	unknown := accesslog.WrapPolicy(log, policy, "other", mux, nil)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if p := r.URL.Path; p == "/verify" || strings.HasPrefix(p, "/verify/") {
 			verify.ServeHTTP(w, r)
@@ -252,6 +253,7 @@ func (s *Sidecar) handleIntrospect(w http.ResponseWriter, r *http.Request) {
 	c, _, err := s.verifier.Verify(token)
 	if err != nil {
 		s.metrics.verifications.WithLabelValues(resultOf(err)).Inc()
+		accesslog.MarkDenied(w) // a 200, but a refusal: logged as a denial
 		writeJSON(w, http.StatusOK, introspection{Active: false})
 		return
 	}

@@ -454,6 +454,8 @@ func TestConfigValidation(t *testing.T) {
 		"no listener":            func(c *Config) { c.Listen, c.Socket = "", "" },
 		"bad listen":             func(c *Config) { c.Listen = "8181" },
 		"refresh interval below": func(c *Config) { c.KeyRefreshInterval = time.Millisecond },
+		"negative success sample": func(c *Config) { c.AccessLogSuccessSample = -1 },
+		"negative slow threshold": func(c *Config) { c.AccessLogSlow = -time.Second },
 	} {
 		c := base()
 		mod(&c)
