@@ -76,7 +76,10 @@ func TestPolicyLevels(t *testing.T) {
 	deny := func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusUnauthorized) }
 	fail := func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusServiceUnavailable) }
 	ok := func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) }
-	inactive := func(w http.ResponseWriter, _ *http.Request) { MarkDenied(w); _, _ = w.Write([]byte(`{"active":false}`)) }
+	inactive := func(w http.ResponseWriter, _ *http.Request) {
+		MarkDenied(w)
+		_, _ = w.Write([]byte(`{"active":false}`))
+	}
 	defaults := Policy{Level: slog.LevelInfo, Slow: 100 * time.Millisecond}
 	for _, tc := range []struct {
 		name    string
