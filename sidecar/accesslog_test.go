@@ -172,3 +172,20 @@ func tamperSig(tok string) string {
 	}
 	return string(b)
 }
+
+func TestAccessLogConfigValidation(t *testing.T) {
+	for name, mod := range map[string]func(*Config){
+		"negative success sample": func(c *Config) { c.AccessLogSuccessSample = -1 },
+		"negative slow threshold": func(c *Config) { c.AccessLogSlow = -time.Second },
+	} {
+		c := DefaultConfig()
+		c.Issuer, c.Audience, c.DistributionPublicKeys = testIssuer, []string{testAudience}, []string{base64URL(make([]byte, 32))}
+		if err := c.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		mod(&c)
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "access_log_") {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}

@@ -443,19 +443,17 @@ func TestConfigValidation(t *testing.T) {
 		t.Fatal(c.Validate())
 	}
 	for name, mod := range map[string]func(*Config){
-		"no issuer":               func(c *Config) { c.Issuer = "" },
-		"no audience":             func(c *Config) { c.Audience = nil },
-		"no distribution key":     func(c *Config) { c.DistributionPublicKeys = nil },
-		"HS256 allowed":           func(c *Config) { c.Algorithms = []string{"HS256"} },
-		"none allowed":            func(c *Config) { c.Algorithms = []string{"none"} },
-		"negative leeway":         func(c *Config) { c.Leeway = -time.Second },
-		"tiny token cap":          func(c *Config) { c.MaxTokenSize = 10 },
-		"plain http fallback":     func(c *Config) { c.JWKSFallbackURL = "http://issuer.internal/.well-known/jwks.json" },
-		"no listener":             func(c *Config) { c.Listen, c.Socket = "", "" },
-		"bad listen":              func(c *Config) { c.Listen = "8181" },
-		"refresh interval below":  func(c *Config) { c.KeyRefreshInterval = time.Millisecond },
-		"negative success sample": func(c *Config) { c.AccessLogSuccessSample = -1 },
-		"negative slow threshold": func(c *Config) { c.AccessLogSlow = -time.Second },
+		"no issuer":              func(c *Config) { c.Issuer = "" },
+		"no audience":            func(c *Config) { c.Audience = nil },
+		"no distribution key":    func(c *Config) { c.DistributionPublicKeys = nil },
+		"HS256 allowed":          func(c *Config) { c.Algorithms = []string{"HS256"} },
+		"none allowed":           func(c *Config) { c.Algorithms = []string{"none"} },
+		"negative leeway":        func(c *Config) { c.Leeway = -time.Second },
+		"tiny token cap":         func(c *Config) { c.MaxTokenSize = 10 },
+		"plain http fallback":    func(c *Config) { c.JWKSFallbackURL = "http://issuer.internal/.well-known/jwks.json" },
+		"no listener":            func(c *Config) { c.Listen, c.Socket = "", "" },
+		"bad listen":             func(c *Config) { c.Listen = "8181" },
+		"refresh interval below": func(c *Config) { c.KeyRefreshInterval = time.Millisecond },
 	} {
 		c := base()
 		mod(&c)
