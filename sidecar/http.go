@@ -129,7 +129,10 @@ func bearerToken(r *http.Request) (token, problem string) {
 		return "", ""
 	}
 	rest = strings.TrimSpace(rest)
-	if rest == "" || strings.ContainsAny(rest, " \t") {
+	// Two IndexByte scans, not ContainsAny: over a token of a kilobyte
+	// they are vectorized, ContainsAny goes byte by byte (a tenth of a
+	// cache hit's handler time).
+	if rest == "" || strings.IndexByte(rest, ' ') >= 0 || strings.IndexByte(rest, '\t') >= 0 {
 		return "", "malformed bearer token"
 	}
 	return rest, ""
@@ -140,8 +143,14 @@ func bearerToken(r *http.Request) (token, problem string) {
 // parameter or header requires every value, not only the first: an
 // ambiguous requirement must fail closed.
 func missingScopes(c *jwks.Claims, r *http.Request) string {
-	required := strings.Join(r.URL.Query()["scope"], " ")
-	for _, h := range r.Header.Values(HeaderRequiredScope) {
+	var required string
+	// No query, no ?scope=: skip parsing it into a map, which most
+	// requests (nginx, Envoy and Caddy send none of the client's) would
+	// pay for nothing.
+	if r.URL.RawQuery != "" {
+		required = strings.Join(r.URL.Query()["scope"], " ")
+	}
+	for _, h := range r.Header[HeaderRequiredScope] { // the constant is canonical
 		required += " " + h
 	}
 	return MissingScopes(c, required)
