@@ -94,7 +94,7 @@ const (
 	MinRevocationMaxStaleness     = 15 * time.Second
 )
 
-// DefaultAccessLogSlow is half the 200ms that Envoy's ext_authz waits by
+// DefaultAccessLogSlow is half the 200ms that Envoy's gRPC ext_authz waits by
 // default: a verification takes microseconds (a cache hit) to a fraction
 // of a millisecond (a signature check), so a request this slow means a
 // starved process (CPU throttling, a long GC pause), worth a line before
