@@ -116,6 +116,9 @@ func run(bin string, conns int, dur time.Duration, rounds int, sidecarArgs []str
 	fmt.Printf("  /healthz  %8.0f req/s  p50 %-9s p99 %-9s errors %d\n", health.rps, health.p50, health.p99, health.errors)
 	fmt.Printf("  /verify   %8.0f req/s  p50 %-9s p99 %-9s errors %d  (cache hits)\n", verify.rps, verify.p50, verify.p99, verify.errors)
 	fmt.Printf("  /verify ÷ /healthz = %.2f\n", verify.rps/health.rps)
+	if r := turnRatios(vp, hp); len(r) > 1 {
+		fmt.Printf("    turn by turn: median %.2f, from %.2f to %.2f\n", r[len(r)/2], r[0], r[len(r)-1])
+	}
 	fmt.Printf("  sidecar RSS: idle %.1f MB, peak under /verify load %.1f MB\n", float64(idle)/1024, float64(peak.Load())/1024)
 	settings := "default settings"
 	if len(sidecarArgs) > 0 {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -59,7 +60,8 @@ type phase struct {
 	n, errors int64
 	elapsed   time.Duration
 	lat       []time.Duration
-	logBytes  int64 // written by the sidecar while this phase ran
+	logBytes  int64     // written by the sidecar while this phase ran
+	turns     []float64 // requests/s of each turn
 }
 
 // interleave runs each phase for dur in all, in rounds turns of dur/rounds
@@ -83,6 +85,7 @@ func interleave(phases []*phase, conns int, dur time.Duration, rounds int, logs 
 			p.errors += r.errors
 			p.elapsed += r.elapsed
 			p.lat = append(p.lat, r.lat...)
+			p.turns = append(p.turns, r.rps)
 		}
 	}
 }
@@ -92,6 +95,19 @@ func (p *phase) result() result {
 	st := loadtest.Summarize(p.lat)
 	return result{rps: float64(p.n) / p.elapsed.Seconds(), p50: st.P50.Round(time.Microsecond), p99: st.P99.Round(time.Microsecond),
 		errors: p.errors, n: p.n, elapsed: p.elapsed}
+}
+
+// turnRatios are a's requests/s over b's, turn by turn, sorted: their
+// spread shows how much the neighbours' load moved the figure.
+func turnRatios(a, b *phase) []float64 {
+	var out []float64
+	for i := range min(len(a.turns), len(b.turns)) {
+		if b.turns[i] > 0 {
+			out = append(out, a.turns[i]/b.turns[i])
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // logPer1000 is the bytes logged per 1,000 requests of p.
