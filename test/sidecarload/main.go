@@ -127,7 +127,7 @@ func run(bin string, conns int, dur time.Duration, rounds int, sidecarArgs []str
 	fmt.Printf("  sidecar log bytes per 1,000 requests (%s): /verify %.0f, /healthz %.0f; %d at start-up\n",
 		settings, vp.logPer1000(), hp.logPer1000(), startLog)
 	if verify.errors > 0 || health.errors > 0 {
-		return errors.New("requests failed during the load")
+		return fmt.Errorf("requests failed during the load; the sidecar's last lines:\n%s", logs.last())
 	}
 	return nil
 }
