@@ -73,10 +73,18 @@ type Config struct {
 	// reports not ready. /verify keeps answering from the set it holds
 	// (see docs/security.md).
 	RevocationMaxStaleness time.Duration `yaml:"revocation_max_staleness"`
-	// AccessLog logs every request at Info (method, route, status,
-	// latency, peer; never tokens). Off saves a log line per verification
-	// on a busy pod.
+	// AccessLog turns the access log on: a line per request (method,
+	// route, status, latency, peer; never tokens). At Info only the lines
+	// someone must look at: denials, errors, slow requests and sampled
+	// successes; the rest at Debug. Off: no line at all.
 	AccessLog bool `yaml:"access_log"`
+	// AccessLogSuccessSample logs 1 in N successful requests of a route at
+	// Info (the others at Debug): 0 none, 1 every one. Every success at
+	// Info is a line per verification, megabytes a second on a busy pod.
+	AccessLogSuccessSample int `yaml:"access_log_success_sample"`
+	// AccessLogSlow is the handler time from which a request is logged at
+	// Info whatever its outcome; 0 turns it off.
+	AccessLogSlow time.Duration `yaml:"access_log_slow"`
 }
 
 // NATSConfig says how to reach NATS.
@@ -98,6 +106,13 @@ const (
 // Envoy (Istio's, or one of the app's) in the same pod.
 const DefaultGRPCAddr = "127.0.0.1:9191"
 
+// DefaultAccessLogSlow is half the 200ms that Envoy's gRPC ext_authz waits by
+// default: a verification takes microseconds (a cache hit) to a fraction
+// of a millisecond (a signature check), so a request this slow means a
+// starved process (CPU throttling, a long GC pause), worth a line before
+// proxies start timing out.
+const DefaultAccessLogSlow = 100 * time.Millisecond
+
 // DefaultConfig returns the contract's defaults.
 func DefaultConfig() Config {
 	return Config{
@@ -110,6 +125,7 @@ func DefaultConfig() Config {
 		KeyRefreshInterval:     30 * time.Second,
 		RevocationMaxStaleness: DefaultRevocationMaxStaleness,
 		AccessLog:              true,
+		AccessLogSlow:          DefaultAccessLogSlow,
 	}
 }
 
@@ -179,6 +195,12 @@ func (c *Config) Validate() error {
 	}
 	if c.RevocationMaxStaleness < MinRevocationMaxStaleness {
 		add("revocation_max_staleness: %s is below %s", c.RevocationMaxStaleness, MinRevocationMaxStaleness)
+	}
+	if c.AccessLogSuccessSample < 0 {
+		add("access_log_success_sample: %d, want 0 (no success at Info), 1 (every one) or N (1 in N)", c.AccessLogSuccessSample)
+	}
+	if c.AccessLogSlow < 0 {
+		add("access_log_slow: %s must not be negative (0 turns it off)", c.AccessLogSlow)
 	}
 	return errors.Join(errs...)
 }

@@ -35,7 +35,9 @@ func sidecarSettings(c *sidecar.Config) []setting {
 		{flag: "jwks-fallback-url", usage: "issuer JWKS URL used only when NATS is unreachable and no bundle is held", bind: &c.JWKSFallbackURL},
 		{flag: "key-refresh-interval", usage: "least time between key refreshes caused by unknown kids", bind: &c.KeyRefreshInterval},
 		{flag: "revocation-max-staleness", usage: "unready once revocations are not confirmed current for this long (at least 15s)", bind: &c.RevocationMaxStaleness},
-		{flag: "access-log", usage: "log every request (true or false)", bind: &c.AccessLog},
+		{flag: "access-log", usage: "access log on or off (true or false); at Info it holds denials, errors, slow and sampled requests", bind: &c.AccessLog},
+		{flag: "access-log-success-sample", usage: "log 1 in N successful requests at Info, the others at Debug (0: none, 1: every one)", bind: &c.AccessLogSuccessSample},
+		{flag: "access-log-slow", usage: "log requests taking at least this long at Info (0: off)", bind: &c.AccessLogSlow},
 	}
 }
 

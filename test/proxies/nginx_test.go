@@ -213,6 +213,73 @@ func do(t *testing.T, method, u string, header http.Header, body string) nginxRe
 
 func bearer(tok string) http.Header { return http.Header{"Authorization": {"Bearer " + tok}} }
 
+// checkDenials runs the subtests every proxy in front of the sidecar (at
+// base, in front of the app counting hits) passes alike: no token, invalid
+// tokens and a missing scope get the sidecar's status and challenge, never
+// the app; with the scope, a POST body reaches the app intact. /orders/
+// requires write in every example.
+func checkDenials(t *testing.T, base string, hits *atomic.Int64, full, readOnly, otherAudience string) {
+	t.Run("no token is 401 with a bare Bearer challenge", func(t *testing.T) {
+		before := hits.Load()
+		r := do(t, "GET", base+"/api/items", nil, "")
+		refused(t, r, 401)
+		if got := r.header.Get("WWW-Authenticate"); got != `Bearer realm="tokenwarden"` {
+			t.Fatalf("WWW-Authenticate %q", got)
+		}
+		if hits.Load() != before {
+			t.Fatal("the app was called")
+		}
+	})
+
+	t.Run("invalid tokens are 401 invalid_token", func(t *testing.T) {
+		before := hits.Load()
+		for name, tok := range map[string]string{"garbage": "abc.def.ghi", "tampered": tamper(full), "wrong audience": otherAudience} {
+			t.Run(name, func(t *testing.T) {
+				refused(t, do(t, "POST", base+"/", bearer(tok), `{"a":1}`), 401, `Bearer realm="tokenwarden"`, `error="invalid_token"`, `error_description="`)
+			})
+		}
+		refused(t, do(t, "GET", base+"/", http.Header{"Authorization": {"Bearer a b"}}, ""), 401, `error="invalid_request"`)
+		if hits.Load() != before {
+			t.Fatal("the app was called")
+		}
+	})
+
+	t.Run("missing scope is 403 insufficient_scope", func(t *testing.T) {
+		before := hits.Load()
+		r := do(t, "POST", base+"/orders/new", bearer(readOnly), `{"item":1}`)
+		refused(t, r, 403, `Bearer realm="tokenwarden"`, `error="insufficient_scope"`, `scope="write"`)
+		if r.header.Get("Cache-Control") != "no-store" {
+			t.Errorf("403 Cache-Control %q", r.header.Get("Cache-Control"))
+		}
+		if hits.Load() != before {
+			t.Fatal("the app was called")
+		}
+		r = do(t, "POST", base+"/orders/new", bearer(full), `{"item":1}`)
+		if r.status != 200 || r.app == nil || r.app.Method != "POST" || r.app.Body != `{"item":1}` ||
+			http.Header(r.app.Headers).Get("X-Auth-Subject") != "alice" {
+			t.Fatalf("status %d, app saw %+v", r.status, r.app)
+		}
+	})
+}
+
+// refused asserts the proxy refused without touching the app, with the
+// sidecar's status and challenge.
+func refused(t *testing.T, r nginxResult, status int, www ...string) {
+	t.Helper()
+	if r.status != status || r.app != nil {
+		t.Fatalf("status %d (app answered: %v), want %d", r.status, r.app != nil, status)
+	}
+	got := r.header.Values("WWW-Authenticate")
+	if len(got) != 1 {
+		t.Fatalf("WWW-Authenticate %q, want exactly one", got)
+	}
+	for _, w := range www {
+		if !strings.Contains(got[0], w) {
+			t.Fatalf("WWW-Authenticate %q lacks %q", got[0], w)
+		}
+	}
+}
+
 // TestNginxAuthRequest runs examples/nginx/nginx.conf in a real nginx in
 // front of an echo app, with a real sidecar fed by a real issuer over NATS.
 func TestNginxAuthRequest(t *testing.T) {
@@ -226,24 +293,6 @@ func TestNginxAuthRequest(t *testing.T) {
 	readOnly := s.login("read")
 	service := s.token("service", "service-secret", map[string][]string{"grant_type": {"client_credentials"}})
 	other := s.token("other", "other-secret", map[string][]string{"grant_type": {"password"}, "username": {"alice"}, "password": {"alice-pw"}})
-
-	// refused asserts nginx refused without touching the app, with the
-	// sidecar's challenge.
-	refused := func(t *testing.T, r nginxResult, status int, www ...string) {
-		t.Helper()
-		if r.status != status || r.app != nil {
-			t.Fatalf("status %d (app answered: %v), want %d", r.status, r.app != nil, status)
-		}
-		got := r.header.Values("WWW-Authenticate")
-		if len(got) != 1 {
-			t.Fatalf("WWW-Authenticate %q, want exactly one", got)
-		}
-		for _, w := range www {
-			if !strings.Contains(got[0], w) {
-				t.Fatalf("WWW-Authenticate %q lacks %q", got[0], w)
-			}
-		}
-	}
 
 	t.Run("valid token reaches the app with its identity", func(t *testing.T) {
 		c := claims(t, full)
@@ -266,48 +315,9 @@ func TestNginxAuthRequest(t *testing.T) {
 		}
 	})
 
-	t.Run("no token is 401 with a bare Bearer challenge", func(t *testing.T) {
-		before := hits.Load()
-		r := do(t, "GET", ngx+"/api/items", nil, "")
-		refused(t, r, 401)
-		if got := r.header.Get("WWW-Authenticate"); got != `Bearer realm="tokenwarden"` {
-			t.Fatalf("WWW-Authenticate %q", got)
-		}
-		if hits.Load() != before {
-			t.Fatal("the app was called")
-		}
-	})
-
-	t.Run("invalid tokens are 401 invalid_token", func(t *testing.T) {
-		before := hits.Load()
-		for name, tok := range map[string]string{"garbage": "abc.def.ghi", "tampered": tamper(full), "wrong audience": other} {
-			t.Run(name, func(t *testing.T) {
-				refused(t, do(t, "GET", ngx+"/", bearer(tok), ""), 401, `Bearer realm="tokenwarden"`, `error="invalid_token"`, `error_description="`)
-			})
-		}
-		refused(t, do(t, "GET", ngx+"/", http.Header{"Authorization": {"Bearer a b"}}, ""), 401, `error="invalid_request"`)
-		if hits.Load() != before {
-			t.Fatal("the app was called")
-		}
-	})
-
-	t.Run("missing scope is 403 insufficient_scope", func(t *testing.T) {
-		before := hits.Load()
-		r := do(t, "POST", ngx+"/orders/new", bearer(readOnly), `{"item":1}`)
-		refused(t, r, 403, `Bearer realm="tokenwarden"`, `error="insufficient_scope"`, `scope="write"`)
-		if r.header.Get("Cache-Control") != "no-store" {
-			t.Errorf("403 Cache-Control %q", r.header.Get("Cache-Control"))
-		}
-		if hits.Load() != before {
-			t.Fatal("the app was called")
-		}
-		// With the scope, the body reaches the app intact (only the
-		// subrequest to the sidecar drops it).
-		r = do(t, "POST", ngx+"/orders/new", bearer(full), `{"item":1}`)
-		if r.status != 200 || r.app.Method != "POST" || r.app.Body != `{"item":1}` || http.Header(r.app.Headers).Get("X-Auth-Subject") != "alice" {
-			t.Fatalf("status %d, app saw %+v", r.status, r.app)
-		}
-	})
+	// With the scope, the body reaches the app intact: only the
+	// subrequest to the sidecar drops it.
+	checkDenials(t, ngx, &hits, full, readOnly, other)
 
 	t.Run("client-supplied X-Auth headers never reach the app", func(t *testing.T) {
 		spoof := bearer(service)

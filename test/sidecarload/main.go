@@ -3,7 +3,9 @@
 // /healthz of the same server, over loopback keep-alive connections, and
 // its resident memory idle and under that load; then gRPC Check (Envoy
 // ext_authz) against /verify, and the sidecar's CPU per verification for
-// cache hits and misses over both.
+// cache hits and misses over both. The sidecar runs with the default
+// settings (no TOKENWARDEN_* variable reaches it), so its log is the
+// default access log, whose bytes per 1,000 requests are printed too.
 //
 // It starts `tokenwarden dev` (NATS + issuer) and one `tokenwarden sidecar`
 // process from the binary given by -bin, so build first (make build). All
@@ -38,14 +40,16 @@ func main() {
 	bin := flag.String("bin", "bin/tokenwarden", "tokenwarden binary")
 	conns := flag.Int("c", 32, "concurrent keep-alive connections")
 	dur := flag.Duration("d", 10*time.Second, "duration of each load phase")
+	rounds := flag.Int("rounds", 10, "turns each HTTP phase is split into, the phases alternating (see interleave)")
+	sidecarArgs := flag.String("sidecar-args", "", "more flags for the sidecar, space-separated (e.g. --access-log-success-sample=1)")
 	flag.Parse()
-	if err := run(*bin, *conns, *dur); err != nil {
+	if err := run(*bin, *conns, *dur, *rounds, strings.Fields(*sidecarArgs)); err != nil {
 		fmt.Fprintln(os.Stderr, "sidecarload:", err)
 		os.Exit(1)
 	}
 }
 
-func run(bin string, conns int, dur time.Duration) error {
+func run(bin string, conns int, dur time.Duration, rounds int, sidecarArgs []string) error {
 	dir, err := os.MkdirTemp("", "sidecarload")
 	if err != nil {
 		return err
@@ -83,16 +87,17 @@ func run(bin string, conns int, dur time.Duration) error {
 		return err
 	}
 	// #nosec G204 -- as above
-	sc := exec.CommandContext(ctx, bin, "sidecar", "--listen", addr, "--grpc-addr", grpcAddr, "--issuer", issuerURL, "--audience", "demo-api",
-		"--nats-url", natsURL, "--distribution-public-key-file", filepath.Join(dir, "dev", "distribution.pub"), "--log-level", "warn")
-	sc.Stderr = os.Stderr
+	sc := exec.CommandContext(ctx, bin, append([]string{"sidecar", "--listen", addr, "--grpc-addr", grpcAddr, "--issuer", issuerURL, "--audience", "demo-api",
+		"--nats-url", natsURL, "--distribution-public-key-file", filepath.Join(dir, "dev", "distribution.pub")}, sidecarArgs...)...)
+	logs := &logCounter{}
+	sc.Stdout, sc.Stderr, sc.Env = logs, logs, defaultEnv()
 	if err := sc.Start(); err != nil {
 		return fmt.Errorf("start sidecar: %w", err)
 	}
 	defer func() { _ = sc.Process.Signal(os.Interrupt); _ = sc.Wait() }()
 	base := "http://" + addr
 	if err := loadtest.WaitReady(base+"/readyz", 30*time.Second); err != nil {
-		return err
+		return fmt.Errorf("%w; the sidecar logged:\n%s", err, logs.last())
 	}
 	time.Sleep(2 * time.Second) // let start-up garbage be collected
 	idle, err := loadtest.RSSKiB(sc.Process.Pid)
@@ -104,20 +109,31 @@ func run(bin string, conns int, dur time.Duration) error {
 		return err
 	}
 
-	health := load(base+"/healthz", "", conns, dur, nil)
 	var peak atomic.Int64
-	verify := load(base+"/verify", tok, conns, dur, func() {
+	hp, vp := &phase{url: base + "/healthz"}, &phase{url: base + "/verify", tok: tok, sample: func() {
 		if kib, err := loadtest.RSSKiB(sc.Process.Pid); err == nil && int64(kib) > peak.Load() {
 			peak.Store(int64(kib))
 		}
-	})
-	fmt.Printf("sidecar load: %d connections, %s per phase, loopback, keep-alive\n", conns, dur)
+	}}
+	startLog := logs.n.Load()
+	interleave([]*phase{hp, vp}, conns, dur, rounds, logs)
+	health, verify := hp.result(), vp.result()
+	fmt.Printf("sidecar load: %d connections, %s per phase in %d alternating turns, loopback, keep-alive\n", conns, dur, rounds)
 	fmt.Printf("  /healthz  %8.0f req/s  p50 %-9s p99 %-9s errors %d\n", health.rps, health.p50, health.p99, health.errors)
 	fmt.Printf("  /verify   %8.0f req/s  p50 %-9s p99 %-9s errors %d  (cache hits)\n", verify.rps, verify.p50, verify.p99, verify.errors)
 	fmt.Printf("  /verify ÷ /healthz = %.2f\n", verify.rps/health.rps)
+	if r := turnRatios(vp, hp); len(r) > 1 {
+		fmt.Printf("    turn by turn: median %.2f, from %.2f to %.2f\n", r[len(r)/2], r[0], r[len(r)-1])
+	}
 	fmt.Printf("  sidecar RSS: idle %.1f MB, peak under /verify load %.1f MB\n", float64(idle)/1024, float64(peak.Load())/1024)
+	settings := "default settings"
+	if len(sidecarArgs) > 0 {
+		settings = "defaults but " + strings.Join(sidecarArgs, " ")
+	}
+	fmt.Printf("  sidecar log bytes per 1,000 requests (%s): /verify %.0f, /healthz %.0f; %d at start-up\n",
+		settings, vp.logPer1000(), hp.logPer1000(), startLog)
 	if verify.errors > 0 || health.errors > 0 {
-		return errors.New("requests failed during the load")
+		return fmt.Errorf("requests failed during the load; the sidecar's last lines:\n%s", logs.last())
 	}
 	return grpcReport(ctx, grpcSetup{base: base, grpcAddr: grpcAddr, tok: tok, conns: conns, dur: dur,
 		startMissSidecar: func(ctx context.Context) (string, string, func(), error) {
@@ -201,9 +217,12 @@ type result struct {
 	p50, p99 time.Duration
 	errors   int64
 	// n is the number of answers; cpuPerReq the sidecar's CPU time per
-	// answer, when measured (grpc.go).
+	// answer, when measured (grpc.go); elapsed and lat for summing rounds
+	// up (interleave).
 	n         int64
 	cpuPerReq time.Duration
+	elapsed   time.Duration
+	lat       []time.Duration
 }
 
 // load sends GETs to u on conns keep-alive connections for dur and reports
@@ -268,5 +287,5 @@ func load(u, tok string, conns int, dur time.Duration, sample func()) result {
 	elapsed := time.Since(start)
 	st := loadtest.Summarize(lat)
 	return result{rps: float64(count.Load()) / elapsed.Seconds(), p50: st.P50.Round(time.Microsecond), p99: st.P99.Round(time.Microsecond), errors: errs.Load(),
-		n: count.Load()}
+		n: count.Load(), elapsed: elapsed, lat: lat}
 }
