@@ -2,15 +2,11 @@ package sidecar
 
 import (
 	"crypto/ed25519"
-	"crypto/x509"
-	"encoding/base64"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
 	"net/url"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/tokenwarden/tokenwarden/jwks"
@@ -183,29 +179,10 @@ func (c *Config) trustedKeys() ([]ed25519.PublicKey, error) {
 }
 
 // ParseDistributionPublicKey accepts a PKIX PEM "PUBLIC KEY" block or the
-// base64 (standard or URL alphabet) of the 32 raw Ed25519 bytes.
+// base64 (standard or URL alphabet) of the 32 raw Ed25519 bytes. It is
+// jwks.ParseDistributionPublicKey, which the issuer shares.
 func ParseDistributionPublicKey(s string) (ed25519.PublicKey, error) {
-	s = strings.TrimSpace(s)
-	if blk, _ := pem.Decode([]byte(s)); blk != nil {
-		if blk.Type != "PUBLIC KEY" {
-			return nil, fmt.Errorf("PEM block %q, want PUBLIC KEY", blk.Type)
-		}
-		k, err := x509.ParsePKIXPublicKey(blk.Bytes)
-		if err != nil {
-			return nil, err
-		}
-		ek, ok := k.(ed25519.PublicKey)
-		if !ok {
-			return nil, fmt.Errorf("want an Ed25519 key, got %T", k)
-		}
-		return ek, nil
-	}
-	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
-		if b, err := enc.DecodeString(s); err == nil && len(b) == ed25519.PublicKeySize {
-			return ed25519.PublicKey(b), nil
-		}
-	}
-	return nil, errors.New("not a PEM public key nor base64 of 32 bytes")
+	return jwks.ParseDistributionPublicKey(s)
 }
 
 func isLoopbackHost(h string) bool {
