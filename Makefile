@@ -30,11 +30,12 @@ demo: build
 	./$(BIN) dev
 
 ## deps: system packages the tests need (nginx for test/proxies, curl for the README
-## walk-through in test/e2e), installed from Debian when missing
+## walk-through in test/e2e, curl and openssl for the distribution-key rollover in
+## test/rollover), installed from Debian when missing
 deps:
-	@{ command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx; } && command -v curl >/dev/null 2>&1 || { \
+	@{ command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx; } && command -v curl >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1 || { \
 	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
-	  $$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends nginx curl ca-certificates; }
+	  $$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends nginx curl openssl ca-certificates; }
 
 ## test: everything CI runs: vet, then every test with the race detector
 test: deps chart

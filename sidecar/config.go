@@ -154,7 +154,10 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// trustedKeys decodes every configured distribution public key.
+// trustedKeys decodes every configured distribution public key, each once:
+// during a distribution-key rollover a key may be listed twice (in a file
+// and inline), and a key listed twice would make each of its signatures a
+// candidate of two keys, which the batch verifier checks one by one.
 func (c *Config) trustedKeys() ([]ed25519.PublicKey, error) {
 	var keys []ed25519.PublicKey
 	for _, f := range c.DistributionPublicKeyFiles {
@@ -166,16 +169,25 @@ func (c *Config) trustedKeys() ([]ed25519.PublicKey, error) {
 		if err != nil {
 			return nil, fmt.Errorf("distribution public key %s: %w", f, err)
 		}
-		keys = append(keys, k)
+		keys = appendKey(keys, k)
 	}
 	for i, s := range c.DistributionPublicKeys {
 		k, err := ParseDistributionPublicKey(s)
 		if err != nil {
 			return nil, fmt.Errorf("distribution public key #%d: %w", i+1, err)
 		}
-		keys = append(keys, k)
+		keys = appendKey(keys, k)
 	}
 	return keys, nil
+}
+
+func appendKey(keys []ed25519.PublicKey, k ed25519.PublicKey) []ed25519.PublicKey {
+	for _, have := range keys {
+		if have.Equal(k) {
+			return keys
+		}
+	}
+	return append(keys, k)
 }
 
 // ParseDistributionPublicKey accepts a PKIX PEM "PUBLIC KEY" block or the
