@@ -69,7 +69,10 @@ func (d *deployment) waitMetric(ctx context.Context, ps []*proc, before map[*pro
 				break
 			}
 			if time.Now().After(deadline) {
-				return grew, fmt.Errorf("%s: %s did not grow by %v within 15s (err %v)", p.name, sample, n, err)
+				if err != nil {
+					return grew, fmt.Errorf("%s: read %s: %w", p.name, sample, err)
+				}
+				return grew, fmt.Errorf("%s: %s did not grow by %v within 15s", p.name, sample, n)
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
@@ -184,8 +187,15 @@ func (r *run) forgeBundles(ctx context.Context) error {
 		Seq uint64 `json:"seq"`
 	}
 	parts := strings.Split(string(genuine), ".")
-	if b, err := base64.RawURLEncoding.DecodeString(parts[1]); err != nil || json.Unmarshal(b, &held) != nil {
-		return fmt.Errorf("the bundle in KV does not decode: %v", err)
+	if len(parts) != 3 {
+		return errors.New("the bundle in KV is not a compact JWS")
+	}
+	b, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err == nil {
+		err = json.Unmarshal(b, &held)
+	}
+	if err != nil {
+		return fmt.Errorf("the bundle in KV does not decode: %w", err)
 	}
 
 	_, forger, err := ed25519.GenerateKey(rand.Reader)

@@ -245,8 +245,11 @@ func (r *run) mint(ctx context.Context, p *proc, kind string) (*token, int, erro
 		user, pass = "admin", "admin-secret"
 	}
 	code, body, err := r.post(ctx, p.url+"/oauth2/token", form, user, pass, "")
-	if err != nil || code != http.StatusOK {
-		return nil, code, fmt.Errorf("token from %s: %d %s %v", p.name, code, body, err)
+	if err != nil {
+		return nil, 0, fmt.Errorf("token from %s: %w", p.name, err)
+	}
+	if code != http.StatusOK {
+		return nil, code, fmt.Errorf("token from %s: %d %s", p.name, code, body)
 	}
 	var tr struct {
 		Access  string `json:"access_token"`

@@ -267,8 +267,11 @@ func (c *control) rotateAll(ctx context.Context) error {
 			if err == nil && code == http.StatusOK {
 				break
 			}
-			if err != nil || code != http.StatusConflict || time.Now().After(deadline) {
-				return fmt.Errorf("rotate at %s: %d %s %v", p.name, code, body, err)
+			if err != nil {
+				return fmt.Errorf("rotate at %s: %w", p.name, err)
+			}
+			if code != http.StatusConflict || time.Now().After(deadline) {
+				return fmt.Errorf("rotate at %s: %d %s", p.name, code, body)
 			}
 			// Waiting for the next key's age is normal. Its absence from
 			// the bundle is not: every rotation publishes the bundle with
