@@ -30,14 +30,15 @@ demo: build
 	./$(BIN) dev
 
 ## deps: system packages the tests need (nginx and caddy for test/proxies, curl for the
-## README walk-through in test/e2e), installed from Debian when missing. The tests run
-## their own nginx and caddy processes; on a machine with systemd, Debian also starts
-## both as services on port 80.
+## README walk-through in test/e2e, curl and openssl for the distribution-key rollover in
+## test/rollover), installed from Debian when missing. The tests run their own nginx and
+## caddy processes; on a machine with systemd, Debian also starts both as services on port 80.
 deps:
 	@{ command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx; } && \
-	  { command -v caddy >/dev/null 2>&1 || test -x /usr/bin/caddy; } && command -v curl >/dev/null 2>&1 || { \
+	  { command -v caddy >/dev/null 2>&1 || test -x /usr/bin/caddy; } && \
+	  command -v curl >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1 || { \
 	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
-	  $$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends nginx caddy curl ca-certificates; }
+	  $$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends nginx caddy curl openssl ca-certificates; }
 
 ## test: everything CI runs: vet, then every test with the race detector
 test: deps chart

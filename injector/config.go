@@ -10,11 +10,13 @@
 package injector
 
 import (
+	"crypto/ed25519"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -249,7 +251,7 @@ func (c *Config) Load() error {
 			add("distribution_public_keys #%d: %w", i+1, err)
 			continue
 		}
-		c.trusted = append(c.trusted, base64.StdEncoding.EncodeToString(k))
+		c.addTrusted(k)
 	}
 	for _, f := range c.DistributionPublicKeyFiles {
 		b, err := os.ReadFile(f) // #nosec G304 -- operator configuration
@@ -262,7 +264,7 @@ func (c *Config) Load() error {
 			add("distribution_public_key_files %s: %w", f, err)
 			continue
 		}
-		c.trusted = append(c.trusted, base64.StdEncoding.EncodeToString(k))
+		c.addTrusted(k)
 	}
 	return errors.Join(errs...)
 }
@@ -270,6 +272,17 @@ func (c *Config) Load() error {
 // TrustedKeys returns the distribution public keys (base64 of the raw
 // bytes) as loaded by Load.
 func (c *Config) TrustedKeys() []string { return c.trusted }
+
+// addTrusted adds k to the trusted keys unless it is there: during a
+// distribution-key rollover issuer.keys.extraTrustedPublicKeys may repeat
+// the key of the keys Secret, and a sidecar given a key twice checks its
+// signatures one by one instead of in batches.
+func (c *Config) addTrusted(k ed25519.PublicKey) {
+	b := base64.StdEncoding.EncodeToString(k)
+	if !slices.Contains(c.trusted, b) {
+		c.trusted = append(c.trusted, b)
+	}
+}
 
 func (r Resources) requirements() (corev1.ResourceRequirements, error) {
 	var out corev1.ResourceRequirements

@@ -428,6 +428,15 @@ func TestConfigValidation(t *testing.T) {
 	if got := def.TrustedKeys(); len(got) != 1 || got[0] != testKey {
 		t.Fatalf("trusted keys %v, want [%s]", got, testKey)
 	}
+	// The key of the file listed inline again (a distribution-key rollover
+	// whose extra keys repeat the Secret's): sidecars get it once.
+	def.DistributionPublicKeys = []string{testKey}
+	if err := def.Load(); err != nil {
+		t.Fatal(err)
+	}
+	if got := def.TrustedKeys(); len(got) != 1 || got[0] != testKey {
+		t.Fatalf("trusted keys %v, want [%s] once", got, testKey)
+	}
 }
 
 // applyPatch applies an RFC 6902 JSON Patch (add, remove, replace, test;

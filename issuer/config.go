@@ -34,6 +34,17 @@ type Config struct {
 	// DistributionKeyFile holds the Ed25519 private key (PKCS #8 PEM) that
 	// signs JWKS bundles and revocation events for the sidecars.
 	DistributionKeyFile string `yaml:"distribution_key_file"`
+	// TrustedDistributionPublicKeyFiles (PKIX PEM files) and
+	// TrustedDistributionPublicKeys (inline: PEM, or base64 of the 32 raw
+	// bytes) are distribution public keys whose bundles and revocation
+	// events this issuer accepts besides its own key's: the other key of a
+	// distribution-key rollover, so that replicas signing with the old and
+	// the new key apply each other's events and count each other's
+	// bundles (docs/operations.md, "Rolling over the distribution key").
+	// While any is set, the issuer also re-signs with its own key every
+	// live event that only another key signed (see resign.go).
+	TrustedDistributionPublicKeyFiles []string `yaml:"trusted_distribution_public_key_files"`
+	TrustedDistributionPublicKeys     []string `yaml:"trusted_distribution_public_keys"`
 	// KeyEncryptionKeyFile holds the 32-byte key (base64) that seals token
 	// signing keys in NATS. KeyEncryptionKey is the same inline (use the
 	// TOKENWARDEN_KEY_ENCRYPTION_KEY variable rather than a file on disk).
@@ -153,6 +164,11 @@ func (c *Config) Validate() error {
 	}
 	if c.DistributionKeyFile == "" {
 		add("distribution_key_file: required")
+	}
+	for i, k := range c.TrustedDistributionPublicKeys {
+		if _, err := jwks.ParseDistributionPublicKey(k); err != nil {
+			add("trusted_distribution_public_keys #%d: %w", i+1, err)
+		}
 	}
 	if c.KeyEncryptionKeyFile == "" && c.KeyEncryptionKey == "" {
 		add("key_encryption_key_file or TOKENWARDEN_KEY_ENCRYPTION_KEY: required")

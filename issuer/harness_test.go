@@ -204,3 +204,16 @@ func verifierFor(t testing.TB, issuerURL string, keys *jwks.KeySet, now func() t
 	}
 	return v
 }
+
+// waitFor polls cond until it holds, for at most 20s.
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not within 20s: %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -30,13 +30,25 @@ import (
 //     private half destroyed), the next key signs at once if the active
 //     one was revoked, and the bundle without the key is published.
 //
-// Meanwhile this replica refuses to sign with a key its revocation set
-// names (see issueAccessToken), whatever its ring says.
+// If step 2 never happens (the replica dies, NATS loses its leader, the
+// request is cancelled), every replica finishes it: reconcileKeys runs on
+// each maintenance tick and before signing with a key the set names, and
+// revokes in the ring every key that a kid event names. Until then no
+// replica signs with the key (accessToken). The event is kept for
+// keyEventRetention, far longer than that can take, so the ring, which
+// never publishes a revoked key again, always catches up before the
+// event is gone.
 
 // Errors of revokeKey, mapped to HTTP in revokeKeyHTTP.
 var (
 	errOnlySigningKey = errors.New("only signing key")
 )
+
+// keyEventRetention is how long a kid event is kept at least: longer than
+// any token the key signed can be valid (the ring's RetainRetired), and a
+// day, so that reconcileKeys has ample time to finish a revocation whose
+// ring update failed. Kid events are rare; keeping them costs nothing.
+const keyEventRetention = 24 * time.Hour
 
 // maxKIDLen bounds a kid in the admin API. The issuer's kids are 22
 // characters (a truncated SHA-256, base64url).
@@ -116,6 +128,7 @@ func (s *Server) revokeKey(ctx context.Context, kid, reason, actor string, force
 
 	now := s.now()
 	p := s.policy()
+	p.RetainRetired = max(p.RetainRetired, keyEventRetention) // the revoked record lives as long as the event
 	e, err := revocation.NewEvent(revocation.KindKID, kid, time.Time{}, now.Add(p.RetainRetired), reason, now)
 	if err != nil {
 		return nil, errInvalidRequest(err.Error())
@@ -187,8 +200,13 @@ func (s *Server) publishKeyEvent(ctx context.Context, e *revocation.Event) (uint
 	if err != nil {
 		return 0, false, err
 	}
+	if dup {
+		// The stored event is another replica's (its reason, actor and
+		// expiry): the consumer delivers that one; this copy is not stored.
+		return seq, true, nil
+	}
 	s.revocations.Apply(e)
-	if !dup {
+	{
 		s.metrics.revocationsPublished.WithLabelValues(string(e.Kind)).Inc()
 		s.log.Info("revocation stored", "id", e.ID, "kind", e.Kind, "sequence", seq, "expires_at", e.Expires().UTC())
 	}
@@ -278,4 +296,73 @@ func (s *Server) writeKeyRevokeError(w http.ResponseWriter, r *http.Request, kid
 	}
 	s.audit(r, "keys.revoke", kid, reason, "refused: "+oe.Description)
 	writeOAuthError(w, oe)
+}
+
+// reconcileKeys revokes in the ring every key that a kid event in the
+// revocation set names but the ring still publishes: the second step of a
+// key revocation whose first step (the event) is all that happened. It
+// serializes on reconcileMu, so that a burst of token requests meeting a
+// revoked active key makes one ring update, not one each.
+func (s *Server) reconcileKeys(ctx context.Context) error {
+	st := s.keys.current()
+	if st == nil || !s.ringHasRevokedKey(st.ring) {
+		return nil
+	}
+	s.reconcileMu.Lock()
+	defer s.reconcileMu.Unlock()
+	p := s.policy()
+	p.RetainRetired = max(p.RetainRetired, keyEventRetention)
+	var done []string
+	_, err := s.keys.update(ctx, func(cur *jwks.Ring) (*jwks.Ring, error) {
+		done = done[:0]
+		next := cur
+		for _, k := range cur.Keys {
+			if k.State == jwks.StateRevoked || !s.revocations.Has(revocation.KindKID, k.ID) {
+				continue
+			}
+			ev := s.keyEvent(k.ID)
+			reason, actor := "revocation event "+ev.ID, ev.Actor
+			if ev.Reason != "" {
+				reason = ev.Reason
+			}
+			r, _, err := next.Revoke(k.ID, s.now(), p, reason, actor)
+			if err != nil {
+				return nil, err
+			}
+			next, done = r, append(done, k.ID)
+		}
+		if next == cur {
+			return nil, nil // another replica finished it
+		}
+		next.Sequence = cur.Sequence + 1 // one change, however many keys
+		return next, nil
+	})
+	if err != nil {
+		return fmt.Errorf("finish key revocation: %w", err)
+	}
+	for _, kid := range done {
+		s.log.Warn("finished a key revocation from its event: the ring still published the key", "kid", kid)
+	}
+	return nil
+}
+
+// ringHasRevokedKey reports whether r publishes a key the set revokes.
+func (s *Server) ringHasRevokedKey(r *jwks.Ring) bool {
+	for _, k := range r.Keys {
+		if k.State != jwks.StateRevoked && s.revocations.Has(revocation.KindKID, k.ID) {
+			return true
+		}
+	}
+	return false
+}
+
+// keyEvent returns the kid event of kid in the set (a zero event when the
+// set no longer holds it).
+func (s *Server) keyEvent(kid string) *revocation.Event {
+	for _, e := range s.revocations.Events() {
+		if e.Kind == revocation.KindKID && e.Value == kid {
+			return e
+		}
+	}
+	return &revocation.Event{}
 }

@@ -76,6 +76,9 @@ type keyManager struct {
 	bundles jetstream.KeyValue // <prefix>_jwks
 	keks    *keyEncryptionKeys
 	dist    ed25519.PrivateKey
+	// trusted are the distribution public keys whose bundles count: dist's
+	// own first, then those of a distribution-key rollover. Nil: dist's.
+	trusted []ed25519.PublicKey
 	policy  func() jwks.Policy
 	now     func() time.Time
 	log     *slog.Logger
@@ -328,7 +331,10 @@ func (m *keyManager) nextPublished(ctx context.Context, cur *jwks.Ring) (bool, e
 	if err != nil {
 		return false, fmt.Errorf("read JWKS bundle: %w", err)
 	}
-	b, err := jwks.VerifyBundle(e.Value(), []ed25519.PublicKey{m.dist.Public().(ed25519.PublicKey)})
+	// A bundle signed by any trusted key counts: mid-rollover, a replica
+	// on the new key must not hold rotations over the bundle of one still
+	// on the old key (sidecars trust both then).
+	b, err := jwks.VerifyBundle(e.Value(), m.trustedKeys())
 	if err != nil {
 		return false, nil //nolint:nilerr // not a bundle of ours: the key is not published
 	}
@@ -406,7 +412,6 @@ func (m *keyManager) publish(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	trusted := []ed25519.PublicKey{m.dist.Public().(ed25519.PublicKey)}
 	for attempt := 0; attempt < 5; attempt++ {
 		e, err := m.bundles.Get(ctx, bundleKey)
 		switch {
@@ -415,7 +420,7 @@ func (m *keyManager) publish(ctx context.Context) error {
 		case err != nil:
 			return fmt.Errorf("read JWKS bundle: %w", err)
 		default:
-			if have, verr := jwks.VerifyBundle(e.Value(), trusted); verr == nil && have.Sequence >= b.Sequence {
+			if have, verr := jwks.VerifyBundle(e.Value(), m.trustedKeys()); verr == nil && m.keeps(e.Value(), have, b.Sequence) {
 				m.published = have.Sequence
 				return nil
 			}
@@ -433,6 +438,35 @@ func (m *keyManager) publish(ctx context.Context) error {
 		return nil
 	}
 	return errors.New("publish JWKS bundle: too many concurrent writers")
+}
+
+func (m *keyManager) trustedKeys() []ed25519.PublicKey {
+	if len(m.trusted) == 0 {
+		return []ed25519.PublicKey{m.dist.Public().(ed25519.PublicKey)}
+	}
+	return m.trusted
+}
+
+// keeps reports whether have, a bundle in KV that verified against a
+// trusted key, may stay rather than be replaced by this replica's bundle
+// of sequence seq: when it is newer, or as new and signed by this
+// replica's own key. A bundle as new signed by another trusted key (the
+// other side of a distribution-key rollover) is signed again with this
+// replica's key under the same sequence: the replica that switches last
+// leaves a bundle signed by the new key, which sidecars that trust only
+// the new key need. That is at most one write per replica and sequence
+// (publish runs once per sequence: see published), so two replicas on
+// different keys never fight over the entry, and sidecars ignore the
+// second write as not newer.
+func (m *keyManager) keeps(signed []byte, have *jwks.Bundle, seq uint64) bool {
+	if have.Sequence != seq {
+		return have.Sequence > seq
+	}
+	if len(m.trustedKeys()) == 1 {
+		return true
+	}
+	_, err := jwks.VerifyBundle(signed, []ed25519.PublicKey{m.dist.Public().(ed25519.PublicKey)})
+	return err == nil
 }
 
 // refresh reads the ring from KV now, for a token that names a key this

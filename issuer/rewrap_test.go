@@ -412,17 +412,6 @@ func metricLine(t *testing.T, in *instance, name string) string {
 	return ""
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // startKEK starts a replica with the given current and previous KEKs and
 // waits until it is ready.
 func (e *env) startKEK(t *testing.T, clock *fakeClock, cur []byte, prev [][]byte, opts ...Option) *instance {

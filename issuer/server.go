@@ -29,11 +29,19 @@ import (
 // Server is one issuer replica.
 type Server struct {
 	cfg     Config
+	// reconcileMu serializes reconcileKeys.
+	reconcileMu sync.Mutex
 	log     *slog.Logger
 	now     func() time.Time
 	metrics *metrics
 	dir     *directory.Watcher
 	dist    ed25519.PrivateKey
+	// trusted: the distribution public keys whose bundles and events this
+	// replica accepts, its own first (more during a rollover).
+	trusted []ed25519.PublicKey
+	// resign copies other keys' events under ours; nil unless other keys
+	// are trusted.
+	resign *resigner
 
 	keys     *keyManager
 	families familyStore
@@ -90,6 +98,9 @@ func New(cfg Config, opts ...Option) (*Server, error) {
 		return nil, err
 	}
 	s.dist = dist
+	if s.trusted, err = cfg.trustedDistributionKeys(s.DistributionPublicKey()); err != nil {
+		return nil, err
+	}
 	kek, previousKEKs, err := cfg.keyEncryptionKeys()
 	if err != nil {
 		return nil, err
@@ -108,7 +119,7 @@ func New(cfg Config, opts ...Option) (*Server, error) {
 	}
 	s.userLimiter = newFailureLimiter(cfg.RateLimit.FailuresPerUser)
 	s.ipLimiter = newFailureLimiter(cfg.RateLimit.FailuresPerIP)
-	s.keys = &keyManager{keks: keks, dist: dist, policy: s.policy, now: s.now, log: s.log, metrics: s.metrics}
+	s.keys = &keyManager{keks: keks, dist: dist, trusted: s.trusted, policy: s.policy, now: s.now, log: s.log, metrics: s.metrics}
 	s.metrics.registry.MustRegister(s.keys.unreadableMetric())
 	s.verifier, err = jwks.NewVerifier(jwks.VerifierConfig{
 		Issuer: cfg.Issuer, Audience: []string{cfg.Issuer}, Leeway: cfg.Leeway, Now: s.now,
@@ -121,6 +132,15 @@ func New(cfg Config, opts ...Option) (*Server, error) {
 		return nil, err
 	}
 	s.revocations = revocation.NewSet(revocation.WithSetClock(s.now))
+	if len(s.trusted) > 1 {
+		s.resign = newResigner(s.DistributionPublicKey(), func() bool {
+			c := s.consumer.Load()
+			return c != nil && c.CaughtUp()
+		}, s.now, s.log, func(ctx context.Context, e *revocation.Event) error {
+			_, err := s.publisher.PublishCopy(ctx, e) // run starts after setupBuckets set the publisher
+			return err
+		})
+	}
 	s.denied = newDenyList(s.log)
 	s.metrics.setSize(s.revocations.Len)
 	return s, nil
@@ -198,6 +218,8 @@ func (s *Server) statusSnapshot() map[string]string {
 		out["revocations"] = "replaying the revocation stream"
 	} else if !s.denied.synced.Load() {
 		out["revocations"] = "reading the deny records"
+	} else if p := s.resignStatus(); p != "" {
+		out["revocations"] = p
 	}
 	s.keys.reportUnreadable(out)
 	return out
@@ -229,24 +251,36 @@ func (s *Server) Run(ctx context.Context) error {
 	if natsconn.Retry(ctx, s.log, "load key ring", func() error { return s.keys.load(ctx) }) != nil {
 		return nil
 	}
-	s.setStatus("keys", "")
+	// Ready only once this replica's bundle is in KV (or a newer one): the
+	// replica that switches last in a distribution-key rollover must have
+	// re-signed the bundle with the new key before the old key may go. A
+	// failed publish is retried by every tick.
+	if err := s.keys.publish(ctx); err != nil {
+		s.log.Warn("publish JWKS bundle", "err", err)
+		s.setStatus("keys", "JWKS bundle not published yet")
+	} else {
+		s.setStatus("keys", "")
+	}
 	wg.Go(func() { s.denied.watch(ctx) })
 	// No live subscription: the issuer's set must hold only events the
 	// stream stored. Its revoke and logout paths skip publishing what the
 	// set already holds, so an event seen live whose publish failed (a 503)
 	// would never be published on the client's retry.
-	consumer := revocation.NewConsumer(js, s.cfg.NATS.Prefix, []ed25519.PublicKey{s.DistributionPublicKey()}, s.revocations,
-		revocation.WithLogger(s.log), revocation.WithClock(s.now), revocation.WithLiveSubscription(false))
+	opts := []revocation.ConsumerOption{revocation.WithLogger(s.log), revocation.WithClock(s.now), revocation.WithLiveSubscription(false)}
+	if s.resign != nil {
+		opts = append(opts, revocation.WithVerified(s.resign.observe))
+	}
+	consumer := revocation.NewConsumer(js, s.cfg.NATS.Prefix, s.trusted, s.revocations, opts...)
 	s.consumer.Store(consumer)
 	wg.Go(func() {
 		if err := consumer.Run(ctx); err != nil && ctx.Err() == nil {
 			s.log.Error("revocation consumer stopped", "err", err)
 		}
 	})
-	wg.Go(func() { s.revocations.RunGC(ctx, 30*time.Second, s.now) })
-	if err := s.keys.publish(ctx); err != nil {
-		s.log.Warn("publish JWKS bundle", "err", err)
+	if s.resign != nil {
+		wg.Go(func() { s.resign.run(ctx) })
 	}
+	wg.Go(func() { s.revocations.RunGC(ctx, 30*time.Second, s.now) })
 	wg.Go(func() { s.keys.watch(ctx) })
 	t := time.NewTicker(s.tickTime)
 	defer t.Stop()
@@ -255,8 +289,13 @@ func (s *Server) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
+			if err := s.reconcileKeys(ctx); err != nil && ctx.Err() == nil {
+				s.log.Error("key revocation not finished yet, retrying at the next tick", "err", err)
+			}
 			if err := s.keys.tick(ctx); err != nil && ctx.Err() == nil {
 				s.log.Warn("key ring maintenance", "err", err)
+			} else if err == nil {
+				s.setStatus("keys", "") // the bundle is published (tick ends with publish)
 			}
 		}
 	}
@@ -378,4 +417,13 @@ func (s *Server) instrument(route string, h http.HandlerFunc) http.Handler {
 	return accesslog.Wrap(s.log, slog.LevelInfo, route, h, func(route string, code int, d time.Duration) {
 		s.metrics.requestDuration.WithLabelValues(route, strconv.Itoa(code)).Observe(d.Seconds())
 	})
+}
+
+// resignStatus is what the re-signing of other distribution keys' events
+// still needs before this replica is ready, or "".
+func (s *Server) resignStatus() string {
+	if s.resign == nil {
+		return ""
+	}
+	return s.resign.status()
 }

@@ -376,9 +376,16 @@ func (s *Server) accessToken(c *directory.Client, sub, sid, scope string) (*toke
 		return nil, errUnavailable("signing keys not loaded yet")
 	}
 	if s.revocations.Has(revocation.KindKID, st.ring.Active().ID) {
-		// Another replica revoked the key and this one's ring watch has
-		// not caught up: read the ring rather than sign with a dead key.
-		s.keys.refresh(context.Background())
+		// The key was revoked and this replica's ring does not show it:
+		// its watch lags, or the revocation stopped after its event.
+		// Read the ring, finish the revocation if it must, and sign with
+		// the successor; never with the dead key.
+		ctx, cancel := context.WithTimeout(context.Background(), publishTimeout)
+		s.keys.refresh(ctx)
+		if err := s.reconcileKeys(ctx); err != nil {
+			s.log.Error("finish key revocation", "err", err)
+		}
+		cancel()
 		if st = s.keys.current(); s.revocations.Has(revocation.KindKID, st.ring.Active().ID) {
 			return nil, errUnavailable("the signing key was revoked and its successor is not loaded yet")
 		}

@@ -3,10 +3,13 @@ package jwks
 import (
 	"crypto/ed25519"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -73,4 +76,31 @@ func CheckNewer(b *Bundle, have uint64) error {
 		return fmt.Errorf("%w: sequence %d, holding %d", ErrStaleBundle, b.Sequence, have)
 	}
 	return nil
+}
+
+// ParseDistributionPublicKey accepts a PKIX PEM "PUBLIC KEY" block or the
+// base64 (standard or URL alphabet, padded or not) of the 32 raw Ed25519
+// bytes: the forms sidecars and issuers are configured with.
+func ParseDistributionPublicKey(s string) (ed25519.PublicKey, error) {
+	s = strings.TrimSpace(s)
+	if blk, _ := pem.Decode([]byte(s)); blk != nil {
+		if blk.Type != "PUBLIC KEY" {
+			return nil, fmt.Errorf("PEM block %q, want PUBLIC KEY", blk.Type)
+		}
+		k, err := x509.ParsePKIXPublicKey(blk.Bytes)
+		if err != nil {
+			return nil, err
+		}
+		ek, ok := k.(ed25519.PublicKey)
+		if !ok {
+			return nil, fmt.Errorf("want an Ed25519 key, got %T", k)
+		}
+		return ek, nil
+	}
+	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
+		if b, err := enc.DecodeString(s); err == nil && len(b) == ed25519.PublicKeySize {
+			return ed25519.PublicKey(b), nil
+		}
+	}
+	return nil, errors.New("not a PEM public key nor base64 of 32 bytes")
 }

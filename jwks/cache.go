@@ -136,6 +136,7 @@ type cacheState struct {
 	issued time.Time
 	source string
 	raw    []byte // the signed bundle, or the HTTP JWKS document
+	jwks   []byte // the signed bundle's JWKS; nil for HTTP
 }
 
 // cacheKV is the bucket bound by Run, with Run's context so that on-demand
@@ -531,6 +532,24 @@ func (c *Cache) applySigned(raw []byte, source string) bool {
 		}
 		return false
 	}
+	if source == CacheSourceNATS && cur != nil && cur.source != CacheSourceHTTP && b.Sequence == cur.seq && bytes.Equal(b.JWKS, cur.jwks) {
+		// The held keys under the held sequence, signed again: an issuer
+		// switched to another trusted distribution key re-signs the bundle
+		// (a distribution-key rollover). Take the new signature but keep
+		// the key set (nothing to invalidate): it confirms a disk copy like
+		// a redelivery would, and the disk copy becomes one that the new
+		// key alone verifies, for a restart after the old key is dropped.
+		next := *cur
+		next.raw, next.issued, next.source = raw, b.Time(), source
+		c.state.Store(&next)
+		c.log.Info("JWKS bundle signed again, same keys", "sequence", b.Sequence)
+		if c.dir != "" {
+			if err := c.writeDisk(raw); err != nil {
+				c.log.Warn("could not keep the JWKS bundle on disk", "err", err)
+			}
+		}
+		return true
+	}
 	var have uint64
 	if cur != nil {
 		have = cur.seq // 0 for an HTTP key set: any signed bundle wins
@@ -540,7 +559,7 @@ func (c *Cache) applySigned(raw []byte, source string) bool {
 		c.log.Info("ignored a JWKS bundle that is not newer than the held one", "source", source, "sequence", b.Sequence, "held", have)
 		return false
 	}
-	c.state.Store(&cacheState{keys: ks, seq: b.Sequence, issued: b.Time(), source: source, raw: raw})
+	c.state.Store(&cacheState{keys: ks, seq: b.Sequence, issued: b.Time(), source: source, raw: raw, jwks: b.JWKS})
 	c.updates.Add(1)
 	c.log.Info("JWKS bundle applied", "source", source, "sequence", b.Sequence, "keys", ks.Len(), "issued_at", b.Time().UTC())
 	if source == CacheSourceNATS && c.dir != "" {

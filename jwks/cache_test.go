@@ -701,3 +701,72 @@ func BenchmarkCacheKeySet(b *testing.B) {
 		b.Fatal("no key set")
 	}
 }
+
+// TestCacheResignedBundle: during a distribution-key rollover an issuer on
+// the new key signs the held bundle again under the same sequence. The
+// sidecar takes the new signature without counting it stale or dropping
+// its keys; a restarted sidecar whose disk copy carries the old signature
+// is confirmed by it (else it would stay not ready until the ring next
+// changed); and the disk copy becomes one the new key alone verifies.
+func TestCacheResignedBundle(t *testing.T) {
+	js := cacheNATS(t)
+	kv := cacheCreateBucket(t, js)
+	oldKey, newKey := newCacheSigner(t), newCacheSigner(t)
+	both := append(oldKey.trusted(), newKey.trusted()...)
+	doc, ks := cacheTestJWKS(t)
+	oldRaw, newRaw := oldKey.sign(5, time.Now().Unix(), doc), newKey.sign(5, time.Now().Unix()+1, doc)
+	dir := t.TempDir()
+	path := filepath.Join(dir, CacheFileName)
+
+	for _, c := range []struct {
+		name string
+		// disk is the disk copy before the cache starts (nil: none), kv
+		// what NATS holds when it starts, then is what NATS gets next.
+		disk, kv, then []byte
+	}{
+		{"running sidecar", nil, oldRaw, newRaw},
+		{"restarted sidecar with the old signature on disk", oldRaw, newRaw, nil},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if err := os.RemoveAll(path); err != nil {
+				t.Fatal(err)
+			}
+			if c.disk != nil {
+				if err := os.WriteFile(path, c.disk, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			cachePut(t, kv, c.kv)
+			cache := newTestCache(t, CacheConfig{Trusted: both, CacheDir: dir})
+			stop := cacheRun(t, cache, js)
+			cacheWaitFor(t, "bundle 5 from NATS", func() bool {
+				st := cache.Status()
+				return st.Sequence == 5 && st.Source == CacheSourceNATS
+			})
+			held := cache.KeySet()
+			if c.then != nil {
+				cacheWaitFor(t, "the watch", func() bool { return cache.Status().Watching })
+				cachePut(t, kv, c.then)
+				cacheWaitFor(t, "the new signature on disk", func() bool {
+					got, _ := os.ReadFile(path)
+					return string(got) == string(c.then)
+				})
+			}
+			st := cache.Status()
+			if st.Stale != 0 || st.Rejected != 0 || st.Sequence != 5 || !cache.Ready() || cache.KeySet() != held || !cacheSameKeys(held, ks) {
+				t.Fatalf("after the re-signed bundle: %+v", st)
+			}
+			stop()
+			got, err := os.ReadFile(path)
+			if err != nil || string(got) != string(newRaw) {
+				t.Fatalf("disk copy is not the bundle signed by the new key (%v)", err)
+			}
+			// After the rollover: a sidecar that trusts only the new key
+			// serves the disk copy at once.
+			after := newTestCache(t, CacheConfig{Trusted: newKey.trusted(), CacheDir: dir})
+			if st := after.Status(); st.Source != CacheSourceDisk || st.Sequence != 5 {
+				t.Fatalf("new-key-only sidecar on the disk copy: %+v", st)
+			}
+		})
+	}
+}

@@ -70,6 +70,19 @@ func WithVerifyWorkers(n int) ConsumerOption { return func(c *Consumer) { c.work
 // see Run.
 func WithLiveSubscription(on bool) ConsumerOption { return func(c *Consumer) { c.live = on } }
 
+// WithVerified sets a function called with every message of the stream
+// that verified and the signed bytes it came in: applied, or not applied
+// because the set already holds its id or it has expired. It is called in
+// stream order, from the goroutine that applies the stream, after the
+// message's batch reached the set and before CaughtUp can turn true for
+// it; only for the ordered consumer, not the live subscription (whose
+// events the ordered consumer delivers again). It must not block. The
+// issuer uses it to learn which distribution key signed each event during
+// a distribution-key rollover.
+func WithVerified(f func(e *Event, data []byte)) ConsumerOption {
+	return func(c *Consumer) { c.onVerified = f }
+}
+
 // WithProbeInterval sets how often a running consumer asks JetStream for
 // the stream's state to confirm its set is current (default 5s, jittered
 // by a quarter either way): see Staleness. Tests shorten it.
@@ -137,6 +150,8 @@ type Consumer struct {
 	obsMu   sync.Mutex // one Observer call at a time
 	workers int
 	live    bool
+	// onVerified: see WithVerified; nil when unset.
+	onVerified func(e *Event, data []byte)
 	// seen holds events the live subscription verified, by digest of the
 	// signed bytes, so the ordered consumer need not check them again.
 	seen seenCache
@@ -542,7 +557,9 @@ func (c *Consumer) verifyBatch(batch []*job, data [][]byte) {
 			j.ev, j.err = events[k], errs[k]
 			k++
 		}
-		j.data = nil
+		if c.onVerified == nil {
+			j.data = nil // the applier needs the bytes only for WithVerified
+		}
 		close(j.done)
 	}
 }
@@ -649,6 +666,14 @@ func (c *Consumer) applyBatch(batch []*job, events []*Event, applied []bool) {
 	}
 	c.obs.Lag(lastJob.pending)
 	c.obsMu.Unlock()
+	if c.onVerified != nil {
+		for _, j := range batch {
+			if j.err == nil {
+				c.onVerified(j.ev, j.data)
+			}
+			j.data = nil
+		}
+	}
 	for i := len(batch) - 1; i >= 0; i-- {
 		if batch[i].seq != 0 {
 			c.lastSeq.Store(batch[i].seq)

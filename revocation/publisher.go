@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tokenwarden/tokenwarden/jwks"
 )
 
 // Publisher signs events and publishes them on the revocation stream.
@@ -31,7 +33,7 @@ func NewPublisher(js jetstream.JetStream, prefix string, key ed25519.PrivateKey)
 // and returns the original sequence. The message's TTL keeps it until
 // e.ExpiresAt; an event that has already expired is ErrExpired.
 func (p *Publisher) Publish(ctx context.Context, e *Event) (uint64, error) {
-	seq, _, err := p.PublishOnce(ctx, e)
+	seq, _, err := p.publish(ctx, e, e.ID)
 	return seq, err
 }
 
@@ -40,6 +42,23 @@ func (p *Publisher) Publish(ctx context.Context, e *Event) (uint64, error) {
 // the stored one's): two issuer replicas publishing the same
 // deterministic ID at once store one event, and each learns which it was.
 func (p *Publisher) PublishOnce(ctx context.Context, e *Event) (seq uint64, duplicate bool, err error) {
+	return p.publish(ctx, e, e.ID)
+}
+
+// PublishCopy publishes e again, signed with this publisher's key, for
+// verifiers that trust this key but not the one that signed e: during a
+// distribution-key rollover the issuer gives each event of the old key a
+// copy signed by the new one. The copy has a message id of its own, the
+// event id and the key id, so the stream stores it beside the original
+// (which has the event id) while a second copy by the same key within the
+// duplicate window is stored once. Verifiers apply the event once: a set
+// ignores an id it holds. An event that has already expired is ErrExpired.
+func (p *Publisher) PublishCopy(ctx context.Context, e *Event) (uint64, error) {
+	seq, _, err := p.publish(ctx, e, e.ID+"."+jwks.DistributionKeyID(p.key.Public().(ed25519.PublicKey)))
+	return seq, err
+}
+
+func (p *Publisher) publish(ctx context.Context, e *Event, msgID string) (uint64, bool, error) {
 	if err := e.Validate(); err != nil {
 		return 0, false, err
 	}
@@ -55,7 +74,7 @@ func (p *Publisher) PublishOnce(ctx context.Context, e *Event) (seq uint64, dupl
 		return 0, false, err
 	}
 	ack, err := p.js.Publish(ctx, Subject(p.prefix, e.Kind), data,
-		jetstream.WithMsgID(e.ID),
+		jetstream.WithMsgID(msgID),
 		jetstream.WithExpectStream(p.stream),
 		jetstream.WithMsgTTL(ttl))
 	if err != nil {

@@ -2,15 +2,11 @@ package sidecar
 
 import (
 	"crypto/ed25519"
-	"crypto/x509"
-	"encoding/base64"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
 	"net/url"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/tokenwarden/tokenwarden/jwks"
@@ -205,7 +201,10 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// trustedKeys decodes every configured distribution public key.
+// trustedKeys decodes every configured distribution public key, each once:
+// during a distribution-key rollover a key may be listed twice (in a file
+// and inline), and a key listed twice would make each of its signatures a
+// candidate of two keys, which the batch verifier checks one by one.
 func (c *Config) trustedKeys() ([]ed25519.PublicKey, error) {
 	var keys []ed25519.PublicKey
 	for _, f := range c.DistributionPublicKeyFiles {
@@ -217,42 +216,32 @@ func (c *Config) trustedKeys() ([]ed25519.PublicKey, error) {
 		if err != nil {
 			return nil, fmt.Errorf("distribution public key %s: %w", f, err)
 		}
-		keys = append(keys, k)
+		keys = appendKey(keys, k)
 	}
 	for i, s := range c.DistributionPublicKeys {
 		k, err := ParseDistributionPublicKey(s)
 		if err != nil {
 			return nil, fmt.Errorf("distribution public key #%d: %w", i+1, err)
 		}
-		keys = append(keys, k)
+		keys = appendKey(keys, k)
 	}
 	return keys, nil
 }
 
+func appendKey(keys []ed25519.PublicKey, k ed25519.PublicKey) []ed25519.PublicKey {
+	for _, have := range keys {
+		if have.Equal(k) {
+			return keys
+		}
+	}
+	return append(keys, k)
+}
+
 // ParseDistributionPublicKey accepts a PKIX PEM "PUBLIC KEY" block or the
-// base64 (standard or URL alphabet) of the 32 raw Ed25519 bytes.
+// base64 (standard or URL alphabet) of the 32 raw Ed25519 bytes. It is
+// jwks.ParseDistributionPublicKey, which the issuer shares.
 func ParseDistributionPublicKey(s string) (ed25519.PublicKey, error) {
-	s = strings.TrimSpace(s)
-	if blk, _ := pem.Decode([]byte(s)); blk != nil {
-		if blk.Type != "PUBLIC KEY" {
-			return nil, fmt.Errorf("PEM block %q, want PUBLIC KEY", blk.Type)
-		}
-		k, err := x509.ParsePKIXPublicKey(blk.Bytes)
-		if err != nil {
-			return nil, err
-		}
-		ek, ok := k.(ed25519.PublicKey)
-		if !ok {
-			return nil, fmt.Errorf("want an Ed25519 key, got %T", k)
-		}
-		return ek, nil
-	}
-	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
-		if b, err := enc.DecodeString(s); err == nil && len(b) == ed25519.PublicKeySize {
-			return ed25519.PublicKey(b), nil
-		}
-	}
-	return nil, errors.New("not a PEM public key nor base64 of 32 bytes")
+	return jwks.ParseDistributionPublicKey(s)
 }
 
 func isLoopbackHost(h string) bool {

@@ -113,10 +113,13 @@ func readCheck(hr *authv3.AttributeContext_HttpRequest) checkInput {
 			in.authorization = append(in.authorization, v)
 		case strings.EqualFold(k, HeaderRequiredScope):
 			in.required += " " + v
-		case len(k) >= len(authHeaderPrefix) && strings.EqualFold(k[:len(authHeaderPrefix)], authHeaderPrefix):
+		case hasAuthPrefix(k):
 			// The sidecar overwrites its five headers on allow; any other
 			// x-auth-* the client sent is removed, so the app never sees
-			// an identity header the sidecar did not write.
+			// an identity header the sidecar did not write. Underscore
+			// spellings (x_auth_subject) too: Envoy forwards them by
+			// default, and CGI, WSGI and Rack apps read them as the same
+			// header as x-auth-subject.
 			if !isSidecarAuthHeader(k) {
 				in.strip = append(in.strip, strings.ToLower(k))
 			}
@@ -142,6 +145,27 @@ const authHeaderPrefix = "x-auth-"
 
 // isSidecarAuthHeader reports whether k names one of the five identity
 // headers the sidecar sets on allow.
+// hasAuthPrefix reports whether k starts with x-auth-, with any letter
+// case and with '_' for either '-'.
+func hasAuthPrefix(k string) bool {
+	if len(k) < len(authHeaderPrefix) {
+		return false
+	}
+	for i := 0; i < len(authHeaderPrefix); i++ {
+		c := k[i]
+		switch {
+		case c == '_':
+			c = '-'
+		case 'A' <= c && c <= 'Z':
+			c += 'a' - 'A'
+		}
+		if c != authHeaderPrefix[i] {
+			return false
+		}
+	}
+	return true
+}
+
 func isSidecarAuthHeader(k string) bool {
 	for _, h := range [...]string{HeaderSubject, HeaderClientID, HeaderScope, HeaderTokenID, HeaderExpiresAt} {
 		if strings.EqualFold(k, h) {

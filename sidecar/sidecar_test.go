@@ -497,6 +497,13 @@ func TestConfigValidation(t *testing.T) {
 	if _, err := ParseDistributionPublicKey("-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----"); err == nil {
 		t.Error("truncated PEM accepted")
 	}
+	// A key listed twice (standard and URL base64 of the same bytes, as a
+	// rollover's extra keys may repeat one) is trusted once.
+	c = base()
+	c.DistributionPublicKeys = append(c.DistributionPublicKeys, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")
+	if keys, err := c.trustedKeys(); err != nil || len(keys) != 1 {
+		t.Errorf("the same key twice: %d keys, %v", len(keys), err)
+	}
 }
 
 // TestLeewayOutlivesEventExpiry: an event expires with the last token it

@@ -26,6 +26,8 @@ func issuerSettings(c *issuer.Config) []setting {
 		{flag: "users-file", usage: "users YAML file", bind: &c.UsersFile},
 		{flag: "clients-file", usage: "clients YAML file", bind: &c.ClientsFile},
 		{flag: "distribution-key-file", usage: "Ed25519 private key (PKCS#8 PEM) that signs bundles and events", bind: &c.DistributionKeyFile},
+		{flag: "trusted-distribution-public-key-file", usage: "PEM files of more distribution public keys whose bundles and events are accepted (a distribution-key rollover), comma-separated", bind: &c.TrustedDistributionPublicKeyFiles},
+		{flag: "trusted-distribution-public-keys", usage: "the same keys inline (PEM or base64), comma-separated", bind: &c.TrustedDistributionPublicKeys, envOnly: true},
 		{flag: "key-encryption-key-file", usage: "file with the base64 32-byte key sealing signing keys at rest", bind: &c.KeyEncryptionKeyFile},
 		{flag: "key-encryption-key", usage: "the key-encryption key itself, base64", bind: &c.KeyEncryptionKey, envOnly: true},
 		{flag: "previous-key-encryption-key-files", usage: "files with earlier key-encryption keys, comma-separated: opened with, never sealed with, until `tokenwarden keys rewrap`", bind: &c.PreviousKeyEncryptionKeyFiles},

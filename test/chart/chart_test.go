@@ -768,6 +768,38 @@ func TestRenderVariants(t *testing.T) {
 			t.Errorf("want an emptyDir data volume with a size limit and no PVC: %+v, %d templates", data, len(s.Spec.VolumeClaimTemplates))
 		}
 	})
+	t.Run("distribution-key rollover", func(t *testing.T) {
+		t.Parallel()
+		// The other key of a rollover reaches the issuers (which restart:
+		// their config's checksum changes) and the injected sidecars.
+		other := "EcNF7hbaFGWoTG3ZJArxrkTq23iRjHAqcZeNkHl/Zl8="
+		m := render(t, "--set-json", `issuer.keys.extraTrustedPublicKeys=["`+other+`"]`)
+		cfg := issuer.DefaultConfig()
+		dec := yaml.NewDecoder(strings.NewReader(configMapData(t, m, fullname+"-issuer", "issuer.yaml")))
+		dec.KnownFields(true)
+		if err := dec.Decode(&cfg); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(cfg.TrustedDistributionPublicKeys, []string{other}) {
+			t.Errorf("issuer trusts %q, want the extra key", cfg.TrustedDistributionPublicKeys)
+		}
+		if err := cfg.Validate(); err != nil {
+			t.Error(err)
+		}
+		icfg := injector.DefaultConfig("x")
+		if err := yaml.Unmarshal([]byte(configMapData(t, m, fullname+"-injector", "injector.yaml")), &icfg); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(icfg.DistributionPublicKeys, []string{other}) {
+			t.Errorf("injected sidecars trust %q more, want the extra key", icfg.DistributionPublicKeys)
+		}
+		checksum := func(m *manifests) string {
+			return m.get("Deployment", fullname+"-issuer").(*appsv1.Deployment).Spec.Template.Annotations["checksum/config"]
+		}
+		if checksum(m) == checksum(render(t)) {
+			t.Error("the issuers would not restart when the trusted keys change")
+		}
+	})
 	t.Run("single NATS, no policies, service monitor", func(t *testing.T) {
 		t.Parallel()
 		m := render(t, "--set", "nats.replicas=1", "--set", "networkPolicy.enabled=false", "--set", "serviceMonitor.enabled=true")
