@@ -910,7 +910,11 @@ func (drv *driver) adminOnce(ctx context.Context, is *issuerProc, method, path s
 	}
 	defer func() { _ = resp.Body.Close() }()
 	b, _ := io.ReadAll(resp.Body)
-	drv.l.count(fmt.Sprintf("%s %s %d", method, path, resp.StatusCode))
+	label := path
+	if strings.HasPrefix(path, "/admin/v1/keys/") && strings.HasSuffix(path, "/revoke") {
+		label = "/admin/v1/keys/{kid}/revoke" // one line for every key revoked
+	}
+	drv.l.count(fmt.Sprintf("%s %s %d", method, label, resp.StatusCode))
 	return resp.StatusCode, b
 }
 
