@@ -161,6 +161,9 @@ type Cache struct {
 	now         func() time.Time
 
 	state atomic.Pointer[cacheState]
+	// changed is closed, and replaced, whenever state changes: AwaitKID
+	// waits on it.
+	changed atomic.Pointer[chan struct{}]
 
 	applyMu sync.Mutex // serialises accepting a key set and writing the disk copy
 
@@ -246,10 +249,47 @@ func NewCache(cfg CacheConfig) (*Cache, error) {
 			},
 		}
 	}
+	ch := make(chan struct{})
+	c.changed.Store(&ch)
 	if c.dir != "" {
 		c.loadDisk()
 	}
 	return c, nil
+}
+
+// store makes st the held state and wakes AwaitKID. Called with applyMu
+// held, so the old channel is closed once.
+func (c *Cache) store(st *cacheState) {
+	c.state.Store(st)
+	ch := make(chan struct{})
+	close(*c.changed.Swap(&ch))
+}
+
+// AwaitKID waits until the held key set has kid, and reports whether it
+// has it: at once when it does; false at once while the cache does not
+// follow NATS (no watch, or the connection is down: nothing could bring
+// the key); otherwise when the key arrives, or false when ctx ends. It is
+// for a token of a key that has just begun to sign, before its bundle
+// reached this cache: the bundle is on its way by the watch, or already
+// in NATS for the refresh RefreshUnknownKID makes (which the caller
+// starts). The caller bounds the wait with ctx.
+func (c *Cache) AwaitKID(ctx context.Context, kid string) bool {
+	for {
+		ch := *c.changed.Load() // before the check: a change after it wakes us
+		if ks := c.KeySet(); ks != nil {
+			if _, ok := ks.Lookup(kid); ok {
+				return true
+			}
+		}
+		if !c.Status().Watching {
+			return false
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return false
+		}
+	}
 }
 
 // cacheCheckURL accepts https URLs, and http ones only for loopback hosts:
@@ -527,7 +567,7 @@ func (c *Cache) applySigned(raw []byte, source string) bool {
 		if source == CacheSourceNATS && cur.source != CacheSourceNATS {
 			next := *cur
 			next.source = source
-			c.state.Store(&next)
+			c.store(&next)
 			return true
 		}
 		return false
@@ -541,7 +581,7 @@ func (c *Cache) applySigned(raw []byte, source string) bool {
 		// key alone verifies, for a restart after the old key is dropped.
 		next := *cur
 		next.raw, next.issued, next.source = raw, b.Time(), source
-		c.state.Store(&next)
+		c.store(&next)
 		c.log.Info("JWKS bundle signed again, same keys", "sequence", b.Sequence)
 		if c.dir != "" {
 			if err := c.writeDisk(raw); err != nil {
@@ -559,7 +599,7 @@ func (c *Cache) applySigned(raw []byte, source string) bool {
 		c.log.Info("ignored a JWKS bundle that is not newer than the held one", "source", source, "sequence", b.Sequence, "held", have)
 		return false
 	}
-	c.state.Store(&cacheState{keys: ks, seq: b.Sequence, issued: b.Time(), source: source, raw: raw, jwks: b.JWKS})
+	c.store(&cacheState{keys: ks, seq: b.Sequence, issued: b.Time(), source: source, raw: raw, jwks: b.JWKS})
 	c.updates.Add(1)
 	c.log.Info("JWKS bundle applied", "source", source, "sequence", b.Sequence, "keys", ks.Len(), "issued_at", b.Time().UTC())
 	if source == CacheSourceNATS && c.dir != "" {
@@ -723,7 +763,7 @@ func (c *Cache) applyHTTP(ks *KeySet, doc []byte) {
 	if cur != nil && (cur.source != CacheSourceHTTP || bytes.Equal(cur.raw, doc)) {
 		return
 	}
-	c.state.Store(&cacheState{keys: ks, source: CacheSourceHTTP, raw: doc})
+	c.store(&cacheState{keys: ks, source: CacheSourceHTTP, raw: doc})
 	c.updates.Add(1)
 	c.log.Warn("serving the unsigned JWKS from the HTTP fallback until a signed bundle arrives", "url", c.fallbackURL, "keys", ks.Len())
 }

@@ -770,3 +770,73 @@ func TestCacheResignedBundle(t *testing.T) {
 		})
 	}
 }
+
+// TestCacheAwaitKID: a caller waiting for a kid the held set lacks is
+// woken by the bundle that brings it; it gives up when its context ends,
+// and does not wait at all while the cache follows no NATS.
+func TestCacheAwaitKID(t *testing.T) {
+	js := cacheNATS(t)
+	kv := cacheCreateBucket(t, js)
+	s := newCacheSigner(t)
+	raw1, ks1 := s.bundle(1)
+	cachePut(t, kv, raw1)
+	c := newTestCache(t, CacheConfig{Trusted: s.trusted()})
+	held := ks1.IDs()[0]
+
+	// Before Run: nothing could bring a key.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if c.AwaitKID(ctx, "no-such-kid") {
+		t.Fatal("an unknown kid reported held")
+	}
+	if ctx.Err() != nil {
+		t.Fatal("waited although the cache follows no NATS")
+	}
+
+	stop := cacheRun(t, c, js)
+	defer stop()
+	cacheWaitFor(t, "the watch", func() bool { return c.Status().Watching && c.Status().Sequence == 1 })
+	if !c.AwaitKID(context.Background(), held) {
+		t.Fatal("a held kid reported missing")
+	}
+
+	tests := []struct {
+		name    string
+		publish bool // a bundle holding the kid arrives while the caller waits
+		want    bool
+	}{
+		{"the bundle arrives", true, true},
+		{"nothing arrives", false, false},
+	}
+	seq := uint64(1)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			raw, ks := s.bundle(seq + 1)
+			kid := ks.IDs()[0]
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			got := make(chan bool, 1)
+			go func() { got <- c.AwaitKID(ctx, kid) }()
+			if tt.publish {
+				seq++
+				cachePut(t, kv, raw)
+			} else {
+				// A bundle without the kid wakes the caller, which
+				// goes on waiting until its context ends.
+				seq++
+				other, _ := s.bundle(seq)
+				cachePut(t, kv, other)
+				cacheWaitFor(t, "the other bundle", func() bool { return c.Status().Sequence == seq })
+				cancel()
+			}
+			select {
+			case ok := <-got:
+				if ok != tt.want {
+					t.Fatalf("AwaitKID = %v, want %v", ok, tt.want)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("AwaitKID did not return")
+			}
+		})
+	}
+}

@@ -133,7 +133,8 @@ func New(cfg Config, opts ...Option) (*Sidecar, error) {
 		cache = newTokenCache(cfg.TokenCacheSize)
 	}
 	s.verifier = &Verifier{v: v, keys: keys, cache: cache, revoked: o.revoked,
-		leeway: int64(v.Leeway() / time.Second), now: o.now, unknownKID: s.kickRefresh}
+		leeway: int64(v.Leeway() / time.Second), now: o.now, unknownKID: s.kickRefresh,
+		awaitKID: keys.AwaitKID, waiters: make(chan struct{}, maxKIDWaiters)}
 	s.metrics = newMetrics(s)
 	s.metrics.onApplied = o.onRevoked
 	if s.revocations != nil {

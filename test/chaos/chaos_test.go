@@ -57,6 +57,7 @@ var scenarios = []scenario{
 	{"bundle-writes-refused-across-rotations", scenarioBundleWritesRefused},
 	{"restart-partitioned-sidecar", scenarioPartitionedRestart},
 	{"pause-sidecar-past-event-expiry", scenarioPauseSidecar},
+	{"leaked-key", scenarioLeakedKey},
 	{"fill-revocation-set", scenarioFill},
 }
 

@@ -106,9 +106,10 @@ const (
 	vTwoSuccessors   = "refresh families with two live successors"
 	vReadyzLied      = "untruthful /readyz"
 	vCrash           = "crashed processes"
+	vForgedAccepted  = "forged tokens accepted after applied"
 )
 
-var violationKinds = []string{vValidRejected, vRevokedAccepted, vNeverApplied, vTwoSuccessors, vReadyzLied, vCrash}
+var violationKinds = []string{vValidRejected, vRevokedAccepted, vForgedAccepted, vNeverApplied, vTwoSuccessors, vReadyzLied, vCrash}
 
 // revocationRec is one revocation the driver made and saw acknowledged.
 type revocationRec struct {
@@ -175,11 +176,15 @@ type ledger struct {
 	taintSID    map[string]bool
 	taintSub    map[string]bool
 	taintClient map[string]int64 // client -> issued_before (unix s)
+	taintKID    map[string]bool  // signing keys revoked (the leaked-key scenario)
+	// recovering: a key activated by the revocation of the active key may
+	// be refused as unknown until this time (see keyRecoveryWindow).
+	recovering map[string]time.Time
 
 	revs []*revocationRec
 
 	verified, accepted, rejectedRevoked, rejectedExpired, rejectedExcused, noAnswer atomic.Int64
-	rejectedPartitioned                                                             atomic.Int64
+	rejectedPartitioned, rejectedRecovering                                         atomic.Int64
 	revokedChecks, revokedBeforeApplied                                             atomic.Int64
 	logins, refreshes, tokenUnavailable, tokenErrors                                atomic.Int64
 	rotations, rotationConflicts, rotationErrors                                    atomic.Int64
@@ -191,7 +196,8 @@ type ledger struct {
 }
 
 func newLedger() *ledger {
-	return &ledger{taintJTI: map[string]bool{}, taintSID: map[string]bool{}, taintSub: map[string]bool{}, taintClient: map[string]int64{}}
+	return &ledger{taintJTI: map[string]bool{}, taintSID: map[string]bool{}, taintSub: map[string]bool{}, taintClient: map[string]int64{},
+		taintKID: map[string]bool{}, recovering: map[string]time.Time{}}
 }
 
 func (l *ledger) setScenario(s string) {
@@ -234,7 +240,25 @@ func (l *ledger) taint(kind, value string) {
 		l.taintSID[value] = true
 	case "sub":
 		l.taintSub[value] = true
+	case "kid":
+		l.taintKID[value] = true
 	}
+}
+
+// recover excuses "unknown key" refusals of tokens of kid until until.
+func (l *ledger) recover(kid string, until time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.recovering[kid] = until
+}
+
+// inRecovery reports whether a refusal of a token of kid, asked at at,
+// falls in the recovery window of its activation.
+func (l *ledger) inRecovery(kid string, at time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	until, ok := l.recovering[kid]
+	return ok && at.Before(until)
 }
 
 func (l *ledger) taintClientBefore(client string, before int64) {
@@ -246,7 +270,7 @@ func (l *ledger) taintClientBefore(client string, before int64) {
 func (l *ledger) tainted(t *token) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.taintJTI[t.JTI] || (t.SID != "" && l.taintSID[t.SID]) || l.taintSub[t.Sub] {
+	if l.taintJTI[t.JTI] || (t.SID != "" && l.taintSID[t.SID]) || l.taintSub[t.Sub] || l.taintKID[t.kid] {
 		return true
 	}
 	b, ok := l.taintClient[t.ClientID]
@@ -708,6 +732,10 @@ func (drv *driver) checkValid(ctx context.Context, i int, tok *token) {
 		// Documented: a sidecar cut off from NATS misses keys published
 		// meanwhile, and refuses tokens they sign once they sign.
 		drv.l.rejectedPartitioned.Add(1)
+	case strings.Contains(desc, "unknown key") && drv.l.inRecovery(tok.kid, start):
+		// A key made to sign at once by the revocation of the active
+		// key, before its bundle reached this sidecar.
+		drv.l.rejectedRecovering.Add(1)
 	case !drv.scReady[i].readyThrough(inc, start) || sc.proc.incarnationNo() != inc || status(ctx, sc.url+"/readyz") != 200:
 		// The documented window: a sidecar that is not ready may refuse.
 		drv.l.rejectedExcused.Add(1)
@@ -844,8 +872,21 @@ func (drv *driver) adminToken(ctx context.Context) (string, error) {
 	return "", err
 }
 
-// admin calls the admin API at is; code 0 means no answer.
+// admin calls the admin API at is; code 0 means no answer. A 401 drops
+// the cached admin token and tries once more: the key that signed it may
+// have been revoked (the leaked-key scenario).
 func (drv *driver) admin(ctx context.Context, is *issuerProc, method, path string, body any) (int, []byte) {
+	code, b := drv.adminOnce(ctx, is, method, path, body)
+	if code == http.StatusUnauthorized {
+		drv.adminMu.Lock()
+		drv.adminTok = ""
+		drv.adminMu.Unlock()
+		code, b = drv.adminOnce(ctx, is, method, path, body)
+	}
+	return code, b
+}
+
+func (drv *driver) adminOnce(ctx context.Context, is *issuerProc, method, path string, body any) (int, []byte) {
 	tok, err := drv.adminToken(ctx)
 	if err != nil {
 		return 0, nil
@@ -869,7 +910,11 @@ func (drv *driver) admin(ctx context.Context, is *issuerProc, method, path strin
 	}
 	defer func() { _ = resp.Body.Close() }()
 	b, _ := io.ReadAll(resp.Body)
-	drv.l.count(fmt.Sprintf("%s %s %d", method, path, resp.StatusCode))
+	label := path
+	if strings.HasPrefix(path, "/admin/v1/keys/") && strings.HasSuffix(path, "/revoke") {
+		label = "/admin/v1/keys/{kid}/revoke" // one line for every key revoked
+	}
+	drv.l.count(fmt.Sprintf("%s %s %d", method, label, resp.StatusCode))
 	return resp.StatusCode, b
 }
 
@@ -1363,8 +1408,9 @@ func (drv *driver) report(t *testing.T, took time.Duration) map[string]int {
 		t.Logf("  %-45s %d (first %s in %s, last %s in %s)", k, c[k], first.at.UTC().Format("15:04:05.000"), first.scenario,
 			last.at.UTC().Format("15:04:05.000"), last.scenario)
 	}
-	t.Logf("  verifications %d: accepted %d, rejected as revoked %d, as expired %d, by a not-ready sidecar %d, unknown key while cut off from NATS %d, no answer %d",
-		l.verified.Load(), l.accepted.Load(), l.rejectedRevoked.Load(), l.rejectedExpired.Load(), l.rejectedExcused.Load(), l.rejectedPartitioned.Load(), l.noAnswer.Load())
+	t.Logf("  verifications %d: accepted %d, rejected as revoked %d, as expired %d, by a not-ready sidecar %d, unknown key while cut off from NATS %d, unknown key within %s of its activation by a key revocation %d, no answer %d",
+		l.verified.Load(), l.accepted.Load(), l.rejectedRevoked.Load(), l.rejectedExpired.Load(), l.rejectedExcused.Load(), l.rejectedPartitioned.Load(),
+		keyRecoveryWindow, l.rejectedRecovering.Load(), l.noAnswer.Load())
 	t.Logf("  revocations acknowledged %d %v, not acknowledged %d; probe checks %d (accepted before applied: %d)",
 		nrevs, byKind, l.revokeUnacked.Load(), l.revokedChecks.Load(), l.revokedBeforeApplied.Load())
 	t.Logf("  logins %d, refreshes %d, token requests unavailable %d, other errors %d; reuse pairs %d (reuse detected %d)",
@@ -1381,8 +1427,8 @@ func (drv *driver) report(t *testing.T, took time.Duration) map[string]int {
 	})
 	slices.Sort(codes)
 	t.Logf("  answers: %s", strings.Join(codes, ", "))
-	fmt.Printf("chaos ledger: valid_rejected=%d revoked_accepted_after_applied=%d acked_never_applied=%d two_live_successors=%d readyz_untruthful=%d crashes=%d | verifications=%d revocations=%d rotations=%d | verify %s | token %s | took %s\n",
-		c[vValidRejected], c[vRevokedAccepted], c[vNeverApplied], c[vTwoSuccessors], c[vReadyzLied], c[vCrash],
+	fmt.Printf("chaos ledger: valid_rejected=%d revoked_accepted_after_applied=%d forged_accepted_after_applied=%d acked_never_applied=%d two_live_successors=%d readyz_untruthful=%d crashes=%d | verifications=%d revocations=%d rotations=%d | verify %s | token %s | took %s\n",
+		c[vValidRejected], c[vRevokedAccepted], c[vForgedAccepted], c[vNeverApplied], c[vTwoSuccessors], c[vReadyzLied], c[vCrash],
 		l.verified.Load(), nrevs, l.rotations.Load(), l.verifyLat.summary(), l.tokenLat.summary(), took.Round(time.Second))
 	return c
 }

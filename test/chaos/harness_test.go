@@ -96,9 +96,7 @@ func (p *proc) start() error {
 	cmd := exec.Command(p.bin, p.args...)
 	cmd.Env = append(os.Environ(), p.env...)
 	cmd.Stdout, cmd.Stderr = p.out, p.out
-	// A process group of its own: a kill reaches anything it started, and
-	// a Ctrl-C of go test does not reach it before the cleanup does.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = sysProcAttr()
 	_, _ = fmt.Fprintf(p.out, "\n=== chaos: start %s (incarnation %d)\n", p.name, p.incarnation+1)
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", p.name, err)
@@ -417,6 +415,9 @@ type deployment struct {
 	issuers  []*issuerProc
 	sidecars []*sidecarProc
 	distPub  string
+	// kek is the issuers' key-encryption key. Only the leaked-key
+	// scenario's attacker uses it, with NATS access, to unseal the ring.
+	kek []byte
 }
 
 func writeFile(t *testing.T, dir, name, content string) string {
@@ -462,6 +463,7 @@ func deploy(t *testing.T) *deployment {
 	kek := make([]byte, 32)
 	_, _ = rand.Read(kek)
 	kekFile := writeFile(t, dir, "kek", base64.StdEncoding.EncodeToString(kek))
+	d.kek = kek
 
 	pwHash := hashSecret(t, password)
 	var users strings.Builder
