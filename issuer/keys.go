@@ -304,8 +304,8 @@ func keepRewrapRecord(old, b []byte) ([]byte, error) {
 	var o struct {
 		Rewrapped *rewrapRecord `json:"rewrapped"`
 	}
-	if json.Unmarshal(old, &o) != nil || o.Rewrapped == nil {
-		return b, nil
+	if err := json.Unmarshal(old, &o); err != nil || o.Rewrapped == nil {
+		return b, nil //nolint:nilerr // no readable record to keep: the new ring goes without one
 	}
 	var sr storedRing
 	if err := json.Unmarshal(b, &sr); err != nil {

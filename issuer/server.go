@@ -28,14 +28,14 @@ import (
 
 // Server is one issuer replica.
 type Server struct {
-	cfg     Config
+	cfg Config
 	// reconcileMu serializes reconcileKeys.
 	reconcileMu sync.Mutex
-	log     *slog.Logger
-	now     func() time.Time
-	metrics *metrics
-	dir     *directory.Watcher
-	dist    ed25519.PrivateKey
+	log         *slog.Logger
+	now         func() time.Time
+	metrics     *metrics
+	dir         *directory.Watcher
+	dist        ed25519.PrivateKey
 	// trusted: the distribution public keys whose bundles and events this
 	// replica accepts, its own first (more during a rollover).
 	trusted []ed25519.PublicKey
