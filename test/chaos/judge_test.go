@@ -32,7 +32,7 @@ func TestCheckRevokedOverlappingProbes(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			var (
 				mu      sync.Mutex
-				revoked bool          // what the stand-in's set holds
+				revoked bool // what the stand-in's set holds
 				arrived = make(chan struct{}, 1)
 				release = make(chan struct{})
 				hold    = tt.overlap // hold the first accepted answer
