@@ -145,7 +145,7 @@ access_token_ttl: 5m
 	for i := range 3 {
 		addr := freeAddr(t)
 		p := newProc(t, fmt.Sprintf("sidecar-%d", i), twBin, "http://"+addr, nil, d.sidecarEnv,
-			"sidecar", "--listen", addr, "--issuer", issuerID, "--audience", audience, "--nats-url", d.natsURL,
+			"sidecar", "--listen", addr, "--grpc-addr", "", "--issuer", issuerID, "--audience", audience, "--nats-url", d.natsURL,
 			"--cache-dir", filepath.Join(dir, fmt.Sprintf("cache-%d", i)), "--access-log", "false")
 		d.sidecars = append(d.sidecars, p)
 	}
