@@ -344,7 +344,7 @@ func (c *Cache) runNATS(ctx context.Context, js jetstream.JetStream) {
 		if err == nil {
 			c.kv.Store(&cacheKV{kv: kv, ctx: ctx})
 			var established bool
-			established, err = c.watch(ctx, js.Conn(), kv)
+			established, err = c.watch(ctx, js, kv)
 			if established {
 				bo.reset()
 				failures = 0
@@ -380,57 +380,81 @@ func (c *Cache) runNATS(ctx context.Context, js jetstream.JetStream) {
 // connection.
 var errCacheReconnected = errors.New("NATS connection reconnected")
 
-// watch follows the bundle key until the watcher stops, the connection
-// reconnects or ctx ends. established reports whether the watch was set up
-// (and so whether the retry backoff may start over).
-func (c *Cache) watch(ctx context.Context, nc *nats.Conn, kv jetstream.KeyValue) (established bool, err error) {
+// watch follows the bundle key until the subscription ends, the
+// connection reconnects or ctx ends. established reports whether the watch
+// was set up (and so whether the retry backoff may start over).
+//
+// It is not kv.Watch, which is a JetStream consumer: to create one a
+// sidecar would need rights with which anyone holding the sidecars' NATS
+// credential could also change or delete other clients' consumers. The
+// watch reads the key (a direct get, no consumer) when it starts, whenever
+// the issuer writes the key (a plain subscription to the key's subject
+// tells it when: what it says is not used, only the stored value is), and
+// every RefreshInterval in case such a message was missed.
+func (c *Cache) watch(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue) (established bool, err error) {
+	nc := js.Conn()
 	var reconnects uint64
 	if nc != nil {
 		reconnects = nc.Stats().Reconnects
 	}
-	// The watch lives as long as wctx: the client unsubscribes (and deletes
-	// its consumer) in a goroutine of its own once wctx ends. So the
-	// creation is bounded by a timer rather than a deadline, and the watch
-	// is stopped by cancelling wctx, not by a synchronous Stop, which
-	// would wait for the server for up to 5s while NATS is down.
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	timer := time.AfterFunc(cacheOpTimeout, cancel)
-	w, err := kv.Watch(wctx, cacheBundleKey)
-	if !timer.Stop() {
-		return false, fmt.Errorf("watch %s: timed out", cacheBundleKey)
+	written := make(chan struct{}, 1)
+	if nc != nil {
+		sub, err := nc.Subscribe("$KV."+kv.Bucket()+"."+cacheBundleKey, func(*nats.Msg) {
+			select {
+			case written <- struct{}{}:
+			default:
+			}
+		})
+		if err != nil {
+			return false, fmt.Errorf("watch %s: %w", cacheBundleKey, err)
+		}
+		defer func() { _ = sub.Unsubscribe() }()
 	}
-	if err != nil {
+	if err := c.readCurrent(ctx, kv); err != nil {
 		return false, fmt.Errorf("watch %s: %w", cacheBundleKey, err)
 	}
 	c.watching.Store(true)
 	defer c.watching.Store(false)
 	c.log.Debug("watching JWKS bundle")
 
+	poll := time.NewTicker(c.interval)
+	defer poll.Stop()
 	tick := time.NewTicker(cacheReconnectCheckPeriod)
 	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return true, nil
-		case e, ok := <-w.Updates():
-			if !ok {
-				return true, errors.New("watcher stopped")
-			}
-			if e == nil { // end of the initial values
-				continue
-			}
-			if e.Operation() != jetstream.KeyValuePut {
-				c.log.Warn("JWKS bundle entry deleted or purged in NATS; keeping the held keys", "op", e.Operation().String())
-				continue
-			}
-			c.applySigned(e.Value(), CacheSourceNATS)
+		case <-written:
+		case <-poll.C:
 		case <-tick.C:
 			if nc != nil && nc.Stats().Reconnects != reconnects {
 				return true, errCacheReconnected
 			}
+			continue
+		}
+		if err := c.readCurrent(ctx, kv); err != nil {
+			return true, fmt.Errorf("watch %s: %w", cacheBundleKey, err)
 		}
 	}
+}
+
+// readCurrent reads the bundle key and applies what it holds.
+func (c *Cache) readCurrent(ctx context.Context, kv jetstream.KeyValue) error {
+	rctx, cancel := context.WithTimeout(ctx, cacheOpTimeout)
+	defer cancel()
+	e, err := kv.Get(rctx, cacheBundleKey)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		return nil // no bundle yet: the issuer's first write will say so
+	case errors.Is(err, jetstream.ErrKeyDeleted):
+		c.log.Warn("JWKS bundle entry deleted or purged in NATS; keeping the held keys")
+		return nil
+	case err != nil:
+		return err
+	}
+	c.applySigned(e.Value(), CacheSourceNATS)
+	return nil
 }
 
 // RefreshUnknownKID re-reads the bundle from NATS because a token named a
