@@ -380,30 +380,37 @@ func (c *Cache) runNATS(ctx context.Context, js jetstream.JetStream) {
 // connection.
 var errCacheReconnected = errors.New("NATS connection reconnected")
 
-// watch follows the bundle key until the subscription ends, the
-// connection reconnects or ctx ends. established reports whether the watch
-// was set up (and so whether the retry backoff may start over).
+// watch follows the bundle key until the connection reconnects or ctx
+// ends. established reports whether the watch was set up (and so whether
+// the retry backoff may start over).
 //
 // It is not kv.Watch, which is a JetStream consumer: to create one a
 // sidecar would need rights with which anyone holding the sidecars' NATS
 // credential could also change or delete other clients' consumers. The
-// watch reads the key (a direct get, no consumer) when it starts, whenever
-// the issuer writes the key (a plain subscription to the key's subject
-// tells it when: what it says is not used, only the stored value is), and
-// every RefreshInterval in case such a message was missed.
+// watch reads the key (a direct get, no consumer) when it starts and every
+// RefreshInterval, and takes the bundles the issuer writes to the key as
+// they are published (a plain subscription to the key's subject). Those
+// are verified and must be newer like any other: a bundle whose write the
+// stream refused (another issuer replica wrote first) is still one the
+// issuer signed, and what else arrives on the subject (answers JetStream
+// sends there for whoever names it as a reply subject) is the stored
+// bundle or something that does not verify.
 func (c *Cache) watch(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue) (established bool, err error) {
 	nc := js.Conn()
 	var reconnects uint64
 	if nc != nil {
 		reconnects = nc.Stats().Reconnects
-	}
-	written := make(chan struct{}, 1)
-	if nc != nil {
-		sub, err := nc.Subscribe("$KV."+kv.Bucket()+"."+cacheBundleKey, func(*nats.Msg) {
-			select {
-			case written <- struct{}{}:
-			default:
+		sub, err := nc.Subscribe("$KV."+kv.Bucket()+"."+cacheBundleKey, func(m *nats.Msg) {
+			if len(m.Data) == 0 || m.Header.Get("KV-Operation") != "" {
+				return // a delete or purge marker: keys are never dropped for it
 			}
+			// What does not verify is dropped without a word here, as on
+			// the revocation subjects: anyone with the credential can
+			// have NATS send anything JetStream answers onto the subject.
+			if _, err := VerifyBundle(m.Data, c.trusted); err != nil {
+				return
+			}
+			c.applySigned(m.Data, CacheSourceNATS)
 		})
 		if err != nil {
 			return false, fmt.Errorf("watch %s: %w", cacheBundleKey, err)
@@ -425,16 +432,14 @@ func (c *Cache) watch(ctx context.Context, js jetstream.JetStream, kv jetstream.
 		select {
 		case <-ctx.Done():
 			return true, nil
-		case <-written:
 		case <-poll.C:
+			if err := c.readCurrent(ctx, kv); err != nil {
+				return true, fmt.Errorf("watch %s: %w", cacheBundleKey, err)
+			}
 		case <-tick.C:
 			if nc != nil && nc.Stats().Reconnects != reconnects {
 				return true, errCacheReconnected
 			}
-			continue
-		}
-		if err := c.readCurrent(ctx, kv); err != nil {
-			return true, fmt.Errorf("watch %s: %w", cacheBundleKey, err)
 		}
 	}
 }
