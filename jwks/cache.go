@@ -172,6 +172,11 @@ type Cache struct {
 	conn     atomic.Pointer[nats.Conn]
 	kv       atomic.Pointer[cacheKV]
 
+	// Anyone who may have NATS send messages onto the bundle key's subject
+	// (with the sidecars' credential, as answers to requests) could
+	// otherwise flood the log.
+	rejectLog logLimit
+
 	refreshMu   sync.Mutex
 	lastRefresh time.Time
 	refreshing  chan struct{} // closed when the refresh in flight ends
@@ -394,7 +399,8 @@ var errCacheReconnected = errors.New("NATS connection reconnected")
 // stream refused (another issuer replica wrote first) is still one the
 // issuer signed, and what else arrives on the subject (answers JetStream
 // sends there for whoever names it as a reply subject) is the stored
-// bundle or something that does not verify.
+// bundle or something that does not verify, counted as rejected and
+// logged at most once a second.
 func (c *Cache) watch(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue) (established bool, err error) {
 	nc := js.Conn()
 	var reconnects uint64
@@ -403,12 +409,6 @@ func (c *Cache) watch(ctx context.Context, js jetstream.JetStream, kv jetstream.
 		sub, err := nc.Subscribe("$KV."+kv.Bucket()+"."+cacheBundleKey, func(m *nats.Msg) {
 			if len(m.Data) == 0 || m.Header.Get("KV-Operation") != "" {
 				return // a delete or purge marker: keys are never dropped for it
-			}
-			// What does not verify is dropped without a word here, as on
-			// the revocation subjects: anyone with the credential can
-			// have NATS send anything JetStream answers onto the subject.
-			if _, err := VerifyBundle(m.Data, c.trusted); err != nil {
-				return
 			}
 			c.applySigned(m.Data, CacheSourceNATS)
 		})
@@ -542,7 +542,9 @@ func (c *Cache) applySigned(raw []byte, source string) bool {
 	}
 	if err != nil {
 		c.rejected.Add(1)
-		c.log.Warn("dropped a JWKS bundle that does not verify", "source", source, "err", err)
+		if n, ok := c.rejectLog.allow(c.now()); ok {
+			c.log.Warn("dropped a JWKS bundle that does not verify", "source", source, "err", err, "suppressed", n)
+		}
 		return false
 	}
 
@@ -578,6 +580,26 @@ func (c *Cache) applySigned(raw []byte, source string) bool {
 		}
 	}
 	return true
+}
+
+// logLimit lets one log line through a second and counts the others.
+type logLimit struct {
+	mu         sync.Mutex
+	last       time.Time
+	suppressed int
+}
+
+// allow reports whether a line may be logged at now, and how many were
+// suppressed since the last one.
+func (l *logLimit) allow(now time.Time) (suppressed int, ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.last.IsZero() && now.Sub(l.last) < time.Second && now.After(l.last) {
+		l.suppressed++
+		return 0, false
+	}
+	suppressed, l.last, l.suppressed = l.suppressed, now, 0
+	return suppressed, true
 }
 
 // loadDisk serves the disk copy of the last good bundle, if any.
