@@ -33,7 +33,7 @@ type Observer interface {
 	// signed by a trusted distribution key, not a JWS) or "invalid"
 	// (signed, but not a valid event).
 	Dropped(reason string)
-	// Lag is the number of messages in the stream not yet delivered to the
+	// Lag is the number of messages in the stream not yet read by the
 	// consumer, as last reported by JetStream.
 	Lag(n uint64)
 }

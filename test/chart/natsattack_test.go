@@ -229,7 +229,7 @@ func oauth(t *testing.T, issuerURL, path string, form url.Values) map[string]any
 // TestNATSSidecarCredentialReadsNoIssuerReply: with the sidecar
 // credential, whatever it subscribes to, nothing the issuer is answered
 // can be read while the issuer works — refresh-token families, the sealed
-// key ring, publish acknowledgements — nor the name of its consumer.
+// key ring, publish acknowledgements — nor the names of its consumers.
 func TestNATSSidecarCredentialReadsNoIssuerReply(t *testing.T) {
 	n := startChartNATS(t)
 	d := startIssuer(t, n)
