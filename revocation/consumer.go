@@ -90,8 +90,12 @@ const (
 	fetchMaxBytes = 4 << 20
 	// minFetchGap spaces the reads that live events trigger: under a flood
 	// a read every minFetchGap takes whatever has been stored meanwhile
-	// in one batch, rather than one request per event per follower.
-	minFetchGap = 100 * time.Millisecond
+	// in one batch, rather than one request per event per follower. With
+	// the live subscription on (sidecars, by the thousand) the events are
+	// applied as they arrive and the read only makes sure none was missed,
+	// so it waits longer: liveFetchGap, or the probe interval if shorter.
+	minFetchGap  = 100 * time.Millisecond
+	liveFetchGap = time.Second
 	// applyBatch bounds how many verified events one write transaction
 	// applies, and how many messages wait between reading, verifying and
 	// applying. A replay applies in transactions this large: a bucket of the
@@ -231,8 +235,8 @@ func (c *Consumer) Staleness() (d time.Duration, ok bool) {
 // Reading the stream: Run binds the stream, retrying with backoff while
 // the stream does not exist or NATS is unreachable, and reads it from the
 // start, then from the sequence after the last message processed whenever
-// a live event arrives (at most every 100ms), the connection comes back,
-// or the probe interval passes. It reads stored messages by sequence with
+// a live event arrives (at most every second; every 100ms without the live
+// subscription), the connection comes back, or the probe interval passes. It reads stored messages by sequence with
 // batched direct gets (nats-server 2.11 or later; see fetch): it holds no
 // JetStream consumer, so a sidecar needs no right to create, change or
 // fetch from one, and nobody can tamper with one of its. Every message is
@@ -410,6 +414,10 @@ func (c *Consumer) reader(ctx context.Context, nc *nats.Conn, stream jetstream.S
 	reconnected := nc.StatusChanged(nats.CONNECTED)
 	defer nc.RemoveStatusListener(reconnected)
 	name := StreamName(c.prefix)
+	gap := minFetchGap
+	if c.live {
+		gap = max(minFetchGap, min(liveFetchGap, c.probeEvery))
+	}
 	probe := time.Now()
 	for {
 		// Everything stored from next on.
@@ -454,7 +462,7 @@ func (c *Consumer) reader(ctx context.Context, nc *nats.Conn, stream jetstream.S
 		case <-timer.C:
 		}
 		timer.Stop()
-		if !natsconn.Sleep(ctx, time.Until(started.Add(minFetchGap))) {
+		if !natsconn.Sleep(ctx, time.Until(started.Add(gap))) {
 			err = ctx.Err()
 			return
 		}
