@@ -260,6 +260,16 @@ func TestNATSSidecarCredentialReadsNoIssuerReply(t *testing.T) {
 	// attacker could try to read.
 	waitBody(t, sidecarURL+"/readyz", fmt.Sprintf("sequence %d", seq))
 	eventually(t, "the sidecar to apply the revocation", func() bool { return verify(t, sidecarURL, tok) == 401 })
+	// The sidecar reads the stream at least every 5 s: once the attacker
+	// has seen one of those reads, the capture works.
+	eventually(t, "the attacker to see a read of the sidecar's", func() bool {
+		for _, m := range a.messages() {
+			if strings.HasPrefix(m.subject, "_INBOX.") {
+				return true
+			}
+		}
+		return false
+	})
 	if err := a.nc.Flush(); err != nil { // everything routed to the attacker so far has arrived
 		t.Fatal(err)
 	}
