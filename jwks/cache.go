@@ -138,10 +138,11 @@ type cacheState struct {
 	raw    []byte // the signed bundle, or the HTTP JWKS document
 }
 
-// cacheKV is the bucket bound by Run, with Run's context so that on-demand
-// refreshes end when Run does.
+// cacheKV is the bucket bound by Run, with its connection, and Run's
+// context so that on-demand refreshes end when Run does.
 type cacheKV struct {
 	kv  jetstream.KeyValue
+	nc  *nats.Conn
 	ctx context.Context
 }
 
@@ -347,7 +348,7 @@ func (c *Cache) runNATS(ctx context.Context, js jetstream.JetStream) {
 			c.hookBind(err)
 		}
 		if err == nil {
-			c.kv.Store(&cacheKV{kv: kv, ctx: ctx})
+			c.kv.Store(&cacheKV{kv: kv, nc: js.Conn(), ctx: ctx})
 			var established bool
 			established, err = c.watch(ctx, js, kv)
 			if established {
@@ -400,24 +401,37 @@ var errCacheReconnected = errors.New("NATS connection reconnected")
 // issuer signed, and what else arrives on the subject (answers JetStream
 // sends there for whoever names it as a reply subject) is the stored
 // bundle or something that does not verify, counted as rejected and
-// logged at most once a second.
+// logged at most once a second. They are applied here, on Run's
+// goroutine, as everything read from NATS is: when Run returns, nothing of
+// it is still being applied.
 func (c *Cache) watch(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue) (established bool, err error) {
 	nc := js.Conn()
 	var reconnects uint64
+	// Bundles published, and a read to make when more came than were
+	// taken (a flood on the subject must not hold back the real one).
+	published := make(chan []byte, 16)
+	readSoon := make(chan struct{}, 1)
 	if nc != nil {
 		reconnects = nc.Stats().Reconnects
 		sub, err := nc.Subscribe("$KV."+kv.Bucket()+"."+cacheBundleKey, func(m *nats.Msg) {
 			if len(m.Data) == 0 || m.Header.Get("KV-Operation") != "" {
 				return // a delete or purge marker: keys are never dropped for it
 			}
-			c.applySigned(m.Data, CacheSourceNATS)
+			select {
+			case published <- m.Data:
+			default:
+				select {
+				case readSoon <- struct{}{}:
+				default:
+				}
+			}
 		})
 		if err != nil {
 			return false, fmt.Errorf("watch %s: %w", cacheBundleKey, err)
 		}
 		defer func() { _ = sub.Unsubscribe() }()
 	}
-	if err := c.readCurrent(ctx, kv); err != nil {
+	if err := c.readCurrent(ctx, nc, kv.Bucket()); err != nil {
 		return false, fmt.Errorf("watch %s: %w", cacheBundleKey, err)
 	}
 	c.watching.Store(true)
@@ -432,8 +446,14 @@ func (c *Cache) watch(ctx context.Context, js jetstream.JetStream, kv jetstream.
 		select {
 		case <-ctx.Done():
 			return true, nil
+		case raw := <-published:
+			c.applySigned(raw, CacheSourceNATS)
+		case <-readSoon:
+			if err := c.readCurrent(ctx, nc, kv.Bucket()); err != nil {
+				return true, fmt.Errorf("watch %s: %w", cacheBundleKey, err)
+			}
 		case <-poll.C:
-			if err := c.readCurrent(ctx, kv); err != nil {
+			if err := c.readCurrent(ctx, nc, kv.Bucket()); err != nil {
 				return true, fmt.Errorf("watch %s: %w", cacheBundleKey, err)
 			}
 		case <-tick.C:
@@ -445,10 +465,10 @@ func (c *Cache) watch(ctx context.Context, js jetstream.JetStream, kv jetstream.
 }
 
 // readCurrent reads the bundle key and applies what it holds.
-func (c *Cache) readCurrent(ctx context.Context, kv jetstream.KeyValue) error {
+func (c *Cache) readCurrent(ctx context.Context, nc *nats.Conn, bucket string) error {
 	rctx, cancel := context.WithTimeout(ctx, cacheOpTimeout)
 	defer cancel()
-	e, err := kv.Get(rctx, cacheBundleKey)
+	raw, err := getBundle(rctx, nc, bucket)
 	switch {
 	case errors.Is(err, jetstream.ErrKeyNotFound):
 		return nil // no bundle yet: the issuer's first write will say so
@@ -458,8 +478,32 @@ func (c *Cache) readCurrent(ctx context.Context, kv jetstream.KeyValue) error {
 	case err != nil:
 		return err
 	}
-	c.applySigned(e.Value(), CacheSourceNATS)
+	c.applySigned(raw, CacheSourceNATS)
 	return nil
+}
+
+// getBundle reads the bundle key of bucket with a direct get (the KV
+// stream's last message on the key's subject). It asks with max_bytes set:
+// nats-server reads its MaxPending option for a request without it,
+// unlocked, which races with a configuration reload.
+func getBundle(ctx context.Context, nc *nats.Conn, bucket string) ([]byte, error) {
+	if nc == nil {
+		return nil, errors.New("no NATS connection")
+	}
+	subject := "$JS.API.DIRECT.GET.KV_" + bucket + ".$KV." + bucket + "." + cacheBundleKey
+	m, err := nc.RequestWithContext(ctx, subject, []byte(fmt.Sprintf(`{"max_bytes":%d}`, cacheMaxDocument+4096)))
+	if err != nil {
+		return nil, fmt.Errorf("direct get: %w", err)
+	}
+	switch status := m.Header.Get("Status"); {
+	case status == "404":
+		return nil, jetstream.ErrKeyNotFound
+	case status != "":
+		return nil, fmt.Errorf("direct get: status %s %s", status, m.Header.Get("Description"))
+	case m.Header.Get("KV-Operation") != "":
+		return nil, jetstream.ErrKeyDeleted
+	}
+	return m.Data, nil
 }
 
 // RefreshUnknownKID re-reads the bundle from NATS because a token named a
@@ -517,15 +561,15 @@ func (c *Cache) refreshGet(bound *cacheKV, kid string) {
 	}
 	ctx, cancel := context.WithTimeout(bound.ctx, cacheOpTimeout)
 	defer cancel()
-	e, err := bound.kv.Get(ctx, cacheBundleKey)
+	raw, err := getBundle(ctx, bound.nc, bound.kv.Bucket())
 	switch {
 	case errors.Is(err, jetstream.ErrKeyNotFound), errors.Is(err, jetstream.ErrKeyDeleted):
 		c.log.Debug("refresh for unknown kid: no bundle in NATS", "kid", kid)
 	case err != nil:
 		c.log.Warn("refresh for unknown kid: reading the JWKS bundle failed", "kid", kid, "err", err)
 	default:
-		c.log.Debug("refresh for unknown kid", "kid", kid, "revision", e.Revision())
-		c.applySigned(e.Value(), CacheSourceNATS)
+		c.log.Debug("refresh for unknown kid", "kid", kid)
+		c.applySigned(raw, CacheSourceNATS)
 	}
 }
 

@@ -179,22 +179,22 @@ func BenchmarkReplay100k(b *testing.B) {
 		for b.Loop() {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			start := time.Now()
-			read, next := 0, uint64(1)
+			n, next := 0, uint64(1)
 			for more := true; more; {
-				msgs, m, err := fetch(ctx, js.Conn(), StreamName(testPrefix), next, fetchBatch, fetchMaxBytes)
+				r, err := fetch(ctx, js.Conn(), StreamName(testPrefix), next, fetchBatch, fetchMaxBytes)
 				if err != nil {
 					b.Fatal(err)
 				}
-				read += len(msgs)
-				if len(msgs) > 0 {
-					next = msgs[len(msgs)-1].seq + 1
+				n += len(r.msgs)
+				if len(r.msgs) > 0 {
+					next = r.msgs[len(r.msgs)-1].seq + 1
 				}
-				more = m
+				more = r.more
 			}
 			took := time.Since(start)
 			cancel()
-			if read != benchEvents {
-				b.Fatalf("read %d events, want %d", read, benchEvents)
+			if n != benchEvents {
+				b.Fatalf("read %d events, want %d", n, benchEvents)
 			}
 			b.ReportMetric(took.Seconds(), "s/replay")
 		}

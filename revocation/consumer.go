@@ -161,6 +161,10 @@ type Consumer struct {
 	// kick asks the reader to read the stream now: a live event arrived
 	// or the connection came back.
 	kick chan struct{}
+	// Owned by the reader (one at a time): reads interrupted since the
+	// last log line about them.
+	interruptions    int
+	lastInterruptLog time.Time
 
 	// Tests shorten this.
 	probeEvery time.Duration
@@ -426,21 +430,23 @@ func (c *Consumer) reader(ctx context.Context, nc *nats.Conn, stream jetstream.S
 			// Taken before the request: what it finds is at least every
 			// event stored by then.
 			t := time.Now()
-			var msgs []stored
-			var more bool
-			msgs, more, err = fetch(ctx, nc, name, next, fetchBatch, fetchMaxBytes)
+			var r read
+			r, err = fetch(ctx, nc, name, next, fetchBatch, fetchMaxBytes)
 			if err != nil {
 				err = fmt.Errorf("read from sequence %d: %w", next, err)
 				return
 			}
-			for _, m := range msgs {
+			if r.interrupted {
+				c.interrupted(next, len(r.msgs))
+			}
+			for _, m := range r.msgs {
 				j := &job{seq: m.seq, pending: m.pending, data: m.data, done: make(chan struct{})}
 				if !send(j, work) || !send(j, order) {
 					return
 				}
 				next = m.seq + 1
 			}
-			if !more {
+			if !r.more {
 				done := make(chan struct{})
 				close(done)
 				if !send(&job{marker: true, at: t, seq: next - 1, done: done}, order) {
@@ -560,6 +566,19 @@ func (c *Consumer) onLive(m *nats.Msg) {
 		c.obs.Applied(ev, max(c.now().Sub(ev.Time()), 0))
 		c.obsMu.Unlock()
 	}
+}
+
+// interrupted reports a read that something else sent its answers into
+// (see fetch), logging at most one line a minute: anyone with the
+// sidecars' credential can make it happen, to every read.
+func (c *Consumer) interrupted(from uint64, kept int) {
+	c.interruptions++
+	if time.Since(c.lastInterruptLog) < time.Minute {
+		return
+	}
+	c.log.Warn("a revocation stream read was interrupted by messages that do not answer it; reading on from where they began",
+		"from_seq", from, "kept", kept, "reads_interrupted", c.interruptions)
+	c.lastInterruptLog, c.interruptions = time.Now(), 0
 }
 
 // apply applies verified events in stream order, a batch at a time.

@@ -3,7 +3,6 @@ package revocation
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strconv"
 
@@ -19,34 +18,42 @@ type stored struct {
 	data    []byte
 }
 
-// errForeignAnswer: something that is not the answer to the request
-// reached its inbox. Every sidecar holds the same NATS credential, and a
-// JetStream request may name any reply subject, so anyone holding it can
-// have JetStream send messages onto another client's inbox once they have
-// seen it. Taking such a message could skip events; the read is dropped
-// and made again instead.
-var errForeignAnswer = errors.New("a message that does not answer the request reached its inbox")
+// read is what one fetch returns.
+type read struct {
+	msgs []stored
+	// more: the stream may hold messages after them; read again.
+	more bool
+	// interrupted: something that does not answer the request reached its
+	// inbox, and the read stopped there (see fetch).
+	interrupted bool
+}
 
 // fetch reads up to batch messages of stream from sequence from on, in
 // stream order, with one batched direct get (nats-server 2.11 or later),
-// and reports whether the stream held more after them. It asks for no
+// and reports whether the stream may hold more after them. It asks for no
 // JetStream consumer: whoever may read the stream this way needs no right
 // to create, change or fetch from one.
 //
 // The answer is the stored messages in order, each naming the sequence of
 // the one before it in the answer (0 for the first), then an end-of-batch
 // saying how many are left; or "404" alone when nothing is stored from
-// from on. fetch takes it only if it is exactly that, on an inbox nobody
-// can guess and that lives for this one request: an outsider learns the
-// inbox from the first message at the earliest, and anything they have
-// sent to it after that does not fit the chain (another chain starts at
-// 0, a single message or a 404 names no predecessor), so the whole read
-// fails with errForeignAnswer rather than skip an event.
-func fetch(ctx context.Context, nc *nats.Conn, stream string, from uint64, batch, maxBytes int) (msgs []stored, more bool, err error) {
+// from on. Every sidecar holds the same NATS credential, and a JetStream
+// request may name any reply subject, so anyone holding it can have
+// JetStream send answers of its own requests onto another client's inbox
+// once they have seen it; taking one could skip events (an answer that
+// starts further on, or holds only some subjects). So the inbox is one
+// nobody can guess, for this request alone: an outsider learns it from
+// the answer's first message at the earliest, and whatever they have
+// JetStream send there after that begins with a message that does not fit
+// (every batched answer starts with a message naming 0 as its
+// predecessor; a single message or a 404 names none). fetch stops at the
+// first message that does not fit and keeps what came before it, all of
+// which answered the request; the next read goes on from there.
+func fetch(ctx context.Context, nc *nats.Conn, stream string, from uint64, batch, maxBytes int) (read, error) {
 	inbox := natsconn.PrivateInbox(nc)
 	sub, err := nc.SubscribeSync(inbox)
 	if err != nil {
-		return nil, false, fmt.Errorf("direct get: %w", err)
+		return read{}, fmt.Errorf("direct get: %w", err)
 	}
 	defer func() { _ = sub.Unsubscribe() }()
 	req, err := json.Marshal(struct {
@@ -55,10 +62,10 @@ func fetch(ctx context.Context, nc *nats.Conn, stream string, from uint64, batch
 		MaxBytes int    `json:"max_bytes"`
 	}{from, batch, maxBytes})
 	if err != nil {
-		return nil, false, fmt.Errorf("direct get: %w", err)
+		return read{}, fmt.Errorf("direct get: %w", err)
 	}
 	if err := nc.PublishRequest("$JS.API.DIRECT.GET."+stream, inbox, req); err != nil {
-		return nil, false, fmt.Errorf("direct get: %w", err)
+		return read{}, fmt.Errorf("direct get: %w", err)
 	}
 	rctx, cancel := context.WithTimeout(ctx, requestTimeout)
 	defer cancel()
@@ -66,14 +73,10 @@ func fetch(ctx context.Context, nc *nats.Conn, stream string, from uint64, batch
 	for {
 		m, err := sub.NextMsgWithContext(rctx)
 		if err != nil {
-			return nil, false, fmt.Errorf("direct get: %w", err)
+			return read{}, fmt.Errorf("direct get: %w", err)
 		}
-		done, more, err := a.add(m)
-		switch {
-		case err != nil:
-			return nil, false, err
-		case done:
-			return a.msgs, more, nil
+		if done, err := a.add(m); err != nil || done {
+			return a.read, err
 		}
 	}
 }
@@ -84,43 +87,60 @@ type answer struct {
 	stream string
 	from   uint64
 	batch  int
-	msgs   []stored
-	prev   uint64 // sequence of the last message taken
+	read
+	prev uint64 // sequence of the last message taken
 }
 
-// add takes the next message of the answer. done reports that the answer
-// is complete (msgs then holds it), more that the stream held more
-// messages after it; an error means the answer cannot be taken.
-func (a *answer) add(m *nats.Msg) (done, more bool, err error) {
+// add takes the next message of the answer and reports whether the
+// answer is complete (a.read then holds it). The first message always
+// answers the request (nobody else knew the inbox before it came); after
+// it, a message that does not fit ends the read (interrupted, more).
+func (a *answer) add(m *nats.Msg) (done bool, err error) {
+	first := a.prev == 0
+	foreign := func() (bool, error) {
+		if first {
+			return false, fmt.Errorf("direct get: not an answer of a batched direct get: status %q, sequence %q",
+				m.Header.Get("Status"), m.Header.Get("Nats-Sequence"))
+		}
+		a.more, a.interrupted = true, true
+		return true, nil
+	}
 	switch status := m.Header.Get("Status"); status {
 	case "":
 	case "404":
-		if len(a.msgs) > 0 {
-			return false, false, fmt.Errorf("%w: not found after %d messages", errForeignAnswer, len(a.msgs))
+		if !first {
+			return foreign()
 		}
-		return true, false, nil
+		return true, nil // nothing stored from a.from on
 	case "204": // end of batch
 		last, ok := headerUint(m, "Nats-Last-Sequence")
 		left, ok2 := headerUint(m, "Nats-Num-Pending")
-		if !ok || !ok2 || len(a.msgs) == 0 || last != a.prev {
-			return false, false, fmt.Errorf("%w: end of batch after sequence %d, had %d", errForeignAnswer, last, a.prev)
+		if !ok || !ok2 || first || last != a.prev {
+			return foreign()
 		}
-		return true, left > 0, nil
+		a.more = left > 0
+		return true, nil
 	case "503":
-		return false, false, fmt.Errorf("direct get: %w", nats.ErrNoResponders)
+		if first {
+			return false, fmt.Errorf("direct get: %w", nats.ErrNoResponders)
+		}
+		return foreign()
 	default:
-		return false, false, fmt.Errorf("direct get: status %s %s", status, m.Header.Get("Description"))
+		if first {
+			return false, fmt.Errorf("direct get: status %s %s", status, m.Header.Get("Description"))
+		}
+		return foreign()
 	}
 	seq, ok := headerUint(m, "Nats-Sequence")
 	last, ok2 := headerUint(m, "Nats-Last-Sequence")
 	pending, ok3 := headerUint(m, "Nats-Num-Pending")
 	if !ok || !ok2 || !ok3 || m.Header.Get("Nats-Stream") != a.stream || len(a.msgs) >= a.batch ||
 		last != a.prev || seq <= a.prev || seq < a.from {
-		return false, false, fmt.Errorf("%w: message %d after %d (names %d as its predecessor)", errForeignAnswer, seq, a.prev, last)
+		return foreign()
 	}
 	a.msgs = append(a.msgs, stored{seq: seq, pending: pending, data: m.Data})
 	a.prev = seq
-	return false, false, nil
+	return false, nil
 }
 
 func headerUint(m *nats.Msg, key string) (uint64, bool) {

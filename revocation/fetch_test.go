@@ -3,7 +3,6 @@ package revocation
 import (
 	"context"
 	"crypto/ed25519"
-	"errors"
 	"fmt"
 	"strconv"
 	"testing"
@@ -23,11 +22,11 @@ func TestFetch(t *testing.T) {
 	var got []string
 	next, batches := uint64(1), 0
 	for more := true; more; batches++ {
-		msgs, m, err := fetch(context.Background(), nc, StreamName(testPrefix), next, 3, fetchMaxBytes)
-		if err != nil {
-			t.Fatal(err)
+		r, err := fetch(context.Background(), nc, StreamName(testPrefix), next, 3, fetchMaxBytes)
+		if err != nil || r.interrupted {
+			t.Fatal(err, r.interrupted)
 		}
-		for _, s := range msgs {
+		for _, s := range r.msgs {
 			if s.seq != next {
 				t.Fatalf("sequence %d, want %d", s.seq, next)
 			}
@@ -41,22 +40,24 @@ func TestFetch(t *testing.T) {
 			got = append(got, e.ID)
 			next = s.seq + 1
 		}
-		more = m
+		more = r.more
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) || batches != 3 {
 		t.Errorf("read %v in %d batches, want %v in 3", got, batches, want)
 	}
-	msgs, more, err := fetch(context.Background(), nc, StreamName(testPrefix), next, 3, fetchMaxBytes)
-	if err != nil || more || len(msgs) != 0 {
-		t.Errorf("past the end: %d messages, more %v, err %v", len(msgs), more, err)
+	r, err := fetch(context.Background(), nc, StreamName(testPrefix), next, 3, fetchMaxBytes)
+	if err != nil || r.more || len(r.msgs) != 0 {
+		t.Errorf("past the end: %d messages, more %v, err %v", len(r.msgs), r.more, err)
 	}
 }
 
 // TestFetchTakesOnlyItsAnswer feeds answers, as nats-server writes them,
-// to a read of sequence 5 on for up to 3 messages: the answer to the
-// request is taken, and anything else that could reach its inbox (the
-// answer to a request of someone else's) makes the read fail instead of
-// skipping an event.
+// to a read of sequence 5 on for up to 3 messages. The answer to the
+// request is taken. Anything else that could reach its inbox (the answer
+// to a request of someone else's, sent there once its first message gave
+// the inbox away) ends the read at that message: what came before is
+// kept, and the read says to read on from there; nothing after it is
+// taken, so no event is skipped.
 func TestFetchTakesOnlyItsAnswer(t *testing.T) {
 	const stream = "TW_REVOCATIONS"
 	msg := func(seq, last, pending uint64) *nats.Msg {
@@ -73,53 +74,61 @@ func TestFetchTakesOnlyItsAnswer(t *testing.T) {
 	single := &nats.Msg{Data: []byte("event"), Header: nats.Header{"Nats-Stream": {stream}, "Nats-Sequence": {"9"}}}
 	other := msg(6, 5, 0)
 	other.Header.Set("Nats-Stream", "KV_tw_jwks")
+	info := &nats.Msg{Data: []byte(`{"type":"io.nats.jetstream.api.v1.stream_info_response"}`)}
 
 	for _, tc := range []struct {
-		name    string
-		answer  []*nats.Msg
-		seqs    []uint64 // taken, when the answer is complete
-		more    bool
-		foreign bool
+		name        string
+		answer      []*nats.Msg
+		seqs        []uint64 // taken when the read ends
+		more        bool
+		interrupted bool
+		err         bool
 	}{
 		{name: "a batch with more after it", answer: []*nats.Msg{msg(5, 0, 4), msg(7, 5, 3), msg(8, 7, 2), eob(8, 2)}, seqs: []uint64{5, 7, 8}, more: true},
 		{name: "the end of the stream", answer: []*nats.Msg{msg(6, 0, 1), msg(9, 6, 0), eob(9, 0)}, seqs: []uint64{6, 9}},
 		{name: "nothing stored from 5 on", answer: []*nats.Msg{notFound}},
-		{name: "a second answer starting", answer: []*nats.Msg{msg(5, 0, 4), msg(9, 0, 0)}, foreign: true},
-		{name: "a message skipping its predecessor", answer: []*nats.Msg{msg(5, 0, 4), msg(9, 7, 0)}, foreign: true},
-		{name: "a message going back", answer: []*nats.Msg{msg(5, 0, 4), msg(5, 5, 0)}, foreign: true},
-		{name: "a message before the first asked for", answer: []*nats.Msg{msg(3, 0, 4)}, foreign: true},
-		{name: "a message of another stream", answer: []*nats.Msg{msg(5, 0, 4), other}, foreign: true},
-		{name: "a single get's answer", answer: []*nats.Msg{msg(5, 0, 4), single}, foreign: true},
-		{name: "not found after messages", answer: []*nats.Msg{msg(5, 0, 4), notFound}, foreign: true},
-		{name: "an end of batch of another answer", answer: []*nats.Msg{msg(5, 0, 4), eob(9, 0)}, foreign: true},
-		{name: "an end of batch without messages", answer: []*nats.Msg{eob(0, 0)}, foreign: true},
-		{name: "more messages than asked for", answer: []*nats.Msg{msg(5, 0, 9), msg(6, 5, 8), msg(7, 6, 7), msg(8, 7, 6)}, foreign: true},
+		{name: "another answer starting", answer: []*nats.Msg{msg(5, 0, 4), msg(9, 0, 0)}, seqs: []uint64{5}, more: true, interrupted: true},
+		{name: "a message skipping its predecessor", answer: []*nats.Msg{msg(5, 0, 4), msg(6, 5, 3), msg(9, 7, 0)}, seqs: []uint64{5, 6}, more: true, interrupted: true},
+		{name: "a message going back", answer: []*nats.Msg{msg(5, 0, 4), msg(5, 5, 0)}, seqs: []uint64{5}, more: true, interrupted: true},
+		{name: "a message of another stream", answer: []*nats.Msg{msg(5, 0, 4), other}, seqs: []uint64{5}, more: true, interrupted: true},
+		{name: "a single get's answer", answer: []*nats.Msg{msg(5, 0, 4), single}, seqs: []uint64{5}, more: true, interrupted: true},
+		{name: "another API's answer", answer: []*nats.Msg{msg(5, 0, 4), info}, seqs: []uint64{5}, more: true, interrupted: true},
+		{name: "not found after messages", answer: []*nats.Msg{msg(5, 0, 4), notFound}, seqs: []uint64{5}, more: true, interrupted: true},
+		{name: "an end of batch of another answer", answer: []*nats.Msg{msg(5, 0, 4), eob(9, 0)}, seqs: []uint64{5}, more: true, interrupted: true},
+		{name: "more messages than asked for", answer: []*nats.Msg{msg(5, 0, 9), msg(6, 5, 8), msg(7, 6, 7), msg(8, 7, 6)}, seqs: []uint64{5, 6, 7}, more: true, interrupted: true},
+		// The first message answers the request; one that is not the
+		// start of a batched answer means the request went wrong.
+		{name: "a first message before the first asked for", answer: []*nats.Msg{msg(3, 0, 4)}, err: true},
+		{name: "a first message naming a predecessor", answer: []*nats.Msg{msg(6, 5, 4)}, err: true},
+		{name: "an end of batch first", answer: []*nats.Msg{eob(0, 0)}, err: true},
+		{name: "no responders", answer: []*nats.Msg{{Header: nats.Header{"Status": {"503"}}}}, err: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a := answer{stream: stream, from: 5, batch: 3}
 			for i, m := range tc.answer {
-				done, more, err := a.add(m)
+				done, err := a.add(m)
 				if err != nil {
-					if !tc.foreign || i != len(tc.answer)-1 || !errors.Is(err, errForeignAnswer) {
+					if !tc.err || i != len(tc.answer)-1 {
 						t.Fatalf("message %d: %v", i, err)
 					}
 					return
 				}
-				if done {
-					if tc.foreign || i != len(tc.answer)-1 {
-						t.Fatalf("complete at message %d", i)
-					}
-					var seqs []uint64
-					for _, s := range a.msgs {
-						seqs = append(seqs, s.seq)
-					}
-					if fmt.Sprint(seqs) != fmt.Sprint(tc.seqs) || more != tc.more {
-						t.Errorf("took %v, more %v; want %v, %v", seqs, more, tc.seqs, tc.more)
-					}
-					return
+				if !done {
+					continue
 				}
+				if tc.err || i != len(tc.answer)-1 {
+					t.Fatalf("ended at message %d", i)
+				}
+				var seqs []uint64
+				for _, s := range a.msgs {
+					seqs = append(seqs, s.seq)
+				}
+				if fmt.Sprint(seqs) != fmt.Sprint(tc.seqs) || a.more != tc.more || a.interrupted != tc.interrupted {
+					t.Errorf("took %v, more %v, interrupted %v; want %v, %v, %v", seqs, a.more, a.interrupted, tc.seqs, tc.more, tc.interrupted)
+				}
+				return
 			}
-			t.Fatal("the answer was neither taken nor refused")
+			t.Fatal("the answer was neither ended nor refused")
 		})
 	}
 }
