@@ -139,10 +139,11 @@ type cacheState struct {
 	jwks   []byte // the signed bundle's JWKS; nil for HTTP
 }
 
-// cacheKV is the bucket bound by Run, with Run's context so that on-demand
-// refreshes end when Run does.
+// cacheKV is the bucket bound by Run, with its connection, and Run's
+// context so that on-demand refreshes end when Run does.
 type cacheKV struct {
 	kv  jetstream.KeyValue
+	nc  *nats.Conn
 	ctx context.Context
 }
 
@@ -175,6 +176,11 @@ type Cache struct {
 	watching atomic.Bool
 	conn     atomic.Pointer[nats.Conn]
 	kv       atomic.Pointer[cacheKV]
+
+	// Anyone who may have NATS send messages onto the bundle key's subject
+	// (with the sidecars' credential, as answers to requests) could
+	// otherwise flood the log.
+	rejectLog logLimit
 
 	refreshMu   sync.Mutex
 	lastRefresh time.Time
@@ -383,9 +389,9 @@ func (c *Cache) runNATS(ctx context.Context, js jetstream.JetStream) {
 			c.hookBind(err)
 		}
 		if err == nil {
-			c.kv.Store(&cacheKV{kv: kv, ctx: ctx})
+			c.kv.Store(&cacheKV{kv: kv, nc: js.Conn(), ctx: ctx})
 			var established bool
-			established, err = c.watch(ctx, js.Conn(), kv)
+			established, err = c.watch(ctx, js, kv)
 			if established {
 				bo.reset()
 				failures = 0
@@ -421,57 +427,124 @@ func (c *Cache) runNATS(ctx context.Context, js jetstream.JetStream) {
 // connection.
 var errCacheReconnected = errors.New("NATS connection reconnected")
 
-// watch follows the bundle key until the watcher stops, the connection
-// reconnects or ctx ends. established reports whether the watch was set up
-// (and so whether the retry backoff may start over).
-func (c *Cache) watch(ctx context.Context, nc *nats.Conn, kv jetstream.KeyValue) (established bool, err error) {
+// watch follows the bundle key until the connection reconnects or ctx
+// ends. established reports whether the watch was set up (and so whether
+// the retry backoff may start over).
+//
+// It is not kv.Watch, which is a JetStream consumer: to create one a
+// sidecar would need rights with which anyone holding the sidecars' NATS
+// credential could also change or delete other clients' consumers. The
+// watch reads the key (a direct get, no consumer) when it starts and every
+// RefreshInterval, and takes the bundles the issuer writes to the key as
+// they are published (a plain subscription to the key's subject). Those
+// are verified and must be newer like any other: a bundle whose write the
+// stream refused (another issuer replica wrote first) is still one the
+// issuer signed, and what else arrives on the subject (answers JetStream
+// sends there for whoever names it as a reply subject) is the stored
+// bundle or something that does not verify, counted as rejected and
+// logged at most once a second. They are applied here, on Run's
+// goroutine, as everything read from NATS is: when Run returns, nothing of
+// it is still being applied.
+func (c *Cache) watch(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue) (established bool, err error) {
+	nc := js.Conn()
 	var reconnects uint64
+	// Bundles published, and a read to make when more came than were
+	// taken (a flood on the subject must not hold back the real one).
+	published := make(chan []byte, 16)
+	readSoon := make(chan struct{}, 1)
 	if nc != nil {
 		reconnects = nc.Stats().Reconnects
+		sub, err := nc.Subscribe("$KV."+kv.Bucket()+"."+cacheBundleKey, func(m *nats.Msg) {
+			if len(m.Data) == 0 || m.Header.Get("KV-Operation") != "" {
+				return // a delete or purge marker: keys are never dropped for it
+			}
+			select {
+			case published <- m.Data:
+			default:
+				select {
+				case readSoon <- struct{}{}:
+				default:
+				}
+			}
+		})
+		if err != nil {
+			return false, fmt.Errorf("watch %s: %w", cacheBundleKey, err)
+		}
+		defer func() { _ = sub.Unsubscribe() }()
 	}
-	// The watch lives as long as wctx: the client unsubscribes (and deletes
-	// its consumer) in a goroutine of its own once wctx ends. So the
-	// creation is bounded by a timer rather than a deadline, and the watch
-	// is stopped by cancelling wctx, not by a synchronous Stop, which
-	// would wait for the server for up to 5s while NATS is down.
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	timer := time.AfterFunc(cacheOpTimeout, cancel)
-	w, err := kv.Watch(wctx, cacheBundleKey)
-	if !timer.Stop() {
-		return false, fmt.Errorf("watch %s: timed out", cacheBundleKey)
-	}
-	if err != nil {
+	if err := c.readCurrent(ctx, nc, kv.Bucket()); err != nil {
 		return false, fmt.Errorf("watch %s: %w", cacheBundleKey, err)
 	}
 	c.watching.Store(true)
 	defer c.watching.Store(false)
 	c.log.Debug("watching JWKS bundle")
 
+	poll := time.NewTicker(c.interval)
+	defer poll.Stop()
 	tick := time.NewTicker(cacheReconnectCheckPeriod)
 	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return true, nil
-		case e, ok := <-w.Updates():
-			if !ok {
-				return true, errors.New("watcher stopped")
+		case raw := <-published:
+			c.applySigned(raw, CacheSourceNATS)
+		case <-readSoon:
+			if err := c.readCurrent(ctx, nc, kv.Bucket()); err != nil {
+				return true, fmt.Errorf("watch %s: %w", cacheBundleKey, err)
 			}
-			if e == nil { // end of the initial values
-				continue
+		case <-poll.C:
+			if err := c.readCurrent(ctx, nc, kv.Bucket()); err != nil {
+				return true, fmt.Errorf("watch %s: %w", cacheBundleKey, err)
 			}
-			if e.Operation() != jetstream.KeyValuePut {
-				c.log.Warn("JWKS bundle entry deleted or purged in NATS; keeping the held keys", "op", e.Operation().String())
-				continue
-			}
-			c.applySigned(e.Value(), CacheSourceNATS)
 		case <-tick.C:
 			if nc != nil && nc.Stats().Reconnects != reconnects {
 				return true, errCacheReconnected
 			}
 		}
 	}
+}
+
+// readCurrent reads the bundle key and applies what it holds.
+func (c *Cache) readCurrent(ctx context.Context, nc *nats.Conn, bucket string) error {
+	rctx, cancel := context.WithTimeout(ctx, cacheOpTimeout)
+	defer cancel()
+	raw, err := getBundle(rctx, nc, bucket)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		return nil // no bundle yet: the issuer's first write will say so
+	case errors.Is(err, jetstream.ErrKeyDeleted):
+		c.log.Warn("JWKS bundle entry deleted or purged in NATS; keeping the held keys")
+		return nil
+	case err != nil:
+		return err
+	}
+	c.applySigned(raw, CacheSourceNATS)
+	return nil
+}
+
+// getBundle reads the bundle key of bucket with a direct get (the KV
+// stream's last message on the key's subject). It asks with max_bytes set:
+// nats-server reads its MaxPending option for a request without it,
+// unlocked, which races with a configuration reload.
+func getBundle(ctx context.Context, nc *nats.Conn, bucket string) ([]byte, error) {
+	if nc == nil {
+		return nil, errors.New("no NATS connection")
+	}
+	subject := "$JS.API.DIRECT.GET.KV_" + bucket + ".$KV." + bucket + "." + cacheBundleKey
+	m, err := nc.RequestWithContext(ctx, subject, []byte(fmt.Sprintf(`{"max_bytes":%d}`, cacheMaxDocument+4096)))
+	if err != nil {
+		return nil, fmt.Errorf("direct get: %w", err)
+	}
+	switch status := m.Header.Get("Status"); {
+	case status == "404":
+		return nil, jetstream.ErrKeyNotFound
+	case status != "":
+		return nil, fmt.Errorf("direct get: status %s %s", status, m.Header.Get("Description"))
+	case m.Header.Get("KV-Operation") != "":
+		return nil, jetstream.ErrKeyDeleted
+	}
+	return m.Data, nil
 }
 
 // RefreshUnknownKID re-reads the bundle from NATS because a token named a
@@ -529,15 +602,15 @@ func (c *Cache) refreshGet(bound *cacheKV, kid string) {
 	}
 	ctx, cancel := context.WithTimeout(bound.ctx, cacheOpTimeout)
 	defer cancel()
-	e, err := bound.kv.Get(ctx, cacheBundleKey)
+	raw, err := getBundle(ctx, bound.nc, bound.kv.Bucket())
 	switch {
 	case errors.Is(err, jetstream.ErrKeyNotFound), errors.Is(err, jetstream.ErrKeyDeleted):
 		c.log.Debug("refresh for unknown kid: no bundle in NATS", "kid", kid)
 	case err != nil:
 		c.log.Warn("refresh for unknown kid: reading the JWKS bundle failed", "kid", kid, "err", err)
 	default:
-		c.log.Debug("refresh for unknown kid", "kid", kid, "revision", e.Revision())
-		c.applySigned(e.Value(), CacheSourceNATS)
+		c.log.Debug("refresh for unknown kid", "kid", kid)
+		c.applySigned(raw, CacheSourceNATS)
 	}
 }
 
@@ -554,7 +627,9 @@ func (c *Cache) applySigned(raw []byte, source string) bool {
 	}
 	if err != nil {
 		c.rejected.Add(1)
-		c.log.Warn("dropped a JWKS bundle that does not verify", "source", source, "err", err)
+		if n, ok := c.rejectLog.allow(c.now()); ok {
+			c.log.Warn("dropped a JWKS bundle that does not verify", "source", source, "err", err, "suppressed", n)
+		}
 		return false
 	}
 
@@ -608,6 +683,26 @@ func (c *Cache) applySigned(raw []byte, source string) bool {
 		}
 	}
 	return true
+}
+
+// logLimit lets one log line through a second and counts the others.
+type logLimit struct {
+	mu         sync.Mutex
+	last       time.Time
+	suppressed int
+}
+
+// allow reports whether a line may be logged at now, and how many were
+// suppressed since the last one.
+func (l *logLimit) allow(now time.Time) (suppressed int, ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.last.IsZero() && now.Sub(l.last) < time.Second && now.After(l.last) {
+		l.suppressed++
+		return 0, false
+	}
+	suppressed, l.last, l.suppressed = l.suppressed, now, 0
+	return suppressed, true
 }
 
 // loadDisk serves the disk copy of the last good bundle, if any.

@@ -550,7 +550,7 @@ func TestCacheRefreshUnknownKID(t *testing.T) {
 	// on-demand Get can bring keys in.
 	runCtx, cancelRun := context.WithCancel(context.Background())
 	t.Cleanup(cancelRun)
-	c.kv.Store(&cacheKV{kv: kv, ctx: runCtx})
+	c.kv.Store(&cacheKV{kv: kv, nc: js.Conn(), ctx: runCtx})
 
 	var started, done sync.WaitGroup
 	for range 50 {

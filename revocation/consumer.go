@@ -33,7 +33,7 @@ type Observer interface {
 	// signed by a trusted distribution key, not a JWS) or "invalid"
 	// (signed, but not a valid event).
 	Dropped(reason string)
-	// Lag is the number of messages in the stream not yet delivered to the
+	// Lag is the number of messages in the stream not yet read by the
 	// consumer, as last reported by JetStream.
 	Lag(n uint64)
 }
@@ -75,17 +75,17 @@ func WithLiveSubscription(on bool) ConsumerOption { return func(c *Consumer) { c
 // because the set already holds its id or it has expired. It is called in
 // stream order, from the goroutine that applies the stream, after the
 // message's batch reached the set and before CaughtUp can turn true for
-// it; only for the ordered consumer, not the live subscription (whose
-// events the ordered consumer delivers again). It must not block. The
+// it; only for events read from the stream, not the live subscription
+// (whose events the next read of the stream brings again). It must not block. The
 // issuer uses it to learn which distribution key signed each event during
 // a distribution-key rollover.
 func WithVerified(f func(e *Event, data []byte)) ConsumerOption {
 	return func(c *Consumer) { c.onVerified = f }
 }
 
-// WithProbeInterval sets how often a running consumer asks JetStream for
-// the stream's state to confirm its set is current (default 5s, jittered
-// by a quarter either way): see Staleness. Tests shorten it.
+// WithProbeInterval sets how often a running consumer reads the stream
+// without being told to, to confirm its set is current (default 5s,
+// jittered by a quarter either way): see Staleness. Tests shorten it.
 func WithProbeInterval(d time.Duration) ConsumerOption {
 	return func(c *Consumer) {
 		if d > 0 {
@@ -96,9 +96,19 @@ func WithProbeInterval(d time.Duration) ConsumerOption {
 
 // Tuning of the consumer.
 const (
-	// pullBatch is how many messages JetStream may have in flight to the
-	// consumer: large enough that a replay is not paced by round trips.
-	pullBatch = 2048
+	// fetchBatch is how many stored events one read asks for: large enough
+	// that a replay is not paced by round trips. fetchMaxBytes bounds the
+	// answer's size (events are at most 8 KiB, typically under 1 KiB).
+	fetchBatch    = 2048
+	fetchMaxBytes = 4 << 20
+	// minFetchGap spaces the reads that live events trigger: under a flood
+	// a read every minFetchGap takes whatever has been stored meanwhile
+	// in one batch, rather than one request per event per follower. With
+	// the live subscription on (sidecars, by the thousand) the events are
+	// applied as they arrive and the read only makes sure none was missed,
+	// so it waits longer: liveFetchGap, or the probe interval if shorter.
+	minFetchGap  = 100 * time.Millisecond
+	liveFetchGap = time.Second
 	// applyBatch bounds how many verified events one write transaction
 	// applies, and how many messages wait between reading, verifying and
 	// applying. A replay applies in transactions this large: a bucket of the
@@ -111,29 +121,18 @@ const (
 	// (internal/edbatch's benchmark), and smaller batches keep every worker
 	// busy during a replay.
 	maxVerifyBatch = 64
-	// idleCheck is how long the consumer waits for a message before it
-	// asks JetStream whether anything is left to replay (the events at the
-	// end of the stream may have expired since it looked).
-	idleCheck = time.Second
 	// Backoff between attempts to bind the stream.
 	minBackoff = 100 * time.Millisecond
 	maxBackoff = 5 * time.Second
 	// requestTimeout bounds each JetStream API call of the consumer.
 	requestTimeout = 10 * time.Second
-	// probeInterval is how often a running consumer reads the stream's
-	// state: to confirm its set is current (Staleness), and to make sure
-	// the stream is still the one it bound (a stream deleted and created
-	// again starts its sequences over, and a consumer resuming at its old
-	// sequence would skip the new stream's first events). One small
-	// JetStream API request per consumer per probe.
+	// probeInterval is how often a running consumer reads the stream
+	// without being told to: to confirm its set is current (Staleness),
+	// and to make sure the stream is still the one it bound (a stream
+	// deleted and created again starts its sequences over, and a read
+	// resuming at its old sequence would skip the new stream's first
+	// events). Two small JetStream API requests per consumer per probe.
 	probeInterval = 5 * time.Second
-	// maxProbes bounds the probes waiting for the consumer to reach the
-	// stream's last sequence they saw.
-	maxProbes = 8
-	// resetAttempts is how often the ordered consumer tries to recreate
-	// itself (backing off 1s, 2s, 4s, 8s) before it gives up; Run then
-	// logs the failure and starts over from the last sequence processed.
-	resetAttempts = 5
 )
 
 var errStreamRecreated = errors.New("revocation stream was deleted or recreated")
@@ -153,7 +152,7 @@ type Consumer struct {
 	// onVerified: see WithVerified; nil when unset.
 	onVerified func(e *Event, data []byte)
 	// seen holds events the live subscription verified, by digest of the
-	// signed bytes, so the ordered consumer need not check them again.
+	// signed bytes, so the reader need not check them again.
 	seen seenCache
 
 	running  atomic.Bool
@@ -174,9 +173,16 @@ type Consumer struct {
 	lastDrop   time.Time
 	suppressed int
 
-	// Tests shorten these.
-	probeEvery    time.Duration
-	resetAttempts int
+	// kick asks the reader to read the stream now: a live event arrived
+	// or the connection came back.
+	kick chan struct{}
+	// Owned by the reader (one at a time): reads interrupted since the
+	// last log line about them.
+	interruptions    int
+	lastInterruptLog time.Time
+
+	// Tests shorten this.
+	probeEvery time.Duration
 }
 
 // NewConsumer returns a consumer of prefix's revocation stream that
@@ -194,8 +200,8 @@ func NewConsumer(js jetstream.JetStream, prefix string, trusted []ed25519.Public
 		workers: runtime.GOMAXPROCS(0),
 		live:    true,
 
-		probeEvery:    probeInterval,
-		resetAttempts: resetAttempts,
+		kick:       make(chan struct{}, 1),
+		probeEvery: probeInterval,
 	}
 	for _, o := range opts {
 		o(c)
@@ -219,12 +225,12 @@ func (c *Consumer) LastSeq() uint64 { return c.lastSeq.Load() }
 // Staleness is how long ago the consumer last confirmed, against
 // JetStream, that its set held every event the stream held at that moment;
 // ok is false until the first replay is done (there is nothing to be
-// stale yet: CaughtUp is false). A running consumer confirms it on every
-// probe of the stream (see WithProbeInterval) once it has processed up to
-// the last sequence the probe saw, so the staleness stays within about a
-// probe interval while NATS is reachable, also under a steady flood of
-// events, and grows while NATS, the stream or the consumer is not. It is
-// measured in real time, whatever WithClock says.
+// stale yet: CaughtUp is false). A running consumer confirms it each time
+// it has read and processed everything the stream held, which it does at
+// least every probe interval (see WithProbeInterval), so the staleness
+// stays within about a probe interval while NATS is reachable, also under
+// a steady flood of events, and grows while NATS, the stream or the
+// consumer is not. It is measured in real time, whatever WithClock says.
 func (c *Consumer) Staleness() (d time.Duration, ok bool) {
 	if !c.caughtUp.Load() {
 		return 0, false
@@ -236,29 +242,31 @@ func (c *Consumer) Staleness() (d time.Duration, ok bool) {
 //
 // Events reach the set two ways. A plain NATS subscription on the stream's
 // subjects (the live subscription) applies each event as it is published:
-// that is NATS's cheapest fan-out, several times faster than JetStream
-// delivering a stored message to each of a thousand consumers. It may miss
-// events (disconnects, a slow consumer) and may see an event the stream
-// did not store (the issuer then answered 503, and a revocation the issuer
-// signed is applied all the same), so it is only a shortcut: the ordered
-// consumer below is what guarantees that every stored event is applied and
-// what CaughtUp reports on. An event the live subscription verified is not
-// verified again when the ordered consumer delivers the same bytes.
+// that is NATS's cheapest fan-out. It may miss events (disconnects, a slow
+// consumer) and may see an event the stream did not store (the issuer then
+// answered 503, and a revocation the issuer signed is applied all the
+// same), so it is only a shortcut: reading the stream, below, is what
+// guarantees that every stored event is applied and what CaughtUp reports
+// on. An event the live subscription verified is not verified again when
+// the same bytes are read from the stream. Without the live subscription
+// (WithLiveSubscription(false)) the subscription only says when to read.
 //
-// The ordered consumer: Run binds the stream,
-// retrying with backoff while the stream does not exist or NATS is
-// unreachable, replays it from the start with an ordered consumer and
-// follows it. Every message is verified (on several goroutines) before it
-// reaches the set, in stream order; anything else is dropped and
-// reported. After a disconnect the ordered consumer resumes after the last
-// message it delivered; if it gives up, Run recreates it from the sequence
-// after the last one processed; if the stream was deleted and created
-// again, Run replays the new one from its start. No event is skipped, and
-// Set.Apply's idempotence means none is applied twice. Run returns an
-// error only if it cannot work at all: no trusted key, or the NATS
-// connection closed for good (the caller then connects again and calls
-// RunOn; internal/natsconn.Run does both). GC of the set is the caller's
-// (Set.RunGC).
+// Reading the stream: Run binds the stream, retrying with backoff while
+// the stream does not exist or NATS is unreachable, and reads it from the
+// start, then from the sequence after the last message processed whenever
+// a live event arrives (at most every second; every 100ms without the live
+// subscription), the connection comes back, or the probe interval passes. It reads stored messages by sequence with
+// batched direct gets (nats-server 2.11 or later; see fetch): it holds no
+// JetStream consumer, so a sidecar needs no right to create, change or
+// fetch from one, and nobody can tamper with one of its. Every message is
+// verified (on several goroutines) before it reaches the set, in stream
+// order; anything else is dropped and reported. If the stream was deleted
+// and created again, Run replays the new one from its start. No event is
+// skipped, and Set.Apply's idempotence means none is applied twice. Run
+// returns an error only if it cannot work at all: no trusted key, or the
+// NATS connection closed for good (the caller then connects again and
+// calls RunOn; internal/natsconn.Run does both). GC of the set is the
+// caller's (Set.RunGC).
 func (c *Consumer) Run(ctx context.Context) error { return c.RunOn(ctx, c.js) }
 
 // RunOn is Run on js rather than the JetStream context given to
@@ -280,13 +288,14 @@ func (c *Consumer) RunOn(ctx context.Context, js jetstream.JetStream) error {
 	if c.started.IsZero() {
 		c.started = c.now()
 	}
+	handler := func(*nats.Msg) { c.read() }
 	if c.live {
-		sub, err := js.Conn().Subscribe(subjects(c.prefix), c.onLive)
-		if err != nil {
-			c.log.Warn("revocation live subscription failed; events arrive through JetStream only", "err", err)
-		} else {
-			defer func() { _ = sub.Unsubscribe() }()
-		}
+		handler = c.onLive
+	}
+	if sub, err := js.Conn().Subscribe(subjects(c.prefix), handler); err != nil {
+		c.log.Warn("revocation live subscription failed; events arrive through JetStream only, every probe interval", "err", err)
+	} else {
+		defer func() { _ = sub.Unsubscribe() }()
 	}
 	backoff := minBackoff
 	failures := 0
@@ -322,7 +331,9 @@ func (c *Consumer) RunOn(ctx context.Context, js jetstream.JetStream) error {
 	}
 }
 
-// job is one message on its way through verification to the set.
+// job is one message on its way through verification to the set, or a
+// marker: the stream held nothing after the messages before it when it
+// was read at time at.
 type job struct {
 	seq     uint64
 	pending uint64
@@ -330,18 +341,27 @@ type job struct {
 	ev      *Event
 	err     error
 	done    chan struct{}
+
+	marker bool
+	at     time.Time
 }
 
-// session binds the stream, creates an ordered consumer from where the
-// last session stopped and processes messages until something fails. It
-// reports whether it processed any message.
+// read asks the reader to read the stream now (coalesced: one pending
+// request at most).
+func (c *Consumer) read() {
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+}
+
+// session binds the stream and reads it from where the last session
+// stopped until something fails. It reports whether it processed any
+// message.
 func (c *Consumer) session(ctx context.Context, js jetstream.JetStream) (progress bool, err error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 
-	// Probes of an earlier session may name sequences of a stream since
-	// recreated.
-	c.fresh.clear()
 	c.bound = time.Now()
 	rctx, rcancel := context.WithTimeout(ctx, requestTimeout)
 	stream, err := js.Stream(rctx, StreamName(c.prefix))
@@ -350,6 +370,10 @@ func (c *Consumer) session(ctx context.Context, js jetstream.JetStream) (progres
 		return false, fmt.Errorf("bind stream: %w", err)
 	}
 	info := stream.CachedInfo()
+	if info.Config.Name != StreamName(c.prefix) {
+		// An answer meant for another request (see fetch).
+		return false, fmt.Errorf("bind stream: the answer names stream %q", info.Config.Name)
+	}
 	state := info.State
 	last := c.lastSeq.Load()
 	if last > 0 && (state.LastSeq < last || !c.created.IsZero() && !info.Created.Equal(c.created)) {
@@ -365,143 +389,120 @@ func (c *Consumer) session(ctx context.Context, js jetstream.JetStream) (progres
 	if !c.caughtUp.Load() {
 		c.target = state.LastSeq
 	}
-
-	// The ordered consumer replays from the start (or resumes after the
-	// last message processed) and, after a disconnect or a missed
-	// heartbeat, recreates itself from the message after the last one it
-	// delivered.
-	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy, MaxResetAttempts: c.resetAttempts}
-	if last > 0 {
-		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, last+1
-	}
-	rctx, rcancel = context.WithTimeout(ctx, requestTimeout)
-	cons, err := stream.OrderedConsumer(rctx, cfg)
-	rcancel()
-	if err != nil {
-		return false, fmt.Errorf("create consumer: %w", err)
-	}
-	// Caught up only once a consumer exists: an empty stream is replayed,
-	// but a sidecar that cannot follow it (a consumer limit, permissions)
-	// must not report ready.
-	if !c.caughtUp.Load() && (state.Msgs == 0 || state.LastSeq <= last) {
-		c.markCaughtUp(0)
-	}
 	if c.caughtUp.Load() && state.LastSeq <= c.verifiedSeq.Load() {
-		// Nothing was published while this consumer was away.
+		// Nothing was published while this session's reader was away.
 		c.fresh.confirm(c.bound)
 	}
-	if info := cons.CachedInfo(); info != nil && info.NumPending == 0 && !c.caughtUp.Load() {
-		c.markCaughtUp(0)
-	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(pullBatch))
-	if err != nil {
-		return false, fmt.Errorf("consume: %w", err)
-	}
-	// Stop unblocks the reader's Next, also while the ordered consumer is
-	// recreating itself after a disconnect.
-	go func() { <-ctx.Done(); it.Stop() }()
 
 	work := make(chan *job, applyBatch)
 	order := make(chan *job, applyBatch)
 	readErr := make(chan error, 1)
-	go c.read(ctx, it, work, order, readErr)
+	go c.reader(ctx, js.Conn(), stream, last+1, info.Created, work, order, readErr)
 	for range c.workers {
 		go c.verify(ctx, work)
 	}
-	watched := make(chan struct{})
-	go func() { defer close(watched); c.watchStream(ctx, cancel, js.Conn(), stream, cons, info.Created) }()
-	// A probe of this session must not land after the next one began.
-	defer func() { cancel(nil); <-watched }()
-	progress, err = c.apply(ctx, cons, order, readErr)
+	progress, err = c.apply(ctx, order, readErr)
 	if cause := context.Cause(ctx); ctx.Err() != nil && cause != nil {
 		err = cause
 	}
 	return progress, err
 }
 
-// watchStream probes the stream every probe interval (jittered, so the
-// sidecars of a cluster do not ask together): it ends the session when
-// the stream is gone or is no longer the one the session bound, and
-// otherwise records what the probe proves about the set's freshness.
-func (c *Consumer) watchStream(ctx context.Context, cancel context.CancelCauseFunc, nc *nats.Conn, stream jetstream.Stream, cons jetstream.Consumer, created time.Time) {
-	// A probe outlived by the next proves little, and one sent while
-	// disconnected would wait in nats.go's reconnect buffer.
-	timeout := min(requestTimeout, max(c.probeEvery, time.Second))
-	for {
-		wait := c.probeEvery*3/4 + rand.N(c.probeEvery/2+1) // #nosec G404 -- jitter, not a secret
-		if !natsconn.Sleep(ctx, wait) {
-			return
-		}
-		if nc != nil && !nc.IsConnected() {
-			continue
-		}
-		// Taken before the request: the state it returns holds at least
-		// every event stored by then.
-		t := time.Now()
-		rctx, rcancel := context.WithTimeout(ctx, timeout)
-		info, err := stream.Info(rctx)
-		rcancel()
-		switch {
-		case errors.Is(err, jetstream.ErrStreamNotFound):
-			cancel(errStreamRecreated)
-			return
-		case err != nil:
-			continue
-		case !info.Created.Equal(created):
-			cancel(errStreamRecreated)
-			return
-		}
-		if c.fresh.await(t, info.State.LastSeq, &c.verifiedSeq, maxProbes) {
-			continue
-		}
-		// Behind the stream's last sequence. That is usually events in
-		// flight, which applyBatch confirms on arrival; but the events
-		// at the end of the stream may have expired before they were
-		// delivered, and then the last sequence is never reached: what
-		// proves the set current then is that JetStream has nothing left
-		// to deliver and everything it delivered was processed.
-		t = time.Now()
-		rctx, rcancel = context.WithTimeout(ctx, timeout)
-		ci, err := cons.Info(rctx)
-		rcancel()
-		if err == nil && ci.NumPending == 0 && ci.Delivered.Stream <= c.verifiedSeq.Load() {
-			c.fresh.confirm(t)
-		}
-	}
-}
-
-// read hands each message to the verifiers and, in stream order, to the
-// applier.
-func (c *Consumer) read(ctx context.Context, it jetstream.MessagesContext, work, order chan<- *job, readErr chan<- error) {
+// reader reads the stream from sequence next on and hands each message to
+// the verifiers and, in stream order, to the applier, followed by a marker
+// each time it has read everything stored. Then it waits to be told to
+// read again (see Run), or for the probe interval (jittered, so the
+// sidecars of a cluster do not ask together), when it also checks that
+// the stream is still the one the session bound.
+func (c *Consumer) reader(ctx context.Context, nc *nats.Conn, stream jetstream.Stream, next uint64, created time.Time, work, order chan<- *job, readErr chan<- error) {
 	var err error
 	defer func() {
 		readErr <- err // before the close, which is what the applier waits for
 		close(work)
 		close(order)
 	}()
+	send := func(j *job, ch chan<- *job) bool {
+		select {
+		case ch <- j:
+			return true
+		case <-ctx.Done():
+			err = ctx.Err()
+			return false
+		}
+	}
+	reconnected := nc.StatusChanged(nats.CONNECTED)
+	defer nc.RemoveStatusListener(reconnected)
+	name := StreamName(c.prefix)
+	gap := minFetchGap
+	if c.live {
+		gap = max(minFetchGap, min(liveFetchGap, c.probeEvery))
+	}
+	probe := time.Now()
 	for {
-		var msg jetstream.Msg
-		msg, err = it.Next()
-		if err != nil {
-			return
+		// Everything stored from next on.
+		started := time.Now()
+		for {
+			// Taken before the request: what it finds is at least every
+			// event stored by then.
+			t := time.Now()
+			var r read
+			r, err = fetch(ctx, nc, name, next, fetchBatch, fetchMaxBytes)
+			if err != nil {
+				err = fmt.Errorf("read from sequence %d: %w", next, err)
+				return
+			}
+			if r.interrupted {
+				c.interrupted(next, len(r.msgs))
+			}
+			for _, m := range r.msgs {
+				j := &job{seq: m.seq, pending: m.pending, data: m.data, done: make(chan struct{})}
+				if !send(j, work) || !send(j, order) {
+					return
+				}
+				next = m.seq + 1
+			}
+			if !r.more {
+				done := make(chan struct{})
+				close(done)
+				if !send(&job{marker: true, at: t, seq: next - 1, done: done}, order) {
+					return
+				}
+				break
+			}
 		}
-		j := &job{data: msg.Data(), done: make(chan struct{})}
-		if md, err := msg.Metadata(); err == nil {
-			j.seq, j.pending = md.Sequence.Stream, md.NumPending
-		} else {
-			j.err = fmt.Errorf("%w: no JetStream metadata: %w", ErrInvalid, err)
-		}
+		// Wait to be told, or for the probe.
+		wait := c.probeEvery*3/4 + rand.N(c.probeEvery/2+1) // #nosec G404 -- jitter, not a secret
+		timer := time.NewTimer(time.Until(probe.Add(wait)))
 		select {
-		case work <- j:
 		case <-ctx.Done():
+			timer.Stop()
+			err = ctx.Err()
+			return
+		case <-c.kick:
+		case <-reconnected:
+		case <-timer.C:
+		}
+		timer.Stop()
+		if !natsconn.Sleep(ctx, time.Until(started.Add(gap))) {
 			err = ctx.Err()
 			return
 		}
-		select {
-		case order <- j:
-		case <-ctx.Done():
-			err = ctx.Err()
-			return
+		if time.Since(probe) < c.probeEvery {
+			continue
+		}
+		probe = time.Now()
+		if nc.IsConnected() {
+			rctx, rcancel := context.WithTimeout(ctx, min(requestTimeout, max(c.probeEvery, time.Second)))
+			info, ierr := stream.Info(rctx)
+			rcancel()
+			switch {
+			case errors.Is(ierr, jetstream.ErrStreamNotFound):
+				err = errStreamRecreated
+				return
+			case ierr == nil && info.Config.Name == name && !info.Created.Equal(created):
+				err = errStreamRecreated
+				return
+			}
 		}
 	}
 }
@@ -564,10 +565,11 @@ func (c *Consumer) verifyBatch(batch []*job, data [][]byte) {
 	}
 }
 
-// onLive applies an event from the live subscription. A message that does
-// not verify is ignored here: if the stream stored it, the ordered
-// consumer drops and counts it.
+// onLive applies an event from the live subscription and has the reader
+// read the stream. A message that does not verify is ignored here: if the
+// stream stored it, the reader drops and counts it.
 func (c *Consumer) onLive(m *nats.Msg) {
+	defer c.read()
 	if len(m.Data) > MaxEventSize {
 		return
 	}
@@ -583,13 +585,24 @@ func (c *Consumer) onLive(m *nats.Msg) {
 	}
 }
 
+// interrupted reports a read that something else sent its answers into
+// (see fetch), logging at most one line a minute: anyone with the
+// sidecars' credential can make it happen, to every read.
+func (c *Consumer) interrupted(from uint64, kept int) {
+	c.interruptions++
+	if time.Since(c.lastInterruptLog) < time.Minute {
+		return
+	}
+	c.log.Warn("a revocation stream read was interrupted by messages that do not answer it; reading on from where they began",
+		"from_seq", from, "kept", kept, "reads_interrupted", c.interruptions)
+	c.lastInterruptLog, c.interruptions = time.Now(), 0
+}
+
 // apply applies verified events in stream order, a batch at a time.
-func (c *Consumer) apply(ctx context.Context, cons jetstream.Consumer, order <-chan *job, readErr <-chan error) (progress bool, err error) {
+func (c *Consumer) apply(ctx context.Context, order <-chan *job, readErr <-chan error) (progress bool, err error) {
 	batch := make([]*job, 0, applyBatch)
 	events := make([]*Event, 0, applyBatch)
 	applied := make([]bool, applyBatch)
-	idle := time.NewTimer(idleCheck)
-	defer idle.Stop()
 	wait := func(j *job) bool {
 		select {
 		case <-j.done:
@@ -602,12 +615,6 @@ func (c *Consumer) apply(ctx context.Context, cons jetstream.Consumer, order <-c
 		select {
 		case <-ctx.Done():
 			return progress, ctx.Err()
-		case <-idle.C:
-			if !c.caughtUp.Load() {
-				c.checkReplayed(ctx, cons)
-			}
-			idle.Reset(idleCheck)
-			continue
 		case j, ok := <-order:
 			if !ok {
 				return progress, fmt.Errorf("messages: %w", <-readErr)
@@ -635,61 +642,90 @@ func (c *Consumer) apply(ctx context.Context, cons jetstream.Consumer, order <-c
 				break more
 			}
 		}
-		c.applyBatch(batch, events[:0], applied)
-		progress = true
+		if c.applyBatch(batch, events[:0], applied) {
+			progress = true
+		}
 		if closed {
 			return progress, fmt.Errorf("messages: %w", <-readErr)
 		}
-		idle.Reset(idleCheck)
 	}
 }
 
-func (c *Consumer) applyBatch(batch []*job, events []*Event, applied []bool) {
+// applyBatch applies a batch of jobs and reports whether it held a
+// message (rather than markers only).
+func (c *Consumer) applyBatch(batch []*job, events []*Event, applied []bool) bool {
 	for _, j := range batch {
-		if j.err != nil {
+		switch {
+		case j.marker:
+			events = append(events, nil)
+		case j.err != nil:
 			events = append(events, nil)
 			c.dropped(j)
-			continue
+		default:
+			events = append(events, j.ev)
 		}
-		events = append(events, j.ev)
 	}
 	c.set.applyAll(events, applied[:len(events)])
 	now := c.now()
-	lastJob := batch[len(batch)-1]
 	c.obsMu.Lock()
 	for i, j := range batch {
 		if applied[i] {
 			c.obs.Applied(j.ev, max(now.Sub(j.ev.Time()), 0))
-		} else if j.err == nil {
+		} else if !j.marker && j.err == nil {
 			c.log.Debug("revocation event not applied: duplicate, expired or applied live", "seq", j.seq, "id", j.ev.ID)
 		}
 	}
-	c.obs.Lag(lastJob.pending)
 	c.obsMu.Unlock()
 	if c.onVerified != nil {
 		for _, j := range batch {
-			if j.err == nil {
+			if !j.marker && j.err == nil {
 				c.onVerified(j.ev, j.data)
 			}
 			j.data = nil
 		}
 	}
-	for i := len(batch) - 1; i >= 0; i-- {
-		if batch[i].seq != 0 {
-			c.lastSeq.Store(batch[i].seq)
-			break
+	messages := false
+	for _, j := range batch {
+		if j.marker {
+			c.reachedEnd(j)
+			continue
+		}
+		messages = true
+		c.lastSeq.Store(j.seq)
+		if j.err == nil {
+			c.verifiedSeq.Store(j.seq)
+		}
+		if !c.caughtUp.Load() && (j.seq >= c.target || j.pending == 0) {
+			c.markCaughtUp(j.pending)
 		}
 	}
-	for i := len(batch) - 1; i >= 0; i-- {
-		if batch[i].seq != 0 && batch[i].err == nil {
-			c.verifiedSeq.Store(batch[i].seq)
-			break
+	if messages {
+		last := batch[len(batch)-1]
+		for i := len(batch) - 1; last.marker && i >= 0; i-- {
+			last = batch[i]
 		}
+		c.obsMu.Lock()
+		c.obs.Lag(last.pending)
+		c.obsMu.Unlock()
 	}
-	c.fresh.reached(c.verifiedSeq.Load())
-	if !c.caughtUp.Load() && (c.lastSeq.Load() >= c.target || lastJob.pending == 0) {
-		c.markCaughtUp(lastJob.pending)
+	return messages
+}
+
+// reachedEnd handles a marker: every message stored when the reader read
+// at j.at has been processed. The set is current as of then unless the
+// last of them did not verify (a sidecar that drops the new events does
+// not count as current).
+func (c *Consumer) reachedEnd(j *job) {
+	if c.verifiedSeq.Load() >= c.lastSeq.Load() {
+		c.fresh.confirm(j.at)
 	}
+	if !c.caughtUp.Load() {
+		c.markCaughtUp(0)
+		return
+	}
+	c.obsMu.Lock()
+	c.obs.Lag(0)
+	c.obsMu.Unlock()
 }
 
 // dropped reports a message that failed verification, logging at most one
@@ -712,21 +748,6 @@ func (c *Consumer) dropped(j *job) {
 	c.lastDrop, c.suppressed = now, 0
 }
 
-// checkReplayed asks JetStream whether the consumer has been delivered
-// everything: the messages the replay was waiting for may have expired
-// from the stream meanwhile.
-func (c *Consumer) checkReplayed(ctx context.Context, cons jetstream.Consumer) {
-	rctx, cancel := context.WithTimeout(ctx, requestTimeout)
-	defer cancel()
-	info, err := cons.Info(rctx)
-	if err != nil {
-		return
-	}
-	if info.NumPending == 0 && info.Delivered.Stream <= c.lastSeq.Load() {
-		c.markCaughtUp(0)
-	}
-}
-
 func (c *Consumer) markCaughtUp(lag uint64) {
 	// The replay has applied everything the stream held when this session
 	// bound it, at the latest.
@@ -741,18 +762,10 @@ func (c *Consumer) markCaughtUp(lag uint64) {
 }
 
 // freshness tracks when the set was last confirmed to hold every event
-// the stream held at that moment, and the probes that will confirm it once
-// the consumer reaches the stream's last sequence they saw.
+// the stream held at that moment.
 type freshness struct {
-	mu     sync.Mutex
-	at     time.Time // real time, with its monotonic reading
-	probes []probe
-}
-
-// probe: at time t the stream's last sequence was at most seq.
-type probe struct {
-	t   time.Time
-	seq uint64
+	mu sync.Mutex
+	at time.Time // real time, with its monotonic reading
 }
 
 func (f *freshness) since() time.Duration {
@@ -764,63 +777,20 @@ func (f *freshness) since() time.Duration {
 	return max(time.Since(f.at), 0)
 }
 
+// confirm records that the set held every event stored at t; an earlier
+// t than one already confirmed changes nothing.
 func (f *freshness) confirm(t time.Time) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.confirmLocked(t)
-}
-
-func (f *freshness) confirmLocked(t time.Time) {
 	if t.After(f.at) {
 		f.at = t
 	}
 }
 
-func (f *freshness) clear() {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.probes = f.probes[:0]
-}
-
-// await records a probe at t that saw last sequence seq, and reports
-// whether the consumer had already processed it (the probe then confirmed
-// the set at once). lastSeq is read under the lock, after the probe is
-// recorded: applyBatch stores the sequence and then calls reached, so one
-// of the two sees the other.
-func (f *freshness) await(t time.Time, seq uint64, lastSeq *atomic.Uint64, limit int) bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if lastSeq.Load() >= seq {
-		f.confirmLocked(t)
-		return true
-	}
-	if len(f.probes) >= limit {
-		// The newest probes prove the most once reached.
-		f.probes = append(f.probes[:0], f.probes[1:]...)
-	}
-	f.probes = append(f.probes, probe{t: t, seq: seq})
-	return false
-}
-
-// reached confirms every probe whose sequence the consumer has processed.
-func (f *freshness) reached(lastSeq uint64) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	kept := f.probes[:0]
-	for _, p := range f.probes {
-		if p.seq <= lastSeq {
-			f.confirmLocked(p.t)
-		} else {
-			kept = append(kept, p)
-		}
-	}
-	f.probes = kept
-}
-
 // seenCache remembers the events the live subscription verified, by the
-// SHA-256 of their signed bytes, until the ordered consumer delivers the
-// same bytes: identical bytes verify identically, so the ordered consumer
-// takes the event instead of checking the signature a second time. It
+// SHA-256 of their signed bytes, until the same bytes are read from the
+// stream: identical bytes verify identically, so the reader takes the
+// event instead of checking the signature a second time. It
 // holds at most seenMax events, forgetting the oldest.
 type seenCache struct {
 	mu    sync.Mutex

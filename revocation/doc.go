@@ -17,7 +17,8 @@
 //
 // A sidecar runs a [Consumer], which replays the stream into a [Set] and then
 // follows it live, verifying every message and dropping (and reporting)
-// anything not signed by a trusted key. [Set.Check] is the hot path of token
+// anything not signed by a trusted key. It reads the stream with direct gets
+// and holds no JetStream consumer. [Set.Check] is the hot path of token
 // verification: a few lock-free lookups in one go-memdb read transaction.
 //
 // This package depends on jwks for the signed-envelope format and on nothing

@@ -101,6 +101,9 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig)
 		MaxMsgSize:   maxStoredMsgSize,
 		AllowMsgTTL:  true,
 		MaxConsumers: cfg.MaxConsumers,
+		// Consumers read the stream with direct gets (see fetch), which
+		// need no JetStream consumer.
+		AllowDirect: true,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("revocation stream %s: %w", StreamName(cfg.Prefix), err)

@@ -1208,14 +1208,13 @@ func (drv *driver) rotate(ctx context.Context, is *issuerProc) int {
 	return code
 }
 
-// watchRecovery is how long a sidecar's KV watch of the bundle may stay
-// deaf after a NATS node holding its consumer dies while the sidecar's own
-// connection stays up: nats.go's ordered push consumer (KV Watch) gets
-// idle heartbeats every 5 s and checks for them every 10 s, so it notices
-// and re-creates itself 10 to 20 s later. A key published in that window
-// reaches such a sidecar only then (or on the refresh an unknown kid
-// triggers, after one refusal). The product's default propagation delay
-// (5 min) covers it; this suite's short one (8 s) does not, so after
+// watchRecovery is a margin for a sidecar to take a bundle written while a
+// NATS node dies: a sidecar receives each write of the bundle as it is
+// published and reads the bundle again when its connection comes back,
+// but a write lost in the failover reaches it only with its next periodic
+// read (key_refresh_interval, 30 s by default) or the refresh an unknown
+// kid triggers, after one refusal. The product's default propagation
+// delay (5 min) covers it; this suite's short one (8 s) does not, so after
 // stopping a node the suite holds rotations for this long.
 const watchRecovery = 25 * time.Second
 

@@ -418,10 +418,26 @@ func checkNATS(t *testing.T, m *manifests, v map[string]any) {
 			t.Errorf("sidecar may publish to %s", subj)
 		}
 	}
-	for _, d := range []string{"$KV.>", "tokenwarden.>", "$JS.API.STREAM.DELETE.>", "$JS.API.STREAM.PURGE.>"} {
+	for _, d := range []string{"$KV.>", "tokenwarden.>", "$JS.API.STREAM.DELETE.>", "$JS.API.STREAM.PURGE.>", "$JS.API.CONSUMER.>", "_INBOX.>"} {
 		if !slices.Contains(sc.pubDeny, d) {
 			t.Errorf("sidecar publish deny list lacks %s", d)
 		}
+	}
+	// A sidecar reads by direct get and holds no consumer, so it has no
+	// consumer right at all, and reaches TOKENWARDEN only through imports.
+	for _, subj := range sc.pubAllow {
+		if strings.Contains(subj, "CONSUMER") || strings.HasPrefix(subj, "$JS.FC") {
+			t.Errorf("sidecar may publish to %s", subj)
+		}
+		if !strings.Contains(auth, fmt.Sprintf(`{ service: { account: TOKENWARDEN, subject: %q } }`, subj)) {
+			t.Errorf("sidecar may publish to %s, which SIDECARS does not import", subj)
+		}
+	}
+	if i, j := strings.Index(auth, "SIDECARS {"), strings.Index(auth, "user: sidecar"); i < 0 || j < i || strings.Index(auth, "user: issuer") > i {
+		t.Error("the sidecar user must be alone in account SIDECARS, the issuer in TOKENWARDEN")
+	}
+	if sidecars := auth[strings.Index(auth, "SIDECARS {"):]; strings.Contains(sidecars, "jetstream") {
+		t.Error("account SIDECARS must not have JetStream of its own")
 	}
 	for _, a := range []string{"$KV.tokenwarden_jwks.>", "tokenwarden.revocations.>", "$JS.API.STREAM.CREATE.TOKENWARDEN_REVOCATIONS"} {
 		if !slices.Contains(is.pubAllow, a) {
@@ -433,9 +449,11 @@ func checkNATS(t *testing.T, m *manifests, v map[string]any) {
 			t.Errorf("issuer may publish to %s", a)
 		}
 	}
-	// Replies and deliveries on _INBOX; the sidecar also the revocation
-	// subjects, for its live subscription.
-	if !slices.Equal(sc.subAllow, []string{"_INBOX.>", "tokenwarden.revocations.>"}) || !slices.Equal(is.subAllow, []string{"_INBOX.>"}) {
+	// Replies on _INBOX, and the revocation subjects (sidecars apply
+	// events as they are published; both read the stream when one comes);
+	// the sidecar also the bundle's key, to read it when it is written.
+	if !slices.Equal(sc.subAllow, []string{"_INBOX.>", "$KV.tokenwarden_jwks.current", "tokenwarden.revocations.>"}) ||
+		!slices.Equal(is.subAllow, []string{"_INBOX.>", "tokenwarden.revocations.>"}) {
 		t.Errorf("subscribe permissions: sidecar %v, issuer %v", sc.subAllow, is.subAllow)
 	}
 }

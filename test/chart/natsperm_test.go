@@ -54,13 +54,19 @@ func (l *violationLog) violations() (out []string) {
 	return out
 }
 
-// TestNATSPermissionsRunTheRealSystem starts nats-server with the
-// accounts and permissions the chart renders, runs the real issuer and a
-// real sidecar with the chart's two users, and checks that everything
-// works without a single permission violation — issuing, verifying,
-// revoking, the sidecar applying the revocation — and that the sidecar's
-// user can write nothing.
-func TestNATSPermissionsRunTheRealSystem(t *testing.T) {
+// The chart's two NATS users and the passwords the tests give them.
+const issuerPW, sidecarPW = "pIssuerPassword1", "pSidecarPassword2"
+
+// chartNATS is a nats-server running the accounts and permissions the
+// chart renders, logging its warnings and errors into logs.
+type chartNATS struct {
+	ns       *server.Server
+	logs     *violationLog
+	hostport string
+}
+
+func startChartNATS(t *testing.T) *chartNATS {
+	t.Helper()
 	m := render(t)
 	auth := configMapData(t, m, fullname+"-nats", "auth.conf")
 	dir := t.TempDir()
@@ -71,7 +77,6 @@ func TestNATSPermissionsRunTheRealSystem(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "nats.conf"), []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	const issuerPW, sidecarPW = "pIssuerPassword1", "pSidecarPassword2"
 	t.Setenv("ISSUER_PASSWORD", issuerPW)
 	t.Setenv("SIDECAR_PASSWORD", sidecarPW)
 	opts, err := server.ProcessConfigFile(filepath.Join(dir, "nats.conf"))
@@ -90,18 +95,37 @@ func TestNATSPermissionsRunTheRealSystem(t *testing.T) {
 	if !ns.ReadyForConnections(10 * time.Second) {
 		t.Fatal("nats-server not ready")
 	}
-	hostport := strings.TrimPrefix(ns.ClientURL(), "nats://")
-	natsURL := func(user, pw string) string { return fmt.Sprintf("nats://%s:%s@%s", user, pw, hostport) }
+	return &chartNATS{ns: ns, logs: logs, hostport: strings.TrimPrefix(ns.ClientURL(), "nats://")}
+}
 
-	// The issuer, as the chart runs it, with the issuer user.
-	dep := testenv.NewDeployment(t, dir)
+// url is the NATS URL of one of the chart's users.
+func (n *chartNATS) url(user string) string {
+	pw := map[string]string{"issuer": issuerPW, "sidecar": sidecarPW}[user]
+	return fmt.Sprintf("nats://%s:%s@%s", user, pw, n.hostport)
+}
+
+// system is a running issuer against a chartNATS.
+type system struct {
+	n         *chartNATS
+	dep       *testenv.Deployment
+	issuerURL string
+	quiet     *slog.Logger
+}
+
+// startIssuer runs the issuer as the chart runs it, with the issuer user,
+// and waits until it is ready.
+func startIssuer(t *testing.T, n *chartNATS) *system {
+	t.Helper()
+	dep := testenv.NewDeployment(t, t.TempDir())
 	quiet := slog.New(slog.NewTextHandler(logOut(), nil))
 	hs := httptest.NewUnstartedServer(nil)
 	icfg := issuer.DefaultConfig()
 	icfg.Issuer = "http://" + hs.Listener.Addr().String()
-	icfg.NATS.URL = natsURL("issuer", issuerPW)
+	icfg.NATS.URL = n.url("issuer")
 	icfg.UsersFile, icfg.ClientsFile = dep.UsersFile, dep.ClientsFile
 	icfg.DistributionKeyFile, icfg.KeyEncryptionKey = dep.DistributionKeyFile, dep.KeyEncryptionKey
+	// Rotations in the tests need not wait the production 5 minutes.
+	icfg.Keys.PropagationDelay = 300 * time.Millisecond
 	srv, err := issuer.New(icfg, issuer.WithLogger(quiet))
 	if err != nil {
 		t.Fatal(err)
@@ -111,14 +135,19 @@ func TestNATSPermissionsRunTheRealSystem(t *testing.T) {
 	runBackground(t, srv.Run)
 	t.Cleanup(hs.Close)
 	waitStatus(t, hs.URL+"/readyz", 200)
+	return &system{n: n, dep: dep, issuerURL: hs.URL, quiet: quiet}
+}
 
-	// A sidecar with the sidecar user.
+// startSidecar runs a real sidecar with the sidecar user and waits until
+// it is ready; it returns the sidecar's URL.
+func (d *system) startSidecar(t *testing.T) string {
+	t.Helper()
 	scfg := sidecar.DefaultConfig()
-	scfg.Issuer = icfg.Issuer
+	scfg.Issuer = d.issuerURL
 	scfg.Audience = []string{"demo-api"}
-	scfg.NATS.URL = natsURL("sidecar", sidecarPW)
-	scfg.DistributionPublicKeys = []string{base64.StdEncoding.EncodeToString(dep.DistributionKey)}
-	sc, err := sidecar.New(scfg, sidecar.WithLogger(quiet))
+	scfg.NATS.URL = d.n.url("sidecar")
+	scfg.DistributionPublicKeys = []string{base64.StdEncoding.EncodeToString(d.dep.DistributionKey)}
+	sc, err := sidecar.New(scfg, sidecar.WithLogger(d.quiet))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,36 +155,127 @@ func TestNATSPermissionsRunTheRealSystem(t *testing.T) {
 	t.Cleanup(shs.Close)
 	runBackground(t, sc.Run)
 	waitStatus(t, shs.URL+"/readyz", 200)
+	return shs.URL
+}
 
-	tok := token(t, hs.URL, "service", "service-secret", "read")
-	if code := verify(t, shs.URL, tok); code != 200 {
-		t.Fatalf("sidecar answers %d for a fresh token", code)
-	}
-	admin := token(t, hs.URL, "admin", "admin-secret", "tokenwarden:admin")
-	req, _ := http.NewRequest(http.MethodPost, hs.URL+"/admin/v1/revocations", strings.NewReader(`{"kind":"client","value":"service","reason":"chart test"}`))
-	req.Header.Set("Authorization", "Bearer "+admin)
+// admin posts an admin API request and decodes the JSON answer, which
+// must have status want.
+func (d *system) admin(t *testing.T, path, body string, want int) map[string]any {
+	t.Helper()
+	tok := token(t, d.issuerURL, "admin", "admin-secret", "tokenwarden:admin")
+	req, _ := http.NewRequest(http.MethodPost, d.issuerURL+path, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+tok)
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_ = resp.Body.Close()
-	if resp.StatusCode != http.StatusCreated {
-		t.Fatalf("revocation: HTTP %d", resp.StatusCode)
+	defer func() { _ = resp.Body.Close() }()
+	var out map[string]any
+	_ = json.NewDecoder(resp.Body).Decode(&out)
+	if resp.StatusCode != want {
+		t.Fatalf("POST %s: HTTP %d %v", path, resp.StatusCode, out)
 	}
+	return out
+}
+
+// revoke has the issuer store a revocation and returns its event id.
+func (d *system) revoke(t *testing.T, kind, value string) string {
+	t.Helper()
+	out := d.admin(t, "/admin/v1/revocations", fmt.Sprintf(`{"kind":%q,"value":%q,"reason":"chart test"}`, kind, value), http.StatusCreated)
+	id, _ := out["id"].(string)
+	if id == "" {
+		t.Fatalf("revocation without an id: %v", out)
+	}
+	return id
+}
+
+// rotate rotates the signing keys, waiting while the next key is not yet
+// propagated, and returns the new ring sequence (that of its bundle).
+func (d *system) rotate(t *testing.T) uint64 {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		tok := token(t, d.issuerURL, "admin", "admin-secret", "tokenwarden:admin")
+		req, _ := http.NewRequest(http.MethodPost, d.issuerURL+"/admin/v1/keys/rotate", nil)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out struct {
+			Sequence uint64 `json:"sequence"`
+		}
+		_ = json.NewDecoder(resp.Body).Decode(&out)
+		_ = resp.Body.Close()
+		switch {
+		case resp.StatusCode == http.StatusOK:
+			return out.Sequence
+		case resp.StatusCode != http.StatusConflict || time.Now().After(deadline):
+			t.Fatalf("rotate: HTTP %d", resp.StatusCode)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// revocationEvents lists the ids of the events the issuer's own set holds.
+func (d *system) revocationEvents(t *testing.T) map[string]bool {
+	t.Helper()
+	tok := token(t, d.issuerURL, "admin", "admin-secret", "tokenwarden:admin")
+	req, _ := http.NewRequest(http.MethodGet, d.issuerURL+"/admin/v1/revocations", nil)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	var out struct {
+		Revocations []struct {
+			ID string `json:"id"`
+		} `json:"revocations"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string]bool{}
+	for _, r := range out.Revocations {
+		ids[r.ID] = true
+	}
+	return ids
+}
+
+// TestNATSPermissionsRunTheRealSystem starts nats-server with the
+// accounts and permissions the chart renders, runs the real issuer and a
+// real sidecar with the chart's two users, and checks that everything
+// works without a single permission violation — issuing, verifying,
+// rotating, revoking, the sidecar applying the revocation — and that the
+// sidecar's user can write nothing.
+func TestNATSPermissionsRunTheRealSystem(t *testing.T) {
+	n := startChartNATS(t)
+	d := startIssuer(t, n)
+	sidecarURL := d.startSidecar(t)
+
+	tok := token(t, d.issuerURL, "service", "service-secret", "read")
+	if code := verify(t, sidecarURL, tok); code != 200 {
+		t.Fatalf("sidecar answers %d for a fresh token", code)
+	}
+	// A rotation reaches the sidecar through its watch of the bundle.
+	seq := d.rotate(t)
+	waitBody(t, sidecarURL+"/readyz", fmt.Sprintf("sequence %d", seq))
+	d.revoke(t, "client", "service")
 	deadline := time.Now().Add(15 * time.Second)
-	for verify(t, shs.URL, tok) != 401 {
+	for verify(t, sidecarURL, tok) != 401 {
 		if time.Now().After(deadline) {
 			t.Fatal("the sidecar never applied the revocation")
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if v := logs.violations(); len(v) > 0 {
+	if v := n.logs.violations(); len(v) > 0 {
 		t.Fatalf("the chart's permissions are too narrow for the real issuer and sidecar:\n%s", strings.Join(v, "\n"))
 	}
 
 	// The sidecar's user can read, but write nothing and manage nothing.
-	nc, err := nats.Connect(natsURL("sidecar", sidecarPW), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
+	nc, err := nats.Connect(n.url("sidecar"), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -212,10 +332,10 @@ func TestNATSPermissionsRunTheRealSystem(t *testing.T) {
 	if err != nil || after.Revision() != before.Revision() {
 		t.Errorf("the JWKS bundle changed: %v", err)
 	}
-	if _, err := nats.Connect("nats://" + hostport); err == nil {
+	if _, err := nats.Connect("nats://" + n.hostport); err == nil {
 		t.Error("a client without credentials was let in")
 	}
-	if len(logs.violations()) == 0 {
+	if len(n.logs.violations()) == 0 {
 		t.Error("nats-server logged no violation for the refused attempts: the log capture is broken, so the check above proves nothing")
 	}
 }
@@ -254,6 +374,24 @@ func waitStatus(t *testing.T, u string, want int) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Fatalf("%s never answered %d; last: %s", u, want, last)
+}
+
+// waitBody waits until GET u answers a body containing want.
+func waitBody(t *testing.T, u, want string) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	last := ""
+	for time.Now().Before(deadline) {
+		if resp, err := http.Get(u); err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			_ = resp.Body.Close()
+			if last = string(b); strings.Contains(last, want) {
+				return
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("%s never said %q; last: %s", u, want, last)
 }
 
 func token(t *testing.T, issuerURL, client, secret, scope string) string {

@@ -1,0 +1,149 @@
+package revocation
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/tokenwarden/tokenwarden/internal/natsconn"
+)
+
+// stored is one message read from the stream.
+type stored struct {
+	seq     uint64
+	pending uint64 // messages the stream held after it when it was read
+	data    []byte
+}
+
+// read is what one fetch returns.
+type read struct {
+	msgs []stored
+	// more: the stream may hold messages after them; read again.
+	more bool
+	// interrupted: something that does not answer the request reached its
+	// inbox, and the read stopped there (see fetch).
+	interrupted bool
+}
+
+// fetch reads up to batch messages of stream from sequence from on, in
+// stream order, with one batched direct get (nats-server 2.11 or later),
+// and reports whether the stream may hold more after them. It asks for no
+// JetStream consumer: whoever may read the stream this way needs no right
+// to create, change or fetch from one.
+//
+// The answer is the stored messages in order, each naming the sequence of
+// the one before it in the answer (0 for the first), then an end-of-batch
+// saying how many are left; or "404" alone when nothing is stored from
+// from on. Every sidecar holds the same NATS credential, and a JetStream
+// request may name any reply subject, so anyone holding it can have
+// JetStream send answers of its own requests onto another client's inbox
+// once they have seen it; taking one could skip events (an answer that
+// starts further on, or holds only some subjects). So the inbox is one
+// nobody can guess, for this request alone: an outsider learns it from
+// the answer's first message at the earliest, and whatever they have
+// JetStream send there after that begins with a message that does not fit
+// (every batched answer starts with a message naming 0 as its
+// predecessor; a single message or a 404 names none). fetch stops at the
+// first message that does not fit and keeps what came before it, all of
+// which answered the request; the next read goes on from there.
+func fetch(ctx context.Context, nc *nats.Conn, stream string, from uint64, batch, maxBytes int) (read, error) {
+	inbox := natsconn.PrivateInbox(nc)
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		return read{}, fmt.Errorf("direct get: %w", err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	req, err := json.Marshal(struct {
+		Seq      uint64 `json:"seq"`
+		Batch    int    `json:"batch"`
+		MaxBytes int    `json:"max_bytes"`
+	}{from, batch, maxBytes})
+	if err != nil {
+		return read{}, fmt.Errorf("direct get: %w", err)
+	}
+	if err := nc.PublishRequest("$JS.API.DIRECT.GET."+stream, inbox, req); err != nil {
+		return read{}, fmt.Errorf("direct get: %w", err)
+	}
+	rctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	a := answer{stream: stream, from: from, batch: batch}
+	for {
+		m, err := sub.NextMsgWithContext(rctx)
+		if err != nil {
+			return read{}, fmt.Errorf("direct get: %w", err)
+		}
+		if done, err := a.add(m); err != nil || done {
+			return a.read, err
+		}
+	}
+}
+
+// answer collects the answer to one batched direct get of stream from
+// sequence from on, for up to batch messages.
+type answer struct {
+	stream string
+	from   uint64
+	batch  int
+	read
+	prev uint64 // sequence of the last message taken
+}
+
+// add takes the next message of the answer and reports whether the
+// answer is complete (a.read then holds it). The first message always
+// answers the request (nobody else knew the inbox before it came); after
+// it, a message that does not fit ends the read (interrupted, more).
+func (a *answer) add(m *nats.Msg) (done bool, err error) {
+	first := a.prev == 0
+	foreign := func() (bool, error) {
+		if first {
+			return false, fmt.Errorf("direct get: not an answer of a batched direct get: status %q, sequence %q",
+				m.Header.Get("Status"), m.Header.Get("Nats-Sequence"))
+		}
+		a.more, a.interrupted = true, true
+		return true, nil
+	}
+	switch status := m.Header.Get("Status"); status {
+	case "":
+	case "404":
+		if !first {
+			return foreign()
+		}
+		return true, nil // nothing stored from a.from on
+	case "204": // end of batch
+		last, ok := headerUint(m, "Nats-Last-Sequence")
+		left, ok2 := headerUint(m, "Nats-Num-Pending")
+		if !ok || !ok2 || first || last != a.prev {
+			return foreign()
+		}
+		a.more = left > 0
+		return true, nil
+	case "503":
+		if first {
+			return false, fmt.Errorf("direct get: %w", nats.ErrNoResponders)
+		}
+		return foreign()
+	default:
+		if first {
+			return false, fmt.Errorf("direct get: status %s %s", status, m.Header.Get("Description"))
+		}
+		return foreign()
+	}
+	seq, ok := headerUint(m, "Nats-Sequence")
+	last, ok2 := headerUint(m, "Nats-Last-Sequence")
+	pending, ok3 := headerUint(m, "Nats-Num-Pending")
+	if !ok || !ok2 || !ok3 || m.Header.Get("Nats-Stream") != a.stream || len(a.msgs) >= a.batch ||
+		last != a.prev || seq <= a.prev || seq < a.from {
+		return foreign()
+	}
+	a.msgs = append(a.msgs, stored{seq: seq, pending: pending, data: m.Data})
+	a.prev = seq
+	return false, nil
+}
+
+func headerUint(m *nats.Msg, key string) (uint64, bool) {
+	n, err := strconv.ParseUint(m.Header.Get(key), 10, 64)
+	return n, err == nil
+}
