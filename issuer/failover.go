@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"net/http"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -16,26 +17,58 @@ import (
 // before it answers 503. A NATS server restarting (a rolling update, a node
 // drain) moves the issuer's connection to another server, and nats.go fails
 // the requests in flight with nats.ErrDisconnected; a stream whose leader
-// was on that server has none for a moment. Both pass within a second or
-// two, and a token request must not fail for them (the Kubernetes end-to-end
-// test counts failed logins across a NATS rollout).
-const failoverBudget = 5 * time.Second
+// was on that server has none for a moment (a write then gets no answer),
+// and its new leader refuses conditional writes until it has applied its
+// log (10163, "expected last sequence per subject temporarily
+// unavailable"). All of these pass within a few seconds, and a token
+// request must not fail for them (the Kubernetes end-to-end test counts
+// failed logins across a NATS rollout).
+const failoverBudget = 8 * time.Second
+
+// attemptTimeout bounds one attempt within the budget: a write sent while
+// its stream has no leader is never answered, and waiting for nats.go's own
+// 5 s default would leave no time to try the new leader.
+const attemptTimeout = 2 * time.Second
 
 // transient reports whether err is one of those passing failover errors.
+// Every 503 JetStream answers means "not now" (no cluster quorum yet,
+// JetStream still starting on a restarted server, a new leader catching
+// up); an attempt that timed out may have met a stream with no leader.
 func transient(err error) bool {
-	return errors.Is(err, nats.ErrDisconnected) || errors.Is(err, nats.ErrNoResponders) ||
+	if errors.Is(err, nats.ErrDisconnected) || errors.Is(err, nats.ErrNoResponders) ||
 		errors.Is(err, nats.ErrTimeout) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
-		errors.Is(err, nats.ErrConnectionReconnecting)
+		errors.Is(err, nats.ErrConnectionReconnecting) || errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	var api *jetstream.APIError
+	if !errors.As(err, &api) {
+		return false
+	}
+	switch api.ErrorCode {
+	case jsErrClusterNotLeader, jsErrStreamOffline:
+		return true
+	}
+	return api.Code == http.StatusServiceUnavailable
 }
 
+// JetStream error codes (nats-server's errors.json) that nats.go does not
+// name: the stream's leader moved, or the stream is not back yet.
+const (
+	jsErrClusterNotLeader jetstream.ErrorCode = 10009
+	jsErrStreamOffline    jetstream.ErrorCode = 10118
+)
+
 // retryFailover runs op again while it fails with a transient error, for up
-// to failoverBudget (and while ctx lasts), and returns op's last error.
-func retryFailover(ctx context.Context, op func() error) error {
+// to failoverBudget (and while ctx lasts), and returns op's last error. Each
+// attempt gets a context of its own that ends after attemptTimeout.
+func retryFailover(ctx context.Context, op func(ctx context.Context) error) error {
 	deadline := time.Now().Add(failoverBudget)
 	delay := 50 * time.Millisecond
 	for {
-		err := op()
-		if err == nil || !transient(err) || time.Now().Add(delay).After(deadline) {
+		actx, cancel := context.WithDeadline(ctx, minTime(deadline, time.Now().Add(attemptTimeout)))
+		err := op(actx)
+		cancel()
+		if err == nil || !transient(err) || ctx.Err() != nil || time.Now().Add(delay).After(deadline) {
 			return err
 		}
 		if !natsconn.Sleep(ctx, delay) {
@@ -45,13 +78,20 @@ func retryFailover(ctx context.Context, op func() error) error {
 	}
 }
 
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
 // landed reports whether key holds exactly value: after a write whose reply
 // was lost to a failover, the retry finds the key taken (create) or its
 // revision moved (update), and only the stored bytes tell whether that was
 // this write or another one.
 func landed(ctx context.Context, kv jetstream.KeyValue, key string, value []byte) bool {
 	var e jetstream.KeyValueEntry
-	err := retryFailover(ctx, func() (err error) {
+	err := retryFailover(ctx, func(ctx context.Context) (err error) {
 		e, err = kv.Get(ctx, key)
 		return err
 	})

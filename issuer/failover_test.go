@@ -3,6 +3,7 @@ package issuer
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
 	"sync/atomic"
@@ -23,17 +24,32 @@ type lossyKV struct {
 	jetstream.KeyValue
 	lose atomic.Int32 // writes left that land but lose their reply
 	fail atomic.Int32 // calls left that fail before reaching the server
+	// failWith is what those calls fail with (nats.ErrNoResponders if
+	// nil); a fault whose error is errHang waits for its context instead,
+	// as a write to a stream with no leader waits for an answer that never
+	// comes.
+	failWith error
 }
 
-func (k *lossyKV) fault() (lost bool, err error) {
+var errHang = errors.New("no answer")
+
+func (k *lossyKV) fault(ctx context.Context) (lost bool, err error) {
 	if k.fail.Add(-1) >= 0 {
-		return false, nats.ErrNoResponders
+		switch {
+		case k.failWith == nil:
+			return false, nats.ErrNoResponders
+		case errors.Is(k.failWith, errHang):
+			<-ctx.Done()
+			return false, ctx.Err()
+		default:
+			return false, k.failWith
+		}
 	}
 	return k.lose.Add(-1) >= 0, nil
 }
 
 func (k *lossyKV) Create(ctx context.Context, key string, value []byte, opts ...jetstream.KVCreateOpt) (uint64, error) {
-	lost, err := k.fault()
+	lost, err := k.fault(ctx)
 	if err != nil {
 		return 0, err
 	}
@@ -45,7 +61,7 @@ func (k *lossyKV) Create(ctx context.Context, key string, value []byte, opts ...
 }
 
 func (k *lossyKV) Update(ctx context.Context, key string, value []byte, last uint64) (uint64, error) {
-	lost, err := k.fault()
+	lost, err := k.fault(ctx)
 	if err != nil {
 		return 0, err
 	}
@@ -57,7 +73,7 @@ func (k *lossyKV) Update(ctx context.Context, key string, value []byte, last uin
 }
 
 func (k *lossyKV) Get(ctx context.Context, key string) (jetstream.KeyValueEntry, error) {
-	if _, err := k.fault(); err != nil {
+	if _, err := k.fault(ctx); err != nil {
 		return nil, err
 	}
 	return k.KeyValue.Get(ctx, key)
@@ -125,6 +141,59 @@ func TestFamilyStoreRidesOutFailover(t *testing.T) {
 	kv.fail.Store(1 << 20)
 	if err := s.create(ctx, &family{ID: "fam2"}); !errors.Is(err, nats.ErrNoResponders) {
 		t.Fatalf("create with NATS gone: %v", err)
+	}
+}
+
+// TestFamilyStoreWaitsForTheNewLeader: what a JetStream cluster answers
+// while a stream's leader moves is retried within the failover budget; a
+// real refusal is not. Before, the NATS rollout of test/k8s failed a login
+// with 503 "refresh token store unavailable": the new leader answered the
+// family's create with 10163 (a 503), which was not taken as passing, and a
+// write sent while there was no leader waited for nats.go's 5 s default
+// and left no time to try again.
+func TestFamilyStoreWaitsForTheNewLeader(t *testing.T) {
+	ns := testenv.NATS(t, t.TempDir())
+	nc, err := nats.Connect(ns.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	real, err := js.CreateKeyValue(t.Context(), jetstream.KeyValueConfig{Bucket: "families"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// As jetstream's publish returns a server's refusal.
+	refused := func(code int, errCode jetstream.ErrorCode, desc string) error {
+		return fmt.Errorf("nats: %w", &jetstream.APIError{Code: code, ErrorCode: errCode, Description: desc})
+	}
+	for i, tc := range []struct {
+		name    string
+		err     error
+		retried bool
+	}{
+		{"new leader catching up (10163)", refused(503, 10163, "expected last sequence per subject temporarily unavailable"), true},
+		{"no quorum yet (10008)", refused(503, 10008, "JetStream system temporarily unavailable"), true},
+		{"JetStream starting on a restarted server", refused(503, 10039, "jetstream not enabled for account"), true},
+		{"not the leader (10009)", refused(500, 10009, "JetStream cluster can not handle request"), true},
+		{"stream offline (10118)", refused(500, 10118, "stream is offline"), true},
+		{"no answer: no leader", errHang, true},
+		{"message too large: a refusal", refused(400, 10054, "message size exceeds maximum allowed"), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			kv := &lossyKV{KeyValue: real, failWith: tc.err}
+			kv.fail.Store(2)
+			err := familyStore{kv: kv}.create(t.Context(), &family{ID: fmt.Sprintf("fam%d", i), Current: "h"})
+			if tc.retried && err != nil {
+				t.Fatalf("create through %s: %v", tc.name, err)
+			}
+			if !tc.retried && err == nil {
+				t.Fatalf("create refused with %v succeeded: it was retried", tc.err)
+			}
+		})
 	}
 }
 

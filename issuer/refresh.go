@@ -52,7 +52,7 @@ func (s familyStore) create(ctx context.Context, f *family) error {
 		return err
 	}
 	retried := false
-	err = retryFailover(ctx, func() error {
+	err = retryFailover(ctx, func(ctx context.Context) error {
 		_, err := s.kv.Create(ctx, f.ID, b)
 		if err != nil && transient(err) {
 			retried = true
@@ -70,7 +70,7 @@ func (s familyStore) create(ctx context.Context, f *family) error {
 
 func (s familyStore) get(ctx context.Context, id string) (*family, uint64, error) {
 	var e jetstream.KeyValueEntry
-	err := retryFailover(ctx, func() (err error) {
+	err := retryFailover(ctx, func(ctx context.Context) (err error) {
 		e, err = s.kv.Get(ctx, id)
 		return err
 	})
@@ -93,7 +93,7 @@ func (s familyStore) update(ctx context.Context, f *family, rev uint64) error {
 		return err
 	}
 	retried := false
-	err = retryFailover(ctx, func() error {
+	err = retryFailover(ctx, func(ctx context.Context) error {
 		_, err := s.kv.Update(ctx, f.ID, b, rev)
 		if err != nil && transient(err) {
 			retried = true

@@ -242,6 +242,7 @@ func (s *Server) logout(ctx context.Context, clientID, fid, token string) error 
 		return nil
 	}
 	if err != nil {
+		s.log.Warn("logout failed: refresh token store unavailable", "client_id", clientID, "err", err)
 		return errUnavailable("refresh token store unavailable")
 	}
 	if f.ClientID != clientID || !s.ownsToken(f, token) {
@@ -251,6 +252,7 @@ func (s *Server) logout(ctx context.Context, clientID, fid, token string) error 
 		return nil // logged out already
 	}
 	if _, err := s.families.revoke(ctx, f.ID, "logout"); err != nil {
+		s.log.Warn("logout failed: refresh token store unavailable", "client_id", clientID, "family", f.ID, "err", err)
 		return errUnavailable("refresh token store unavailable")
 	}
 	// Published even if the family was already revoked: a retry after a

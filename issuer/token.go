@@ -244,6 +244,7 @@ func (s *Server) refreshGrant(ctx context.Context, c *directory.Client, form url
 		return nil, errInvalidGrant("invalid refresh token")
 	}
 	if err != nil {
+		s.log.Warn("refresh failed: refresh token store unavailable", "client_id", c.ID, "err", err)
 		return nil, errUnavailable("refresh token store unavailable")
 	}
 	if f.ClientID != c.ID {
@@ -310,6 +311,7 @@ func (s *Server) refreshGrant(ctx context.Context, c *directory.Client, form url
 		// whether it came a second or a millisecond later (RFC 9700 §4.14.2).
 		return nil, s.reuseDetected(ctx, f)
 	case err != nil:
+		s.log.Warn("refresh failed: refresh token store unavailable", "client_id", c.ID, "family", f.ID, "err", err)
 		return nil, errUnavailable("refresh token store unavailable")
 	}
 	resp, err := s.accessToken(c, f.Subject, f.SessionID, scope)
@@ -354,6 +356,7 @@ func (s *Server) issue(ctx context.Context, c *directory.Client, sub, sid, scope
 		f := &family{ID: fid, ClientID: c.ID, Subject: sub, SessionID: sid, Scope: scope, Current: hash,
 			CreatedAt: now, ExpiresAt: now.Add(s.refreshTTL(c))}
 		if err := s.families.create(ctx, f); err != nil {
+			s.log.Warn("token request failed: refresh token store unavailable", "client_id", c.ID, "err", err)
 			return nil, errUnavailable("refresh token store unavailable")
 		}
 		refresh = tok
