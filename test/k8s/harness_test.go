@@ -72,9 +72,10 @@ func newEnv(t *testing.T) *env {
 		}
 	}
 	return &env{t: t, root: root, kubeconfig: kc, twBin: tw,
-		// Longer than the issuer's failover wait (5 s) plus a login's own work: a slow answer
-		// during a NATS rollout is a success, not a failure.
-		hc: &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}}
+		// Longer than a login can wait out a NATS failover (the issuer's 8 s budget, once for
+		// NATS to be back and once for the write) plus its own work: a slow answer during a NATS
+		// rollout is a success, not a failure.
+		hc: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}}
 }
 
 // phase runs one step as a subtest and records how long it took.
