@@ -108,8 +108,11 @@ phase "images"
 for img in $IMAGES; do
 	ctr images import --all-platforms "$img" >/dev/null || die "could not import $img"
 done
-ctr images ls -q | grep -v '^sha256:' | sed 's/^/  image /'
-ctr images ls -q | grep -qx "$PAUSE_IMAGE" || die "no pause image $PAUSE_IMAGE among IMAGES"
+# One listing, read whole: with pipefail, `ctr images ls | grep -q` fails whenever grep has
+# its match and exits before ctr has written everything (ctr dies of SIGPIPE).
+images=$(ctr images ls -q)
+grep -v '^sha256:' <<<"$images" | sed 's/^/  image /'
+grep -qx "$PAUSE_IMAGE" <<<"$images" || die "no pause image $PAUSE_IMAGE among IMAGES"
 
 phase "certificates"
 cat >"$W/kubeadm.yaml" <<YAML
