@@ -73,19 +73,22 @@ func newHTTPServer(log *slog.Logger, h http.Handler) *http.Server {
 }
 
 // waitAndDrain waits for ctx to end or a server to fail. On ctx's end it
-// drains: readiness fails, keep-alive stops (clients reconnect, and
-// kube-proxy sends new connections elsewhere once the endpoints are
-// updated), and requests are served for delay. Then it shuts the servers
-// down, waiting up to shutdownTimeout for requests in flight. A failure
-// during the delay cuts it short.
+// drains: readiness fails, every answer closes its connection (clients
+// reconnect, and kube-proxy sends new connections elsewhere once the
+// endpoints are updated), and requests are served for delay. Then it shuts
+// the servers down, waiting up to shutdownTimeout for requests in flight. A
+// failure during the delay cuts it short.
+//
+// Idle connections stay open during the delay, to be closed by the answer
+// to their next request: closing them at once (SetKeepAlivesEnabled(false))
+// races a client that is sending on one, and the API server, which calls
+// webhooks over HTTP/1.1 keep-alive connections, then fails the admission
+// with "broken pipe" (seen in test/k8s's injector rollout).
 func waitAndDrain(ctx context.Context, log *slog.Logger, name string, d *drainer, delay time.Duration, errc <-chan error, servers ...*http.Server) error {
 	var err error
 	select {
 	case <-ctx.Done():
 		d.start()
-		for _, hs := range servers {
-			hs.SetKeepAlivesEnabled(false)
-		}
 		if delay > 0 {
 			log.Info(name+" draining: /readyz fails, requests are still served", "delay", delay.String())
 			t := time.NewTimer(delay)
@@ -107,14 +110,20 @@ func waitAndDrain(ctx context.Context, log *slog.Logger, name string, d *drainer
 
 // drainer makes /readyz answer 503 once shutdown has begun, whatever the
 // program would say, so the kubelet takes the pod out of its Services
-// while it still serves.
+// while it still serves; and it closes each connection after its answer
+// ("Connection: close", which Go's HTTP/2 server turns into a GOAWAY).
 type drainer struct{ draining atomic.Bool }
 
 func (d *drainer) start() { d.draining.Store(true) }
 
 func (d *drainer) wrap(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/readyz" && d.draining.Load() {
+		if !d.draining.Load() {
+			h.ServeHTTP(w, r)
+			return
+		}
+		w.Header().Set("Connection", "close")
+		if r.URL.Path == "/readyz" {
 			w.Header().Set("Content-Type", "application/json")
 			w.Header().Set("Cache-Control", "no-store")
 			w.WriteHeader(http.StatusServiceUnavailable)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"io"
@@ -157,5 +158,75 @@ func TestRunDrainingWithoutDelayStopsAtOnce(t *testing.T) {
 	}
 	if d := time.Since(start); d > 2*time.Second {
 		t.Fatalf("took %s to stop", d)
+	}
+}
+
+// TestDrainLeavesIdleConnectionsToTheirNextRequest: a keep-alive connection
+// that is idle when the drain begins still gets an answer to its next
+// request, which closes it. Before, the drain closed idle connections at
+// once, and a client sending on one at that moment failed: the API server
+// failed a pod admission with "write: broken pipe" in test/k8s's injector
+// rollout (it calls webhooks over HTTP/1.1 keep-alive connections).
+func TestDrainLeavesIdleConnectionsToTheirNextRequest(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &fakeProgram{stopped: make(chan struct{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- runDraining(ctx, slog.New(slog.DiscardHandler), "test", p, 2*time.Second, ln) }()
+	base := "http://" + ln.Addr().String()
+
+	conn, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = conn.Close() }()
+	br := bufio.NewReader(conn)
+	ask := func() (*http.Response, error) {
+		if _, err := io.WriteString(conn, "GET /work HTTP/1.1\r\nHost: tokenwarden\r\n\r\n"); err != nil {
+			return nil, err
+		}
+		_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			return nil, err
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		_ = resp.Body.Close()
+		return resp, nil
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		resp, err := ask()
+		if err == nil && resp.StatusCode == http.StatusOK && !resp.Close {
+			break // the connection is kept alive, and the program runs
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("before the drain: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel() // SIGTERM; the connection is idle
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		if code, err := getStatus(t, base+"/readyz"); err == nil && code == http.StatusServiceUnavailable {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("/readyz did not fail after SIGTERM")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond) // whatever the drain does at its start is done
+	resp, err := ask()
+	if err != nil {
+		t.Fatalf("a request on a connection that was idle when the drain began: %v", err)
+	}
+	if resp.StatusCode != http.StatusOK || !resp.Close {
+		t.Fatalf("draining answer: %d, close %v; want 200 that closes the connection", resp.StatusCode, resp.Close)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }
