@@ -1,15 +1,11 @@
 package issuer
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"mime"
 	"net/http"
 	"time"
 
@@ -43,6 +39,16 @@ import (
 var (
 	errOnlySigningKey = errors.New("only signing key")
 )
+
+// keyRevocationPolicy is the ring's policy for revoking a key: the revoked
+// record lives as long as its event, so that a replica finishing the
+// revocation from the event (reconcileKeys) and the one that started it
+// apply the same ring change.
+func (s *Server) keyRevocationPolicy() jwks.Policy {
+	p := s.policy()
+	p.RetainRetired = max(p.RetainRetired, keyEventRetention)
+	return p
+}
 
 // keyEventRetention is how long a kid event is kept at least: longer than
 // any token the key signed can be valid (the ring's RetainRetired), and a
@@ -127,8 +133,7 @@ func (s *Server) revokeKey(ctx context.Context, kid, reason, actor string, force
 	}
 
 	now := s.now()
-	p := s.policy()
-	p.RetainRetired = max(p.RetainRetired, keyEventRetention) // the revoked record lives as long as the event
+	p := s.keyRevocationPolicy()
 	e, err := revocation.NewEvent(revocation.KindKID, kid, time.Time{}, now.Add(p.RetainRetired), reason, now)
 	if err != nil {
 		return nil, errInvalidRequest(err.Error())
@@ -232,19 +237,8 @@ type keyRevokeRequest struct {
 func (s *Server) handleRevokeKey(w http.ResponseWriter, r *http.Request) {
 	kid := r.PathValue("kid")
 	var req keyRevokeRequest
-	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
-		s.writeKeyRevokeError(w, r, kid, "", errInvalidRequest("content type must be application/json"))
-		return
-	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 16<<10))
-	if err != nil {
-		s.writeKeyRevokeError(w, r, kid, "", errInvalidRequest("request body unreadable or larger than 16 KiB"))
-		return
-	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil || dec.More() {
-		s.writeKeyRevokeError(w, r, kid, "", errInvalidRequest("malformed JSON: want {\"reason\": \"...\", \"force\": false}"))
+	if oe := decodeJSON(w, r, &req); oe != nil {
+		s.writeKeyRevokeError(w, r, kid, "", oe)
 		return
 	}
 	s.revokeKeyHTTP(w, r, kid, req.Reason, req.Force, false)
@@ -310,8 +304,7 @@ func (s *Server) reconcileKeys(ctx context.Context) error {
 	}
 	s.reconcileMu.Lock()
 	defer s.reconcileMu.Unlock()
-	p := s.policy()
-	p.RetainRetired = max(p.RetainRetired, keyEventRetention)
+	p := s.keyRevocationPolicy()
 	var done []string
 	_, err := s.keys.update(ctx, func(cur *jwks.Ring) (*jwks.Ring, error) {
 		done = done[:0]

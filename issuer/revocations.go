@@ -144,26 +144,36 @@ func (s *Server) handleCreateRevocation(w http.ResponseWriter, r *http.Request) 
 }
 
 func decodeRevocationRequest(w http.ResponseWriter, r *http.Request) (*revocationRequest, *oauthError) {
-	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
-		return nil, errInvalidRequest("content type must be application/json")
-	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 16<<10))
-	if err != nil {
-		return nil, errInvalidRequest("request body unreadable or larger than 16 KiB")
-	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
 	var req revocationRequest
-	if err := dec.Decode(&req); err != nil {
-		return nil, errInvalidRequest(fmt.Sprintf("malformed JSON: %v", err))
-	}
-	if dec.More() {
-		return nil, errInvalidRequest("trailing data after the JSON object")
+	if oe := decodeJSON(w, r, &req); oe != nil {
+		return nil, oe
 	}
 	if !req.Kind.Valid() {
 		return nil, errInvalidRequest(`kind must be one of "jti", "sid", "sub", "client", "all", "kid"`)
 	}
 	return &req, nil
+}
+
+// decodeJSON reads an admin request's body into v, strictly: JSON only, at
+// most 16 KiB, no unknown fields, nothing after the object. A typo in a
+// field name of a revocation must not silently revoke something else.
+func decodeJSON(w http.ResponseWriter, r *http.Request, v any) *oauthError {
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+		return errInvalidRequest("content type must be application/json")
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 16<<10))
+	if err != nil {
+		return errInvalidRequest("request body unreadable or larger than 16 KiB")
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return errInvalidRequest(fmt.Sprintf("malformed JSON: %v", err))
+	}
+	if dec.More() {
+		return errInvalidRequest("trailing data after the JSON object")
+	}
+	return nil
 }
 
 func (s *Server) handleListRevocations(w http.ResponseWriter, _ *http.Request) {
