@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"sync"
 	"syscall"
 	"testing"
@@ -394,4 +395,22 @@ func (p *Proc) Kill() {
 	if cur := p.current(); cur != nil {
 		cur.Kill()
 	}
+}
+
+// BuildPrograms builds the tokenwarden command and nats-server (the
+// version go.mod pins) into dir, for the suites that run them as
+// processes, and returns their paths.
+func BuildPrograms(dir string) (tokenwarden, natsServer string, err error) {
+	tokenwarden, natsServer = filepath.Join(dir, "tokenwarden"), filepath.Join(dir, "nats-server")
+	for _, b := range []struct{ out, pkg string }{
+		{tokenwarden, "github.com/tokenwarden/tokenwarden/cmd/tokenwarden"},
+		{natsServer, "github.com/nats-io/nats-server/v2"},
+	} {
+		cmd := exec.Command("go", "build", "-o", b.out, b.pkg) // #nosec G204 -- fixed packages, the caller's directory
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			return "", "", fmt.Errorf("go build %s: %w", b.pkg, err)
+		}
+	}
+	return tokenwarden, natsServer, nil
 }

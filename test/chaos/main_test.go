@@ -17,7 +17,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -98,15 +97,9 @@ func run(m *testing.M) (int, error) {
 	}
 	twBin, natsBin = filepath.Join(dir, "tokenwarden"), filepath.Join(dir, "nats-server")
 	if os.Getenv(binDirEnv) == "" {
-		for _, b := range []struct{ out, pkg string }{
-			{twBin, "github.com/tokenwarden/tokenwarden/cmd/tokenwarden"},
-			{natsBin, "github.com/nats-io/nats-server/v2"},
-		} {
-			cmd := exec.Command("go", "build", "-o", b.out, b.pkg)
-			cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-			if err := cmd.Run(); err != nil {
-				return 0, fmt.Errorf("build %s: %w", b.pkg, err)
-			}
+		var err error
+		if twBin, natsBin, err = testenv.BuildPrograms(dir); err != nil {
+			return 0, err
 		}
 	}
 	return m.Run(), nil
