@@ -56,7 +56,7 @@ func KillAll() int {
 // it dies of that signal: t.Cleanup does not run then. release, after
 // m.Run, stops the signal handling and kills whatever is left.
 func Guard() (release func()) {
-	if err := dieWithParent(); err != nil {
+	if err := DieWithParent(); err != nil {
 		fmt.Fprintln(os.Stderr, "testenv:", err)
 	}
 	sigs := make(chan os.Signal, 1)
@@ -90,6 +90,11 @@ func Guard() (release func()) {
 		})
 	}
 }
+
+// DieWithParent has the kernel kill this process (SIGKILL) when its
+// parent dies, on Linux; elsewhere it does nothing. For a tool run by go
+// run, which handles its signals itself; Guard calls it for test binaries.
+func DieWithParent() error { return dieWithParent() }
 
 // Process is a started child in a process group of its own.
 type Process struct {
