@@ -105,9 +105,9 @@ type Process struct {
 
 // Start starts cmd in a process group of its own that dies with this
 // process (see the file comment), and waits for it in the background:
-// do not call cmd.Wait. When cmd leads, its whole group is killed once it
-// exits, so nothing it started outlives it. A cmd made by
-// exec.CommandContext has its group killed when the context ends.
+// do not call cmd.Wait. Its whole group is killed once it exits, so
+// nothing it started outlives it. A cmd made by exec.CommandContext has
+// its group killed when the context ends.
 func Start(cmd *exec.Cmd) (*Process, error) {
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
@@ -116,6 +116,12 @@ func Start(cmd *exec.Cmd) (*Process, error) {
 	setDeathSignal(cmd.SysProcAttr)
 	if cmd.Cancel != nil {
 		cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	}
+	if cmd.WaitDelay == 0 {
+		// Something the child started may hold its output open after it
+		// exited: Wait would wait for that, and the group would not be
+		// killed. A second is enough for the last of its own output.
+		cmd.WaitDelay = time.Second
 	}
 	// Registered under the lock KillAll takes, so that a SIGINT between
 	// the fork and the registration cannot miss the group.

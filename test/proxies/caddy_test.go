@@ -124,7 +124,7 @@ func startCaddy(t *testing.T, sidecarURL, appURL string, drop ...string) string 
 		stop := func() { _ = p.Stop(5 * time.Second) }
 		if err := waitListening(listen, p.Done()); err != nil {
 			stop()
-			lastErr = fmt.Errorf("caddy did not start: %w (%v)\n%s", err, p.Err(), logs.String())
+			lastErr = fmt.Errorf("caddy did not start: %w (%w)\n%s", err, p.Err(), logs.String())
 			if strings.Contains(lastErr.Error(), "address already in use") {
 				continue
 			}

@@ -108,7 +108,7 @@ func startNginx(t *testing.T, sidecarURL, appURL string) string {
 		if err := waitListening(listen, p.Done()); err != nil {
 			p.Kill()
 			logs, _ := os.ReadFile(errLog)
-			lastErr = fmt.Errorf("nginx did not start: %w (%v)\n%s%s", err, p.Err(), stderr.String(), logs)
+			lastErr = fmt.Errorf("nginx did not start: %w (%w)\n%s%s", err, p.Err(), stderr.String(), logs)
 			if strings.Contains(lastErr.Error(), "Address already in use") {
 				continue
 			}
