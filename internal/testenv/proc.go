@@ -96,6 +96,15 @@ func Guard() (release func()) {
 // run, which handles its signals itself; Guard calls it for test binaries.
 func DieWithParent() error { return dieWithParent() }
 
+// Main is the TestMain of a package whose tests start processes and need
+// nothing else before m.Run: Guard, m.Run, exit.
+func Main(m *testing.M) {
+	release := Guard()
+	code := m.Run()
+	release()
+	os.Exit(code)
+}
+
 // Process is a started child in a process group of its own.
 type Process struct {
 	cmd  *exec.Cmd

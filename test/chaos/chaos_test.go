@@ -34,8 +34,10 @@ type env struct {
 
 // progress prints a line per phase of the suite to stderr as it happens,
 // with the time since the suite began, so that a run past its budget (12
-// minutes for make chaos) shows where the time went: t.Logf shows only
-// with -v.
+// minutes for make chaos) shows where the time went. Stderr, unlike
+// t.Logf, shows without -test.v when the test binary runs on its own or
+// go test runs in the package's directory; go test ./test/chaos/ without
+// -v holds all of a package's output until it ends (make chaos has -v).
 type progress struct {
 	began time.Time
 	w     io.Writer

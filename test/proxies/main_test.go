@@ -1,7 +1,6 @@
 package proxies
 
 import (
-	"os"
 	"testing"
 
 	"github.com/tokenwarden/tokenwarden/internal/testenv"
@@ -9,9 +8,4 @@ import (
 
 // TestMain: a killed run takes its nginx and caddy processes with it (see
 // testenv.Guard).
-func TestMain(m *testing.M) {
-	release := testenv.Guard()
-	code := m.Run()
-	release()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testenv.Main(m) }

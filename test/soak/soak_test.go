@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"os"
 	"testing"
 	"time"
 
@@ -10,12 +9,7 @@ import (
 )
 
 // TestMain: a killed run takes its processes with it (see testenv.Guard).
-func TestMain(m *testing.M) {
-	release := testenv.Guard()
-	code := m.Run()
-	release()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testenv.Main(m) }
 
 // TestSoakShort runs the soak for a few seconds at a low rate against
 // freshly built binaries, so that make test exercises the tool: separate
