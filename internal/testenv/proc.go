@@ -284,6 +284,7 @@ type Proc struct {
 
 	mu          sync.Mutex
 	cur         *Process
+	starting    bool
 	incarnation int
 	startedAt   time.Time
 }
@@ -311,28 +312,38 @@ func Command(bin string, env []string, args ...string) func() (*exec.Cmd, error)
 	}
 }
 
-// Start starts the next incarnation.
+// Start starts the next incarnation. The command function runs without
+// the Proc's lock held, so it may use the caller's own locks.
 func (p *Proc) Start() error {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.cur != nil && !p.cur.Exited() {
+	if p.starting || (p.cur != nil && !p.cur.Exited()) {
+		p.mu.Unlock()
 		return fmt.Errorf("%s is still running", p.Name)
 	}
-	cmd, err := p.command()
+	p.starting = true
+	next := p.incarnation + 1
+	p.mu.Unlock()
+	cur, err := p.startCommand(next)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.starting = false
 	if err != nil {
 		return fmt.Errorf("%s: %w", p.Name, err)
+	}
+	p.cur, p.startedAt, p.incarnation = cur, time.Now(), next
+	return nil
+}
+
+func (p *Proc) startCommand(incarnation int) (*Process, error) {
+	cmd, err := p.command()
+	if err != nil {
+		return nil, err
 	}
 	if cmd.Stdout == nil && cmd.Stderr == nil {
 		cmd.Stdout, cmd.Stderr = p.Out, p.Out
 	}
-	_, _ = fmt.Fprintf(p.Out, "\n=== start %s (incarnation %d)\n", p.Name, p.incarnation+1)
-	cur, err := Start(cmd)
-	if err != nil {
-		return fmt.Errorf("%s: %w", p.Name, err)
-	}
-	p.cur, p.startedAt = cur, time.Now()
-	p.incarnation++
-	return nil
+	_, _ = fmt.Fprintf(p.Out, "\n=== start %s (incarnation %d)\n", p.Name, incarnation)
+	return Start(cmd)
 }
 
 func (p *Proc) current() *Process {

@@ -124,8 +124,9 @@ func (p *proc) stop() error { return p.Stop(20 * time.Second) }
 // state is whether the process takes load, and its incarnation.
 func (p *proc) state() (up bool, incarnation int) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.up && p.Alive(), p.Incarnation()
+	up = p.up
+	p.mu.Unlock()
+	return up && p.Alive(), p.Incarnation()
 }
 
 func (p *proc) setUp(up bool) {
