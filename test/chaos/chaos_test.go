@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -28,6 +29,22 @@ type env struct {
 	d   *deployment
 	drv *driver
 	s   settings
+	pr  *progress
+}
+
+// progress prints a line per phase of the suite to stderr as it happens,
+// with the time since the suite began, so that a run past its budget (12
+// minutes for make chaos) shows where the time went. Stderr, unlike
+// t.Logf, shows without -test.v when the test binary runs on its own or
+// go test runs in the package's directory; go test ./test/chaos/ without
+// -v holds all of a package's output until it ends (make chaos has -v).
+type progress struct {
+	began time.Time
+	w     io.Writer
+}
+
+func (p *progress) printf(format string, args ...any) {
+	_, _ = fmt.Fprintf(p.w, "chaos %7s  %s\n", time.Since(p.began).Round(time.Second), fmt.Sprintf(format, args...))
 }
 
 // soak lets the load run for d.
@@ -69,7 +86,11 @@ func TestChaos(t *testing.T) {
 		t.Fatal(err)
 	}
 	began := time.Now()
+	pr := &progress{began: began, w: os.Stderr}
+	pr.printf("deploying 3 NATS nodes, %d issuers, %d sidecars (full=%v, load around each fault %s, fill %d)",
+		issuerCount, sidecarCount, s.full, s.duration, s.fill)
 	d := deploy(t)
+	pr.printf("deployed in %s", time.Since(began).Round(time.Millisecond))
 	t.Logf("deployed 3 NATS nodes, %d issuers, %d sidecars in %s (full=%v, load around each fault %s, fill %d)",
 		len(d.issuers), len(d.sidecars), time.Since(began).Round(time.Millisecond), s.full, s.duration, s.fill)
 	drv := newDriver(t, d, s)
@@ -83,14 +104,18 @@ func TestChaos(t *testing.T) {
 	}
 	t.Cleanup(stop)
 	drv.l.setScenario("baseline")
-	base := &env{t: t, ctx: t.Context(), d: d, drv: drv, s: s}
+	base := &env{t: t, ctx: t.Context(), d: d, drv: drv, s: s, pr: pr}
+	pr.printf("baseline: load for %s", s.duration)
 	base.soak(s.duration)
 
 	for _, sc := range scenarios {
 		t.Run(sc.name, func(t *testing.T) {
 			drv.l.setScenario(sc.name)
-			e := &env{t: t, ctx: t.Context(), d: d, drv: drv, s: s}
+			e := &env{t: t, ctx: t.Context(), d: d, drv: drv, s: s, pr: pr}
 			start := time.Now()
+			pr.printf("%s: start", sc.name)
+			// Printed however the scenario ends (t.Fatalf included).
+			defer func() { pr.printf("%s: done in %s", sc.name, time.Since(start).Round(time.Millisecond)) }()
 			sc.run(e)
 			if err := d.crashes(); err != nil {
 				drv.l.violate(t, vCrash, "%v", err)
@@ -100,6 +125,7 @@ func TestChaos(t *testing.T) {
 	}
 
 	drv.l.setScenario("final")
+	pr.printf("final: waiting for every process to be ready, then the final sweep")
 	// Everything back up and ready before the books are closed.
 	for _, is := range d.issuers {
 		if err := waitReady(t.Context(), is.proc, is.url, readyzTimeout); err != nil {
@@ -117,6 +143,7 @@ func TestChaos(t *testing.T) {
 		drv.l.violate(t, vCrash, "%v", err)
 	}
 	counts := drv.report(t, time.Since(began))
+	pr.printf("ledger closed after %s", time.Since(began).Round(time.Second))
 	for _, k := range violationKinds {
 		if counts[k] != 0 {
 			t.Errorf("%s: %d, want 0", k, counts[k])
@@ -429,6 +456,7 @@ func scenarioStreamLeader(e *env) {
 		// Sidecar 0 knows only n1: killing n1 cuts it off as well.
 		cut := node == e.d.nats.nodes[0]
 		e.t.Logf("round %d: kill -9 stream leader %s (sidecar-0 cut off: %v)", r+1, leader, cut)
+		e.pr.printf("kill-stream-leader: round %d of %d", r+1, e.s.repeats)
 		killed := time.Now()
 		if cut {
 			e.drv.partitionStart(0)
@@ -502,6 +530,7 @@ func scenarioIssuerMidRotation(e *env) {
 	defer e.drv.rotatorPaused.Store(false)
 	rounds := 2 * e.s.repeats
 	for r := range rounds {
+		e.pr.printf("kill-issuer-mid-rotation: round %d of %d", r+1, rounds)
 		victim, other := e.d.issuers[r%2], e.d.issuers[(r+1)%2]
 		e.must(e.waitRotatable(other), "next key ready")
 		ring0, bundle0, err := sequences(e.ctx, e.d.nats.urls())
@@ -860,8 +889,26 @@ func scenarioFill(e *env) {
 			}
 		})
 	}
+	fillDone := make(chan struct{})
+	var tick sync.WaitGroup
+	tick.Go(func() {
+		// A full fill takes minutes: say how far it is.
+		every := time.NewTicker(30 * time.Second)
+		defer every.Stop()
+		for {
+			select {
+			case <-fillDone:
+				return
+			case <-every.C:
+				e.pr.printf("fill-revocation-set: %d of %d events stored", stored.Load(), n)
+			}
+		}
+	})
 	wg.Wait()
+	close(fillDone)
+	tick.Wait()
 	took := time.Since(start)
+	e.pr.printf("fill-revocation-set: %d events stored in %s; waiting for every sidecar to hold them", stored.Load(), took.Round(time.Second))
 	e.t.Logf("filled %d events in %s (%.0f/s; %d retried), admin API %s", stored.Load(), took.Round(time.Millisecond),
 		float64(stored.Load())/took.Seconds(), failed.Load(), lat.summary())
 	if stored.Load() != int64(n) {

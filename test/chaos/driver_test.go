@@ -483,7 +483,7 @@ func (drv *driver) pollReadiness(ctx context.Context) {
 		var wg sync.WaitGroup
 		for i, sc := range drv.d.sidecars {
 			wg.Go(func() {
-				inc := sc.proc.incarnationNo()
+				inc := sc.proc.Incarnation()
 				if !sc.proc.running() {
 					drv.scReady[i].set(false, inc, time.Now())
 					return
@@ -493,7 +493,7 @@ func (drv *driver) pollReadiness(ctx context.Context) {
 		}
 		for i, is := range drv.d.issuers {
 			wg.Go(func() {
-				inc := is.proc.incarnationNo()
+				inc := is.proc.Incarnation()
 				drv.isReady[i].set(is.proc.running() && status(ctx, is.url+"/readyz") == 200, inc, time.Now())
 			})
 		}
@@ -740,7 +740,7 @@ func (drv *driver) runningSidecar() int {
 // judges the answer.
 func (drv *driver) checkValid(ctx context.Context, i int, tok *token) {
 	sc := drv.d.sidecars[i]
-	inc := sc.proc.incarnationNo()
+	inc := sc.proc.Incarnation()
 	start := time.Now()
 	code, desc := drv.verify(ctx, i, tok.raw)
 	drv.l.verified.Add(1)
@@ -761,7 +761,7 @@ func (drv *driver) checkValid(ctx context.Context, i int, tok *token) {
 		// A key made to sign at once by the revocation of the active
 		// key, before its bundle reached this sidecar.
 		drv.l.rejectedRecovering.Add(1)
-	case !drv.scReady[i].readyThrough(inc, start) || sc.proc.incarnationNo() != inc || status(ctx, sc.url+"/readyz") != 200:
+	case !drv.scReady[i].readyThrough(inc, start) || sc.proc.Incarnation() != inc || status(ctx, sc.url+"/readyz") != 200:
 		// The documented window: a sidecar that is not ready may refuse.
 		drv.l.rejectedExcused.Add(1)
 	default:
@@ -808,8 +808,8 @@ func (drv *driver) verifyLoop(ctx context.Context) {
 // It reports whether the sidecar rejected the token as revoked.
 func (drv *driver) checkRevoked(ctx context.Context, i int, r *revocationRec, why string) bool {
 	sc := drv.d.sidecars[i]
-	inc := sc.proc.incarnationNo()
-	started := sc.proc.started()
+	inc := sc.proc.Incarnation()
+	started := sc.proc.Started()
 	start := time.Now()
 	code, desc := drv.verify(ctx, i, r.probe.raw)
 	answered := time.Now()
@@ -829,7 +829,7 @@ func (drv *driver) checkRevoked(ctx context.Context, i int, r *revocationRec, wh
 		return false
 	}
 	switch {
-	case started.After(r.ackedAt) && drv.scReady[i].readyThrough(inc, start) && sc.proc.incarnationNo() == inc &&
+	case started.After(r.ackedAt) && drv.scReady[i].readyThrough(inc, start) && sc.proc.Incarnation() == inc &&
 		status(ctx, sc.url+"/readyz") == 200:
 		drv.l.violate(drv.t, vReadyzLied, "sidecar-%d (incarnation %d, started after revocation #%d %s was acknowledged) is ready but accepted its probe (%s)",
 			i, inc, r.n, r.kind, why)
@@ -872,7 +872,7 @@ func (drv *driver) follow(r *revocationRec) {
 					all = false
 					continue
 				}
-				if !r.appliedAt(i, sc.proc.incarnationNo()) && !drv.checkRevoked(ctx, i, r, "follow") {
+				if !r.appliedAt(i, sc.proc.Incarnation()) && !drv.checkRevoked(ctx, i, r, "follow") {
 					all = false
 				}
 			}
@@ -1321,7 +1321,7 @@ func (drv *driver) checkIssuerAfterReady(ctx context.Context, is *issuerProc) {
 	missing := 0
 	// Those acknowledged before it started: it cannot have bound the
 	// stream earlier.
-	live := ackedBefore(drv.l.liveRevocations(time.Now()), is.proc.started())
+	live := ackedBefore(drv.l.liveRevocations(time.Now()), is.proc.Started())
 	for _, r := range live {
 		if r.eventID != "" && !have[r.eventID] {
 			missing++
@@ -1337,7 +1337,7 @@ func (drv *driver) checkIssuerAfterReady(ctx context.Context, is *issuerProc) {
 	}
 	drv.addToken(tok)
 	for i, sc := range drv.d.sidecars {
-		if sc.proc.running() && drv.scReady[i].readyThrough(sc.proc.incarnationNo(), time.Now()) {
+		if sc.proc.running() && drv.scReady[i].readyThrough(sc.proc.Incarnation(), time.Now()) {
 			drv.checkValid(ctx, i, tok)
 		}
 	}

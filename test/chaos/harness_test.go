@@ -23,134 +23,60 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tokenwarden/tokenwarden/internal/testenv"
 )
 
 // This file is the harness: processes, the NATS cluster, the issuers and
 // sidecars, ports, and the faults (kill -9, SIGSTOP, SIGCONT, restart).
 
-// tailBuffer keeps the last max bytes a process wrote, for failure
-// messages, without growing with a long run's logs.
-type tailBuffer struct {
-	mu  sync.Mutex
-	b   []byte
-	max int
-}
-
-func (l *tailBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.b = append(l.b, p...)
-	if over := len(l.b) - l.max; over > 0 {
-		l.b = append(l.b[:0], l.b[over:]...)
-	}
-	return len(p), nil
-}
-
-func (l *tailBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return string(l.b)
-}
-
 // proc is one child process that can be killed, paused and started again
-// with the same command line. Each start is an incarnation.
+// with the same command line (testenv.Proc: its own process group, killed
+// with the test binary and when the test ends), and whether the harness
+// paused it.
 type proc struct {
-	name string
-	bin  string
-	args []string
-	env  []string
-	out  *tailBuffer
+	*testenv.Proc
 
-	mu          sync.Mutex
-	cmd         *exec.Cmd
-	done        chan struct{} // closed when the current incarnation exited
-	exitErr     error
-	incarnation int
-	paused      bool
-	startedAt   time.Time
+	mu     sync.Mutex
+	paused bool
 }
 
 // startProc starts bin; every incarnation is killed (with its process
 // group) when the test ends, whatever state it is in.
 func startProc(t *testing.T, name string, env []string, bin string, args ...string) *proc {
 	t.Helper()
-	p := &proc{name: name, bin: bin, args: args, env: env, out: &tailBuffer{max: 256 << 10}}
+	p := &proc{Proc: testenv.NewProc(t, name, 256<<10, testenv.Command(bin, env, args...))}
 	if err := p.start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
-	t.Cleanup(func() {
-		p.kill()
-		if t.Failed() {
-			t.Logf("%s (incarnation %d) last output:\n%s", p.name, p.incarnationNo(), p.out.String())
-		}
-	})
 	return p
 }
 
 func (p *proc) start() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.cmd != nil && !p.exited() {
-		return fmt.Errorf("%s is still running", p.name)
+	if err := p.Start(); err != nil {
+		return err
 	}
-	cmd := exec.Command(p.bin, p.args...)
-	cmd.Env = append(os.Environ(), p.env...)
-	cmd.Stdout, cmd.Stderr = p.out, p.out
-	cmd.SysProcAttr = sysProcAttr()
-	_, _ = fmt.Fprintf(p.out, "\n=== chaos: start %s (incarnation %d)\n", p.name, p.incarnation+1)
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start %s: %w", p.name, err)
-	}
-	done := make(chan struct{})
-	p.cmd, p.done, p.exitErr, p.paused, p.startedAt = cmd, done, nil, false, time.Now()
-	p.incarnation++
-	go func() {
-		err := cmd.Wait()
-		p.mu.Lock()
-		p.exitErr = err
-		p.mu.Unlock()
-		close(done)
-	}()
+	p.paused = false
 	return nil
-}
-
-// exited reports whether the current incarnation has ended; p.mu held.
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
 }
 
 // running reports whether the process is alive and not paused.
 func (p *proc) running() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.cmd != nil && !p.exited() && !p.paused
-}
-
-func (p *proc) started() time.Time {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.startedAt
-}
-
-func (p *proc) incarnationNo() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.incarnation
+	return p.Alive() && !p.paused
 }
 
 func (p *proc) signal(sig syscall.Signal) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.cmd == nil || p.exited() {
-		return fmt.Errorf("%s is not running", p.name)
+	if !p.Alive() {
+		return fmt.Errorf("%s is not running", p.Name)
 	}
-	if err := syscall.Kill(-p.cmd.Process.Pid, sig); err != nil {
-		return fmt.Errorf("signal %s to %s: %w", sig, p.name, err)
+	if err := p.Signal(sig); err != nil {
+		return err
 	}
 	switch sig {
 	case syscall.SIGSTOP:
@@ -161,73 +87,21 @@ func (p *proc) signal(sig syscall.Signal) error {
 	return nil
 }
 
-// wait waits for the current incarnation to exit.
-func (p *proc) wait(within time.Duration) error {
-	p.mu.Lock()
-	done := p.done
-	p.mu.Unlock()
-	if done == nil {
-		return nil
-	}
-	select {
-	case <-done:
-		return nil
-	case <-time.After(within):
-		return fmt.Errorf("%s did not exit within %s", p.name, within)
-	}
-}
-
 // kill9 is kill -9 of the process group; it returns once the process is
 // gone.
 func (p *proc) kill9() error {
 	if err := p.signal(syscall.SIGKILL); err != nil {
 		return err
 	}
-	return p.wait(10 * time.Second)
+	return p.Wait(10 * time.Second)
 }
 
 // terminate sends SIGTERM and waits, then kills.
 func (p *proc) terminate(within time.Duration) error {
-	if err := p.signal(syscall.SIGTERM); err != nil {
-		return err
+	if !p.Alive() {
+		return fmt.Errorf("%s is not running", p.Name)
 	}
-	if err := p.wait(within); err != nil {
-		_ = p.kill9()
-		return err
-	}
-	return nil
-}
-
-// kill ends the process whatever its state (cleanup).
-func (p *proc) kill() {
-	p.mu.Lock()
-	cmd, done := p.cmd, p.done
-	p.mu.Unlock()
-	if cmd == nil {
-		return
-	}
-	select {
-	case <-done:
-		return
-	default:
-	}
-	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGCONT)
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-	}
-}
-
-// exitedUnexpectedly returns an error if the process died without the
-// harness killing it (a crash).
-func (p *proc) crashed() error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.cmd != nil && p.exited() {
-		return fmt.Errorf("%s (incarnation %d) exited: %w", p.name, p.incarnation, p.exitErr)
-	}
-	return nil
+	return p.Stop(within)
 }
 
 func freePort(t *testing.T) int {
@@ -340,7 +214,7 @@ func startNATS(t *testing.T, dir string) *natsCluster {
 func waitNATS(ctx context.Context, n *natsNode, within time.Duration) error {
 	u := fmt.Sprintf("http://127.0.0.1:%d/healthz", n.monPort)
 	return poll(ctx, within, 50*time.Millisecond, func() error {
-		if err := n.proc.crashed(); err != nil {
+		if err := n.proc.Crashed(); err != nil {
 			return err
 		}
 		if code := status(ctx, u); code != 200 {
@@ -544,11 +418,11 @@ func deploy(t *testing.T) *deployment {
 // waitReady polls /readyz until 200, failing early if the process died.
 func waitReady(ctx context.Context, p *proc, base string, within time.Duration) error {
 	return poll(ctx, within, 25*time.Millisecond, func() error {
-		if err := p.crashed(); err != nil {
+		if err := p.Crashed(); err != nil {
 			return err
 		}
 		if code := status(ctx, base+"/readyz"); code != 200 {
-			return fmt.Errorf("%s /readyz: %d", p.name, code)
+			return fmt.Errorf("%s /readyz: %d", p.Name, code)
 		}
 		return nil
 	})
@@ -558,13 +432,13 @@ func waitReady(ctx context.Context, p *proc, base string, within time.Duration) 
 func (d *deployment) crashes() error {
 	var errs []error
 	for _, n := range d.nats.nodes {
-		errs = append(errs, n.proc.crashed())
+		errs = append(errs, n.proc.Crashed())
 	}
 	for _, is := range d.issuers {
-		errs = append(errs, is.proc.crashed())
+		errs = append(errs, is.proc.Crashed())
 	}
 	for _, sc := range d.sidecars {
-		errs = append(errs, sc.proc.crashed())
+		errs = append(errs, sc.proc.Crashed())
 	}
 	return errors.Join(errs...)
 }

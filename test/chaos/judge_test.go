@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/tokenwarden/tokenwarden/internal/testenv"
 )
 
 // TestCheckRevokedOverlappingProbes runs checkRevoked against a sidecar
@@ -56,8 +58,13 @@ func TestCheckRevokedOverlappingProbes(t *testing.T) {
 			}))
 			t.Cleanup(srv.Close)
 
-			d := &deployment{t: t, sidecars: []*sidecarProc{{i: 0, url: srv.URL,
-				proc: &proc{name: "sidecar-0", incarnation: 1, startedAt: time.Now().Add(-time.Hour)}}}}
+			// The stand-in's process: a real one (true), started before
+			// the revocation was acknowledged, in its first incarnation.
+			sc0 := &proc{Proc: testenv.NewProc(t, "sidecar-0", 0, testenv.Command("true", nil))}
+			if err := sc0.start(); err != nil {
+				t.Fatal(err)
+			}
+			d := &deployment{t: t, sidecars: []*sidecarProc{{i: 0, url: srv.URL, proc: sc0}}}
 			drv := newDriver(t, d, settings{})
 			r := &revocationRec{kind: "admin-sid", probe: &token{raw: "probe"}, ackedAt: time.Now()}
 			drv.l.addRevocation(r)

@@ -320,7 +320,7 @@ func scenarioLeakedKey(e *env) {
 	targets := make([]string, len(e.d.sidecars))
 	incs := make([]int, len(e.d.sidecars))
 	for i, sc := range e.d.sidecars {
-		targets[i], incs[i] = sc.url, sc.proc.incarnationNo()
+		targets[i], incs[i] = sc.url, sc.proc.Incarnation()
 	}
 	atk := newAttacker(leaked, targets)
 	defer atk.stop()
@@ -437,7 +437,7 @@ func scenarioLeakedKey(e *env) {
 	e.t.Logf("%d forged tokens (%d keys × %d sidecars) each sidecar had accepted and cached before the revocation, presented to it again after", nCached, len(leaked), len(targets))
 	atk.stop()
 	for i, sc := range e.d.sidecars {
-		if sc.proc.incarnationNo() != incs[i] {
+		if sc.proc.Incarnation() != incs[i] {
 			e.t.Fatalf("sidecar-%d restarted during the scenario: its verdicts cannot be judged", i)
 		}
 	}

@@ -17,10 +17,11 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/tokenwarden/tokenwarden/internal/testenv"
 )
 
 var (
@@ -71,25 +72,40 @@ func suiteSettings() (settings, error) {
 
 func TestMain(m *testing.M) {
 	flag.Parse()
-	dir, err := os.MkdirTemp("", "tokenwarden-chaos")
+	// First: a killed run (CI timeout, Ctrl-C) must take every process it
+	// started with it.
+	release := testenv.Guard()
+	code, err := run(m)
+	release()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
+		fmt.Fprintln(os.Stderr, "chaos:", err)
+		code = 1
 	}
-	twBin, natsBin = filepath.Join(dir, "tokenwarden"), filepath.Join(dir, "nats-server")
-	for _, b := range []struct{ out, pkg string }{
-		{twBin, "github.com/tokenwarden/tokenwarden/cmd/tokenwarden"},
-		{natsBin, "github.com/nats-io/nats-server/v2"},
-	} {
-		cmd := exec.Command("go", "build", "-o", b.out, b.pkg)
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := cmd.Run(); err != nil {
-			fmt.Fprintln(os.Stderr, "chaos: build", b.pkg, err)
-			_ = os.RemoveAll(dir)
-			os.Exit(1)
-		}
-	}
-	code := m.Run()
-	_ = os.RemoveAll(dir)
 	os.Exit(code)
 }
+
+// run builds the binaries (unless binDirEnv names a directory that holds
+// them) and runs the tests.
+func run(m *testing.M) (int, error) {
+	dir := os.Getenv(binDirEnv)
+	if dir == "" {
+		var err error
+		if dir, err = os.MkdirTemp("", "tokenwarden-chaos"); err != nil {
+			return 0, err
+		}
+		defer func() { _ = os.RemoveAll(dir) }()
+	}
+	twBin, natsBin = filepath.Join(dir, "tokenwarden"), filepath.Join(dir, "nats-server")
+	if os.Getenv(binDirEnv) == "" {
+		var err error
+		if twBin, natsBin, err = testenv.BuildPrograms(dir); err != nil {
+			return 0, err
+		}
+	}
+	return m.Run(), nil
+}
+
+// binDirEnv names a directory holding tokenwarden and nats-server already
+// built: the kill test hands its own to the runs it kills, which would
+// otherwise spend their time linking them again.
+const binDirEnv = "CHAOS_BIN_DIR"

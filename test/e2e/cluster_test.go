@@ -266,7 +266,7 @@ func TestUnixSocketAndSIGHUP(t *testing.T) {
 	if err := os.WriteFile(c.clientsFile, []byte(added), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.issuerProc.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+	if err := c.issuerProc.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
 	batch := clientcredentials.Config{ClientID: "batch", ClientSecret: "batch-secret", TokenURL: c.issuer + "/oauth2/token"}
@@ -283,12 +283,12 @@ func TestUnixSocketAndSIGHUP(t *testing.T) {
 	if err := os.WriteFile(c.clientsFile, []byte("clients: [\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	_ = c.issuerProc.cmd.Process.Signal(syscall.SIGHUP)
+	_ = c.issuerProc.Signal(syscall.SIGHUP)
 	time.Sleep(300 * time.Millisecond)
 	if _, err := batch.Token(t.Context()); err != nil {
 		t.Fatalf("a broken clients file took effect: %v", err)
 	}
-	if !strings.Contains(c.issuerProc.out.String(), "clients") {
-		t.Errorf("no log line about the broken clients file:\n%s", c.issuerProc.out.String())
+	if !strings.Contains(c.issuerProc.Out.String(), "clients") {
+		t.Errorf("no log line about the broken clients file:\n%s", c.issuerProc.Out.String())
 	}
 }

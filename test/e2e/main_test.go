@@ -6,7 +6,6 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -16,10 +15,10 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tokenwarden/tokenwarden/internal/testenv"
 )
 
 // binaries built once for the whole suite.
@@ -29,85 +28,54 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "tokenwarden-e2e")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	twBin, natsBin = filepath.Join(dir, "bin", "tokenwarden"), filepath.Join(dir, "bin", "nats-server")
-	for _, b := range []struct{ out, pkg string }{{twBin, "github.com/tokenwarden/tokenwarden/cmd/tokenwarden"}, {natsBin, "github.com/nats-io/nats-server/v2"}} {
-		cmd := exec.Command("go", "build", "-o", b.out, b.pkg)
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := cmd.Run(); err != nil {
-			fmt.Fprintln(os.Stderr, "e2e: build", b.pkg, err)
-			os.Exit(1)
-		}
-	}
-	code := m.Run()
-	_ = os.RemoveAll(dir)
+	// A killed run takes its processes with it (see testenv.Guard).
+	release := testenv.Guard()
+	code := runTests(m)
+	release()
 	os.Exit(code)
 }
 
-// proc is a child process whose output is kept for failure messages.
+func runTests(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "tokenwarden-e2e")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer func() { _ = os.RemoveAll(dir) }()
+	// In a bin directory of their own: the README walk-through finds
+	// them there.
+	if twBin, natsBin, err = testenv.BuildPrograms(filepath.Join(dir, "bin")); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
+	return m.Run()
+}
+
+// proc is a child process (testenv.Proc: its own process group, killed
+// with the test binary and when the test ends) whose whole output is kept
+// for waitFor and failure messages.
 type proc struct {
-	t    *testing.T
-	name string
-	cmd  *exec.Cmd
-	out  *lockedBuffer
-	done chan error
+	*testenv.Proc
+	t *testing.T
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// start runs bin with args; it is interrupted when the test ends.
+// start runs bin with args until the test ends.
 func start(t *testing.T, name string, env []string, bin string, args ...string) *proc {
 	t.Helper()
-	cmd := exec.Command(bin, args...)
-	cmd.Env = append(os.Environ(), env...)
-	out := &lockedBuffer{}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
+	p := &proc{Proc: testenv.NewProc(t, name, 0, testenv.Command(bin, env, args...)), t: t}
+	if err := p.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
-	p := &proc{t: t, name: name, cmd: cmd, out: out, done: make(chan error, 1)}
-	go func() { p.done <- cmd.Wait() }()
-	t.Cleanup(func() {
-		if p.stop(10*time.Second) != nil && t.Failed() {
-			t.Logf("%s output:\n%s", name, out.String())
-		}
-	})
 	return p
 }
 
-// stop sends SIGTERM and waits; it returns the exit error (nil for 0).
+// stop sends SIGTERM and waits; it returns how the process exited (nil
+// for 0).
 func (p *proc) stop(within time.Duration) error {
-	if p.cmd.ProcessState != nil {
-		return nil
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-p.done:
-		p.done <- err
+	if err := p.Stop(within); err != nil {
 		return err
-	case <-time.After(within):
-		_ = p.cmd.Process.Kill()
-		return fmt.Errorf("%s did not stop within %s", p.name, within)
 	}
+	return p.Process().Err()
 }
 
 // waitFor polls the process output for re and returns the first match.
@@ -115,18 +83,15 @@ func (p *proc) waitFor(re *regexp.Regexp, within time.Duration) []string {
 	p.t.Helper()
 	deadline := time.Now().Add(within)
 	for time.Now().Before(deadline) {
-		if m := re.FindStringSubmatch(p.out.String()); m != nil {
+		if m := re.FindStringSubmatch(p.Out.String()); m != nil {
 			return m
 		}
-		select {
-		case err := <-p.done:
-			p.done <- err
-			p.t.Fatalf("%s exited (%v) before printing %s:\n%s", p.name, err, re, p.out.String())
-		default:
+		if err := p.Crashed(); err != nil {
+			p.t.Fatalf("%v before printing %s:\n%s", err, re, p.Out.String())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	p.t.Fatalf("%s did not print %s within %s:\n%s", p.name, re, within, p.out.String())
+	p.t.Fatalf("%s did not print %s within %s:\n%s", p.Name, re, within, p.Out.String())
 	return nil
 }
 
@@ -162,7 +127,7 @@ func tw(t *testing.T, env []string, args ...string) (string, error) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, twBin, args...)
 	cmd.Env = append(os.Environ(), env...)
-	out, err := cmd.CombinedOutput()
+	out, err := testenv.CombinedOutput(cmd)
 	return string(out), err
 }
 
@@ -195,7 +160,7 @@ func TestREADMEWalkthrough(t *testing.T) {
 	cmd := exec.Command("bash", "-c", "set -euo pipefail\n"+script)
 	cmd.Dir = work
 	cmd.Env = append(os.Environ(), "ISSUER="+iss, "SIDECAR="+sc)
-	out, err := cmd.CombinedOutput()
+	out, err := testenv.CombinedOutput(cmd)
 	if err != nil {
 		t.Fatalf("walk-through failed: %v\n%s", err, out)
 	}
@@ -260,7 +225,7 @@ func TestDevStopsCleanlyAndRestarts(t *testing.T) {
 		t.Fatalf("keys list: %v\n%s", err, before)
 	}
 	if err := p.stop(20 * time.Second); err != nil {
-		t.Fatalf("dev exit on SIGTERM: %v\n%s", err, p.out.String())
+		t.Fatalf("dev exit on SIGTERM: %v\n%s", err, p.Out.String())
 	}
 	_, iss2, _ := startDev(t, data)
 	after, err := tw(t, []string{"TOKENWARDEN_ISSUER=" + iss2, "TOKENWARDEN_CLIENT_ID=admin", "TOKENWARDEN_CLIENT_SECRET=admin-secret"}, "keys", "list")

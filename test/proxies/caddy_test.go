@@ -11,11 +11,11 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tokenwarden/tokenwarden/internal/testenv"
 )
 
 // exampleCaddy is the example users copy; the test runs it verbatim but
@@ -73,37 +73,17 @@ func caddyConfig(t *testing.T, sidecarAddr, appAddr, port string, drop ...string
 	return conf
 }
 
-// syncBuffer is a process's output, written by exec's copying goroutine
-// and read by the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // caddyCommand is caddy with args in a world of its own under dir: its
 // config (autosave) and data (certificates, instance id) directories
 // there, not the user's, and no TOKENWARDEN_* or CADDY_* setting of the
-// caller's. It is in a process group of its own and is killed if the
-// test process dies (Pdeathsig), so no caddy outlives the test.
+// caller's. testenv.Start runs it in a process group of its own that dies
+// with the test binary, so no caddy outlives the test.
 func caddyCommand(bin, dir string, args ...string) *exec.Cmd {
 	cmd := exec.Command(bin, args...) // #nosec G204 -- the test's own caddy
 	cmd.Dir = dir
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir,
 		"XDG_CONFIG_HOME=" + filepath.Join(dir, "config"), "XDG_DATA_HOME=" + filepath.Join(dir, "data"),
 		"XDG_CACHE_HOME=" + filepath.Join(dir, "cache")}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	return cmd
 }
 
@@ -127,34 +107,24 @@ func startCaddy(t *testing.T, sidecarURL, appURL string, drop ...string) string 
 		// adapt, not validate: validate provisions the modules, which
 		// would bind nothing but is slower; adapt is what says "not
 		// formatted" (a warning users would see too).
-		if out, err := caddyCommand(bin, dir, append([]string{"adapt"}, args...)...).CombinedOutput(); err != nil {
+		if out, err := testenv.CombinedOutput(caddyCommand(bin, dir, append([]string{"adapt"}, args...)...)); err != nil {
 			t.Fatalf("caddy adapt rejects the example: %v\n%s", err, out)
 		} else if len(drop) == 0 && bytes.Contains(out, []byte(`"level":"warn"`)) {
 			t.Fatalf("caddy adapt warns about the example (run caddy fmt):\n%s", out)
 		}
 		cmd := caddyCommand(bin, dir, append([]string{"run"}, args...)...)
-		logs := &syncBuffer{}
+		logs := &testenv.Tail{}
 		cmd.Stdout, cmd.Stderr = logs, logs
-		if err := cmd.Start(); err != nil {
+		p, err := testenv.Start(cmd)
+		if err != nil {
 			t.Fatal(err)
 		}
-		pgid := cmd.Process.Pid
-		var waitErr error
-		exited := make(chan struct{})
-		go func() { waitErr = cmd.Wait(); close(exited) }()
-		stop := func() {
-			_ = syscall.Kill(-pgid, syscall.SIGTERM) // graceful stop
-			select {
-			case <-exited:
-			case <-time.After(5 * time.Second):
-			}
-			// Whatever is left of the group, Caddy or anything it started.
-			_ = syscall.Kill(-pgid, syscall.SIGKILL)
-			<-exited
-		}
-		if err := waitListening(listen, exited); err != nil {
+		// A graceful stop, then whatever is left of the group, Caddy or
+		// anything it started.
+		stop := func() { _ = p.Stop(5 * time.Second) }
+		if err := waitListening(listen, p.Done()); err != nil {
 			stop()
-			lastErr = fmt.Errorf("caddy did not start: %w (%w)\n%s", err, waitErr, logs.String())
+			lastErr = fmt.Errorf("caddy did not start: %w (%w)\n%s", err, p.Err(), logs.String())
 			if strings.Contains(lastErr.Error(), "address already in use") {
 				continue
 			}

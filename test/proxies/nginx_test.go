@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tokenwarden/tokenwarden/internal/testenv"
 )
 
 // exampleNginx is the example users copy; the test runs it verbatim but
@@ -36,7 +38,7 @@ func findNginx(t *testing.T) string {
 		}
 		bin = "/usr/sbin/nginx"
 	}
-	out, err := exec.Command(bin, "-V").CombinedOutput()
+	out, err := testenv.CombinedOutput(exec.Command(bin, "-V"))
 	if err != nil {
 		t.Fatalf("%s -V: %v\n%s", bin, err, out)
 	}
@@ -91,37 +93,31 @@ func startNginx(t *testing.T, sidecarURL, appURL string) string {
 		}
 		errLog := filepath.Join(dir, "logs", "error.log")
 		args := []string{"-p", dir + "/", "-c", conf, "-e", errLog}
-		if out, err := exec.Command(bin, append(args, "-t")...).CombinedOutput(); err != nil {
+		if out, err := testenv.CombinedOutput(exec.Command(bin, append(args, "-t")...)); err != nil {
 			t.Fatalf("nginx -t rejects the example: %v\n%s", err, out)
 		}
 		// Foreground, one process (no workers to orphan, no privilege
 		// switch when run as root): the test owns and stops it.
 		cmd := exec.Command(bin, append(args, "-g", "daemon off; master_process off;")...)
-		var stderr bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &stderr, &stderr
-		if err := cmd.Start(); err != nil {
+		stderr := &testenv.Tail{}
+		cmd.Stdout, cmd.Stderr = stderr, stderr
+		p, err := testenv.Start(cmd)
+		if err != nil {
 			t.Fatal(err)
 		}
-		var waitErr error
-		exited := make(chan struct{})
-		go func() { waitErr = cmd.Wait(); close(exited) }()
-		if err := waitListening(listen, exited); err != nil {
-			_ = cmd.Process.Kill()
-			<-exited
+		if err := waitListening(listen, p.Done()); err != nil {
+			p.Kill()
 			logs, _ := os.ReadFile(errLog)
-			lastErr = fmt.Errorf("nginx did not start: %w (%w)\n%s%s", err, waitErr, stderr.String(), logs)
+			lastErr = fmt.Errorf("nginx did not start: %w (%w)\n%s%s", err, p.Err(), stderr.String(), logs)
 			if strings.Contains(lastErr.Error(), "Address already in use") {
 				continue
 			}
 			t.Fatal(lastErr)
 		}
 		t.Cleanup(func() {
-			_ = cmd.Process.Signal(syscall.SIGQUIT) // graceful stop
-			select {
-			case <-exited:
-			case <-time.After(5 * time.Second):
-				_ = cmd.Process.Kill()
-				<-exited
+			_ = p.Signal(syscall.SIGQUIT) // graceful stop
+			if p.Wait(5*time.Second) != nil {
+				p.Kill()
 			}
 			if t.Failed() {
 				logs, _ := os.ReadFile(errLog)

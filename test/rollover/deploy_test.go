@@ -172,10 +172,7 @@ func (d *deployment) waitReady(ctx context.Context, p *proc) error {
 		if code, _, err := d.get(ctx, p.url+"/readyz", ""); err == nil && code == http.StatusOK {
 			return nil
 		}
-		p.mu.Lock()
-		exited := p.exited()
-		p.mu.Unlock()
-		if exited {
+		if !p.Alive() {
 			return fmt.Errorf("%s exited before it was ready", p.name)
 		}
 		select {

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokenwarden/tokenwarden/internal/testenv"
 	"github.com/tokenwarden/tokenwarden/jwks"
 	"github.com/tokenwarden/tokenwarden/revocation"
 )
@@ -120,8 +121,7 @@ restart_issuers() { curl -fsS -X POST "$CONTROL/restart/issuers"; }
 	cmd.Dir = d.dir
 	cmd.Env = append(os.Environ(), "KEYS="+d.keys, "OLD="+oldName, "ISSUER_ENV="+d.issuerEnv, "SIDECAR_ENV="+d.sidecarEnv,
 		"CONTROL=http://"+ln.Addr().String())
-	cmd.SysProcAttr = procAttr()
-	out, err := cmd.CombinedOutput()
+	out, err := testenv.CombinedOutput(cmd)
 	t.Logf("procedure output:\n%s", out)
 	if err != nil {
 		r.report(t, ctl.hold, began)

@@ -15,10 +15,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/tokenwarden/tokenwarden/internal/loadtest"
+	"github.com/tokenwarden/tokenwarden/internal/testenv"
 )
 
 // The deployment the soak runs against: one nats-server with JetStream, one
@@ -213,14 +213,12 @@ func waitDial(addr string, within time.Duration) error {
 	}
 }
 
-// proc is a child process whose output goes to a log file in the run's
-// directory.
+// proc is a child process (testenv.Process: its own process group, killed
+// with the soak) whose output goes to a log file in the run's directory.
 type proc struct {
+	*testenv.Process
 	name string
-	cmd  *exec.Cmd
 	log  string
-	done chan struct{}
-	err  error // set before done is closed
 }
 
 func startProc(dir, name string, env []string, bin string, args ...string) (*proc, error) {
@@ -232,28 +230,16 @@ func startProc(dir, name string, env []string, bin string, args ...string) (*pro
 	cmd := exec.Command(bin, args...) // #nosec G204 -- the operator names the binaries
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = f, f
-	if err := cmd.Start(); err != nil {
+	tp, err := testenv.Start(cmd)
+	if err != nil {
 		_ = f.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	p := &proc{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
 	go func() {
-		p.err = cmd.Wait()
+		<-tp.Done()
 		_ = f.Close()
-		close(p.done)
 	}()
-	return p, nil
-}
-
-func (p *proc) pid() int { return p.cmd.Process.Pid }
-
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
+	return &proc{Process: tp, name: name, log: logPath}, nil
 }
 
 func (p *proc) waitReady(u string, within time.Duration) error {
@@ -265,29 +251,24 @@ func (p *proc) waitReady(u string, within time.Duration) error {
 			return fmt.Errorf("%s: %w", p.name, err)
 		}
 		return nil
-	case <-p.done:
-		return fmt.Errorf("%s exited during start-up: %w", p.name, p.err)
+	case <-p.Done():
+		return fmt.Errorf("%s exited during start-up: %w", p.name, p.Err())
 	}
 }
 
 // stop sends SIGTERM and waits; a process that exits non-zero or has to
 // be killed is an error.
 func (p *proc) stop(within time.Duration) error {
-	if p.exited() {
-		return fmt.Errorf("%s had already exited: %w", p.name, p.err)
+	if p.Exited() {
+		return fmt.Errorf("%s had already exited: %w", p.name, p.Err())
 	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-		if p.err != nil {
-			return fmt.Errorf("%s on SIGTERM: %w", p.name, p.err)
-		}
-		return nil
-	case <-time.After(within):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-		return fmt.Errorf("%s did not stop within %s of SIGTERM", p.name, within)
+	if err := p.Stop(within); err != nil {
+		return fmt.Errorf("%s: %w", p.name, err)
 	}
+	if err := p.Err(); err != nil {
+		return fmt.Errorf("%s on SIGTERM: %w", p.name, err)
+	}
+	return nil
 }
 
 func (p *proc) tail(n int) string {

@@ -123,7 +123,7 @@ func (d *driver) run(ctx context.Context) error {
 	printf(o.out, "soak: %s at %d verifications/s over %d connections (warm-up %s); %d users, access tokens live %s; %.3g revocations/s (jti, sid, sub); key rotation every %s\n",
 		o.duration, o.rate, o.conns, o.warmup, o.users, o.tokenTTL, o.revokeRate, o.rotateEvery)
 	printf(o.out, "processes: nats-server pid %d, issuer pid %d (%s), sidecar pid %d (%s)\n",
-		d.c.nats.pid(), d.c.issuer.pid(), d.c.issuerURL, d.c.sidecar.pid(), d.c.sidecarURL)
+		d.c.nats.Pid(), d.c.issuer.Pid(), d.c.issuerURL, d.c.sidecar.Pid(), d.c.sidecarURL)
 	printf(o.out, "%8s  %-33s  %-22s  %7s  %9s  %6s\n", "", "sidecar", "issuer", "nats", "", "")
 	printf(o.out, "%8s  %7s %5s %7s %6s %5s  %7s %5s %7s  %7s  %9s  %6s\n",
 		"t", "RSS MB", "gor", "heap MB", "events", "cache", "RSS MB", "gor", "heap MB", "RSS MB", "requests", "errors")
@@ -649,9 +649,9 @@ func (d *driver) sample(label string) *sample {
 		d.problem("sample %s: %v", what, err)
 	}
 	rss := func(p *proc) float64 {
-		kib, err := loadtest.RSSKiB(p.pid())
+		kib, err := loadtest.RSSKiB(p.Pid())
 		if err != nil {
-			fail(p.name+" RSS", fmt.Errorf("%w (process exited? %v)", err, p.exited()))
+			fail(p.name+" RSS", fmt.Errorf("%w (process exited? %v)", err, p.Exited()))
 		}
 		return float64(kib)
 	}

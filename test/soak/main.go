@@ -44,6 +44,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/tokenwarden/tokenwarden/internal/testenv"
 )
 
 type options struct {
@@ -87,6 +89,12 @@ func main() {
 	flag.Float64Var(&o.rssGrowthPct, "rss-growth", o.rssGrowthPct, "resident memory growth allowed after warm-up, percent")
 	flag.Float64Var(&o.rssSlackMB, "rss-slack-mb", o.rssSlackMB, "resident memory growth allowed after warm-up, MB, on top of -rss-growth")
 	flag.Parse()
+	// Killed with go run (a SIGKILL of go would orphan it); its processes
+	// die with it (testenv.Start), and a SIGINT or SIGTERM stops them
+	// through ctx, then the report is printed.
+	if err := testenv.DieWithParent(); err != nil {
+		printf(os.Stderr, "soak: %v\n", err)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, o); err != nil {
