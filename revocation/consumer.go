@@ -569,6 +569,9 @@ func (c *Consumer) verifyBatch(batch []*job, data [][]byte) {
 // read the stream. A message that does not verify is ignored here: if the
 // stream stored it, the reader drops and counts it.
 func (c *Consumer) onLive(m *nats.Msg) {
+	if !published(m) {
+		return
+	}
 	defer c.read()
 	if len(m.Data) > MaxEventSize {
 		return
@@ -583,6 +586,21 @@ func (c *Consumer) onLive(m *nats.Msg) {
 		c.obs.Applied(ev, max(c.now().Sub(ev.Time()), 0))
 		c.obsMu.Unlock()
 	}
+}
+
+// published reports whether m reached the live subscription as a publish,
+// not as an answer JetStream sent there. Anyone holding the sidecars'
+// credential can name a revocation subject as the reply subject of a
+// batched stream read: the server checks reply subjects against no
+// permission, and one request then delivers every stored event to every
+// sidecar (or a status, for a read past the end). Such answers carry
+// Nats-Stream and Nats-Sequence, or a Status, or no header at all
+// (no_hdr); the issuer's publishes carry a Nats-Msg-Id and none of those.
+// Dropping them here spares a signature check and a stream read each.
+func published(m *nats.Msg) bool {
+	h := m.Header
+	return h.Get(jetstream.MsgIDHeader) != "" && h.Get(jetstream.StreamHeader) == "" &&
+		h.Get(jetstream.SequenceHeader) == "" && h.Get("Status") == ""
 }
 
 // interrupted reports a read that something else sent its answers into

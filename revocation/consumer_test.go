@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokenwarden/tokenwarden/jwks"
@@ -549,7 +550,10 @@ func TestConsumerLiveSubscription(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := nc.Publish(Subject(testPrefix, KindJTI), data); err != nil {
+	// As the issuer publishes it, with its id as Nats-Msg-Id.
+	live := &nats.Msg{Subject: Subject(testPrefix, KindJTI), Data: data, Header: nats.Header{}}
+	live.Header.Set(jetstream.MsgIDHeader, e.ID)
+	if err := nc.PublishMsg(live); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, waitLong, "an event seen only live", func() bool {
