@@ -79,13 +79,9 @@ func (k *lossyKV) Get(ctx context.Context, key string) (jetstream.KeyValueEntry,
 	return k.KeyValue.Get(ctx, key)
 }
 
-// TestFamilyStoreRidesOutFailover: a refresh-token family write whose reply
-// a NATS failover lost, or that found no responder for a moment, succeeds
-// on retry instead of failing the token request; a real conflict is still a
-// conflict. Before, the NATS rollout of test/k8s failed a login with 503
-// "nats: server is disconnected".
-func TestFamilyStoreRidesOutFailover(t *testing.T) {
-	ctx := t.Context()
+// familiesBucket is a real bucket on a NATS server of the test's own.
+func familiesBucket(t *testing.T) jetstream.KeyValue {
+	t.Helper()
 	ns := testenv.NATS(t, t.TempDir())
 	nc, err := nats.Connect(ns.URL())
 	if err != nil {
@@ -96,10 +92,21 @@ func TestFamilyStoreRidesOutFailover(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	real, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "families"})
+	kv, err := js.CreateKeyValue(t.Context(), jetstream.KeyValueConfig{Bucket: "families"})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return kv
+}
+
+// TestFamilyStoreRidesOutFailover: a refresh-token family write whose reply
+// a NATS failover lost, or that found no responder for a moment, succeeds
+// on retry instead of failing the token request; a real conflict is still a
+// conflict. Before, the NATS rollout of test/k8s failed a login with 503
+// "nats: server is disconnected".
+func TestFamilyStoreRidesOutFailover(t *testing.T) {
+	ctx := t.Context()
+	real := familiesBucket(t)
 	kv := &lossyKV{KeyValue: real}
 	s := familyStore{kv: kv}
 
@@ -152,20 +159,7 @@ func TestFamilyStoreRidesOutFailover(t *testing.T) {
 // write sent while there was no leader waited for nats.go's 5 s default
 // and left no time to try again.
 func TestFamilyStoreWaitsForTheNewLeader(t *testing.T) {
-	ns := testenv.NATS(t, t.TempDir())
-	nc, err := nats.Connect(ns.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	real, err := js.CreateKeyValue(t.Context(), jetstream.KeyValueConfig{Bucket: "families"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	real := familiesBucket(t)
 	// As jetstream's publish returns a server's refusal.
 	refused := func(code int, errCode jetstream.ErrorCode, desc string) error {
 		return fmt.Errorf("nats: %w", &jetstream.APIError{Code: code, ErrorCode: errCode, Description: desc})
