@@ -1,0 +1,147 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// printTable writes the results as Markdown: one column per N, then the
+// sidecar processes' memory, then the warnings the sidecars logged.
+func printTable(w io.Writer, results []*result, rss *rssResult, o options) {
+	p := func(format string, args ...any) { _, _ = fmt.Fprintf(w, format, args...) }
+	if len(results) > 0 {
+		head := []string{"N sidecars"}
+		for _, r := range results {
+			head = append(head, thousands(r.n))
+		}
+		p("\n| %s |\n|%s\n", strings.Join(head, " | "), strings.Repeat(" --- |", len(head)))
+		row := func(what string, f func(r *result) string) {
+			cells := []string{what}
+			for _, r := range results {
+				cells = append(cells, f(r))
+			}
+			p("| %s |\n", strings.Join(cells, " | "))
+		}
+		herd := func(f func(h *herdResult) string) func(r *result) string {
+			return func(r *result) string {
+				if r.herd == nil {
+					return "-"
+				}
+				return f(r.herd)
+			}
+		}
+		row("worker processes × sidecars", func(r *result) string {
+			return fmt.Sprintf("%d × %s", r.workers, thousands((r.n+r.workers-1)/r.workers))
+		})
+		row("cold start: every sidecar ready (p50 / p99)", func(r *result) string {
+			return fmt.Sprintf("%s (%s / %s)", round(r.ready.max), round(r.ready.p50), round(r.ready.p99))
+		})
+		row("NATS RSS, 3 nodes (largest node)", func(r *result) string {
+			return fmt.Sprintf("%s (%s)", mb(r.natsRSS), mb(r.natsMax))
+		})
+		row("NATS RSS per sidecar", func(r *result) string {
+			return fmt.Sprintf("%.0f KB", float64(r.natsRSS-r.natsBase)/float64(r.n)/1000)
+		})
+		row("NATS CPU idle, 3 nodes", func(r *result) string { return pct(r.natsIdle) })
+		row("sidecars' own CPU idle (in-process, all N)", func(r *result) string { return pct(r.sideIdle) })
+		row("consumers: revocation stream / bundle bucket", func(r *result) string {
+			return thousands(r.consRev) + " / " + thousands(r.consJWKS)
+		})
+		row("revocation from the 201: p50 / p99 / max", func(r *result) string { return r.prop.String() })
+		row("revocation from the request: p50 / p99 / max", func(r *result) string { return r.propReq.String() })
+		row("NATS CPU per revocation event (per sidecar)", func(r *result) string {
+			return fmt.Sprintf("%s (%s)", round(r.natsEvent), round(r.natsEvent/time.Duration(r.n)))
+		})
+		row("sidecars' CPU per event (in-process, per sidecar)", func(r *result) string {
+			return fmt.Sprintf("%s (%s)", round(r.sideEvent), round(r.sideEvent/time.Duration(r.n)))
+		})
+		row("key rotation: new bundle from the 200, p50 / p99 / max", func(r *result) string { return r.rotate.String() })
+		row("herd: node killed (its clients)", herd(func(h *herdResult) string {
+			return fmt.Sprintf("%s, stream leader (%s)", h.victim, thousands(h.victimClients))
+		}))
+		row("herd: reconnect from the kill, p50 / p99 / max (sidecars)", herd(func(h *herdResult) string {
+			s := fmt.Sprintf("%s (%s)", h.reconnect, thousands(h.disconnected))
+			if h.unreconnected > 0 {
+				s += fmt.Sprintf(", %d not back", h.unreconnected)
+			}
+			return s
+		}))
+		row("herd: revocation while down, from the kill (its 201 came at)", herd(func(h *herdResult) string {
+			return fmt.Sprintf("%s (%s)", h.revDown, round(h.revDown201))
+		}))
+		row("herd: the same from its 201", herd(func(h *herdResult) string { return h.revDownAfter.String() }))
+		row("herd: rotation while down, from the kill (its 200 came at)", herd(func(h *herdResult) string {
+			return fmt.Sprintf("%s (%s)", h.bundleDown, round(h.rotate200))
+		}))
+		row("herd: every sidecar caught up, from the kill", herd(func(h *herdResult) string { return round(h.caughtUp).String() }))
+		row("herd: node healthy after its restart", herd(func(h *herdResult) string { return round(h.nodeBack).String() }))
+		row("herd: revocation after the restart, from the 201", herd(func(h *herdResult) string { return h.revUp.String() }))
+		row("herd: sidecars not ready at a 1 s reading", herd(func(h *herdResult) string { return thousands(h.everNotReady) }))
+		row("missed events (of deliveries)", func(r *result) string {
+			return fmt.Sprintf("%d (of %s)", r.missed, thousands(r.deliveries))
+		})
+		row("in-process RSS per sidecar (workers' RSS ÷ N)", func(r *result) string {
+			return fmt.Sprintf("%.0f KB", float64(r.workerRSS)/float64(r.n)/1000)
+		})
+	}
+	if rss != nil && len(rss.idle) > 0 {
+		p("\n| %d `tokenwarden sidecar` processes | p50 | max |\n| --- | --- | --- |\n", rss.procs)
+		p("| RSS idle (%s after all were ready) | %s | %s |\n", rss.idleFor, mb(pctBytes(rss.idle, 0.5)), mb(pctBytes(rss.idle, 1)))
+		p("| RSS peak under load (%d /verify/s each over %d tokens, %d revocations/s, %s) | %s | %s |\n",
+			rss.rate, rss.tokens, rss.revocationRate, rss.loadFor, mb(pctBytes(rss.load, 0.5)), mb(pctBytes(rss.load, 1)))
+		p("\n%s requests, %d not 200; %d revocations.\n", thousands(int(rss.requests)), rss.bad, rss.revocations)
+	}
+	for _, r := range results {
+		if len(r.warnings) == 0 {
+			continue
+		}
+		p("\nN=%s: warnings the sidecars logged:\n", thousands(r.n))
+		for _, m := range slices.Sorted(maps.Keys(r.warnings)) {
+			p("  %6d  %s\n", r.warnings[m], m)
+		}
+	}
+	p("\nscale -n %s -per-worker %d -events %d -burst %d -rotations %d -idle %s -herd=%t -rss-sample %d -rss-idle %s -rss-load %s -rss-rate %d\n",
+		joinInts(o.counts), o.perWorker, o.events, o.burst, o.rotations, o.idle, o.herd, o.rssSample, o.rssIdle, o.rssLoad, o.rssRate)
+}
+
+func (s stats) String() string {
+	if s.n == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%s / %s / %s", round(s.p50), round(s.p99), round(s.max))
+}
+
+func mb(b int64) string { return fmt.Sprintf("%.0f MB", float64(b)/1e6) }
+
+func pct(cores float64) string { return fmt.Sprintf("%.1f%% of a core", cores*100) }
+
+// thousands writes n with comma separators, as the docs do.
+func thousands(n int) string {
+	s := strconv.Itoa(n)
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	var b strings.Builder
+	for i, c := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(c)
+	}
+	if neg {
+		return "-" + b.String()
+	}
+	return b.String()
+}
+
+func joinInts(v []int) string {
+	s := make([]string, len(v))
+	for i, n := range v {
+		s[i] = strconv.Itoa(n)
+	}
+	return strings.Join(s, ",")
+}
