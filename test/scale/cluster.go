@@ -211,19 +211,73 @@ func (d *deployment) waitNode(ctx context.Context, n *natsNode, within time.Dura
 	}
 }
 
-// clients is how many client connections a node holds, from /varz.
-func (d *deployment) clients(ctx context.Context, n *natsNode) int {
+// varz is what the tool reads from a node's /varz.
+type varz struct {
+	Connections int    `json:"connections"`
+	InMsgs      uint64 `json:"in_msgs"`
+	OutMsgs     uint64 `json:"out_msgs"`
+	JetStream   struct {
+		Stats struct {
+			API struct {
+				Total  uint64 `json:"total"`
+				Errors uint64 `json:"errors"`
+			} `json:"api"`
+		} `json:"stats"`
+	} `json:"jetstream"`
+}
+
+func (d *deployment) varz(ctx context.Context, n *natsNode) (varz, error) {
+	var v varz
 	code, body := d.get(ctx, fmt.Sprintf("http://127.0.0.1:%d/varz", n.monPort))
 	if code != http.StatusOK {
-		return -1
+		return v, fmt.Errorf("nats %s /varz: status %d", n.name, code)
 	}
-	var v struct {
-		Connections int `json:"connections"`
+	if err := json.Unmarshal(body, &v); err != nil {
+		return v, fmt.Errorf("nats %s /varz: %w", n.name, err)
 	}
-	if json.Unmarshal(body, &v) != nil {
+	return v, nil
+}
+
+// clients is how many client connections a node holds (-1: unknown).
+func (d *deployment) clients(ctx context.Context, n *natsNode) int {
+	v, err := d.varz(ctx, n)
+	if err != nil {
 		return -1
 	}
 	return v.Connections
+}
+
+// traffic is the cluster's message and JetStream API counters, summed
+// over the nodes (a restarted node starts its own over).
+type traffic struct {
+	msgs, api, apiErrors uint64
+	at                   time.Time
+}
+
+func (d *deployment) traffic(ctx context.Context) traffic {
+	t := traffic{at: time.Now()}
+	for _, n := range d.nodes {
+		if n.proc == nil || n.proc.exited() {
+			continue
+		}
+		if v, err := d.varz(ctx, n); err == nil {
+			t.msgs += v.InMsgs + v.OutMsgs
+			t.api += v.JetStream.Stats.API.Total
+			t.apiErrors += v.JetStream.Stats.API.Errors
+		}
+	}
+	return t
+}
+
+// since returns the counters' growth since an earlier reading.
+func (t traffic) since(from traffic) traffic {
+	sub := func(a, b uint64) uint64 {
+		if a < b {
+			return 0
+		}
+		return a - b
+	}
+	return traffic{msgs: sub(t.msgs, from.msgs), api: sub(t.api, from.api), apiErrors: sub(t.apiErrors, from.apiErrors), at: t.at}
 }
 
 func (d *deployment) get(ctx context.Context, u string) (int, []byte) {

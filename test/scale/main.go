@@ -50,19 +50,19 @@ import (
 )
 
 type options struct {
-	bin, natsBin string
-	counts       []int
-	perWorker    int
-	events       int
-	burst        int
-	rotations    int
-	idle         time.Duration
-	herd         bool
-	rssSample    int
-	rssIdle      time.Duration
-	rssLoad      time.Duration
-	rssRate      int
-	timeout      time.Duration
+	bin, natsBin  string
+	counts        []int
+	perWorker     int
+	events        int
+	burst         int
+	rotations     int
+	idle          time.Duration
+	herd          bool
+	rssSample     int
+	rssIdle       time.Duration
+	rssLoad       time.Duration
+	rssRate       int
+	timeout       time.Duration
 	out, progress io.Writer
 }
 
@@ -254,7 +254,12 @@ type result struct {
 	natsRSS   int64 // NATS RSS (3 nodes) with N idle sidecars
 	natsMax   int64 // the largest node
 	natsIdle  float64
-	sideIdle  float64 // CPU of the workers while idle, cores
+	sideIdle  float64    // CPU of the workers while idle, cores
+	idleMsgs  float64    // messages in + out of the 3 nodes per second, idle
+	idleAPI   float64    // JetStream API requests per second, idle
+	startAPI  uint64     // JetStream API requests during the cold start
+	startErrs uint64     // of which answered with an error
+	load      [2]float64 // the machine's 1-minute load average at start and end
 	consRev   int
 	consJWKS  int
 	prop      stats // revocation from the 201
@@ -340,6 +345,8 @@ func (r *runner) measure(ctx context.Context, n int) (*result, error) {
 	// Cold start: every sidecar connects, binds the bucket and the
 	// stream, creates its consumers and replays, all at once.
 	r.logf("N=%d: cold start", n)
+	res.load[0] = loadAverage()
+	tr0 := d.traffic(ctx)
 	t0 := time.Now()
 	if _, err := callAll(ws, request{Op: "start"}); err != nil {
 		return fail(err)
@@ -361,6 +368,8 @@ func (r *runner) measure(ctx context.Context, n int) (*result, error) {
 		}
 	}
 	res.ready = summarize(readyD)
+	tr := d.traffic(ctx).since(tr0)
+	res.startAPI, res.startErrs = tr.api, tr.apiErrors
 	r.logf("N=%d: ready: all %s (p50 %s), %d never ready, %d not ready now", n, round(res.ready.max), round(res.ready.p50), notYet, res.notReady)
 	if notYet > 0 {
 		return fail(fmt.Errorf("%d sidecars not ready within 5 minutes", notYet))
@@ -380,10 +389,13 @@ func (r *runner) measure(ctx context.Context, n int) (*result, error) {
 	}
 	r.logf("N=%d: idle for %s", n, r.o.idle)
 	natsM, sideM := startCPU(d.natsPIDs), startCPU(workerPIDs)
+	tr0 = d.traffic(ctx)
 	if !sleepCtx(ctx, r.o.idle) {
 		return res, ctx.Err()
 	}
+	tr = d.traffic(ctx).since(tr0)
 	natsCPU, wall := natsM.stop()
+	res.idleMsgs, res.idleAPI = float64(tr.msgs)/wall.Seconds(), float64(tr.api)/wall.Seconds()
 	sideCPU, _ := sideM.stop()
 	res.natsIdle, res.sideIdle = natsCPU.Seconds()/wall.Seconds(), sideCPU.Seconds()/wall.Seconds()
 	res.natsRSS = sumRSS(d.natsPIDs())
@@ -516,6 +528,7 @@ func (r *runner) measure(ctx context.Context, n int) (*result, error) {
 			}
 		}
 	}
+	res.load[1] = loadAverage()
 	r.logf("N=%d: done: %d missed of %d deliveries", n, res.missed, res.deliveries)
 	return res, nil
 }
@@ -674,6 +687,24 @@ func round(d time.Duration) time.Duration {
 	default:
 		return d.Round(10 * time.Microsecond)
 	}
+}
+
+// loadAverage is the machine's 1-minute load average (-1: unknown): on
+// a shared machine, what else ran during a measurement.
+func loadAverage() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return -1
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return -1
+	}
+	v, err := strconv.ParseFloat(f[0], 64)
+	if err != nil {
+		return -1
+	}
+	return v
 }
 
 func cpuModel() string {

@@ -40,11 +40,11 @@ type child struct {
 }
 
 type startSpec struct {
-	name  string
-	bin   string
-	args  []string
-	env   []string
-	dir   string // log file directory
+	name string
+	bin  string
+	args []string
+	env  []string
+	dir  string // log file directory
 	// stdin and stdout, when set, are the child's ends of pipes: passed
 	// as files, so that Wait never waits on a copy, and closed here once
 	// the child holds them. stderr always goes to the log file.

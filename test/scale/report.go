@@ -38,8 +38,14 @@ func printTable(w io.Writer, results []*result, rss *rssResult, o options) {
 		row("worker processes × sidecars", func(r *result) string {
 			return fmt.Sprintf("%d × %s", r.workers, thousands((r.n+r.workers-1)/r.workers))
 		})
+		row("machine load average, start / end of the N", func(r *result) string {
+			return fmt.Sprintf("%.1f / %.1f", r.load[0], r.load[1])
+		})
 		row("cold start: every sidecar ready (p50 / p99)", func(r *result) string {
 			return fmt.Sprintf("%s (%s / %s)", round(r.ready.max), round(r.ready.p50), round(r.ready.p99))
+		})
+		row("cold start: JetStream API requests (errors)", func(r *result) string {
+			return fmt.Sprintf("%s (%s)", thousands(int(r.startAPI)), thousands(int(r.startErrs)))
 		})
 		row("NATS RSS, 3 nodes (largest node)", func(r *result) string {
 			return fmt.Sprintf("%s (%s)", mb(r.natsRSS), mb(r.natsMax))
@@ -49,6 +55,9 @@ func printTable(w io.Writer, results []*result, rss *rssResult, o options) {
 		})
 		row("NATS CPU idle, 3 nodes", func(r *result) string { return pct(r.natsIdle) })
 		row("sidecars' own CPU idle (in-process, all N)", func(r *result) string { return pct(r.sideIdle) })
+		row("idle: messages through NATS per s (JetStream API requests per s)", func(r *result) string {
+			return fmt.Sprintf("%s (%s)", thousands(int(r.idleMsgs)), thousands(int(r.idleAPI)))
+		})
 		row("consumers: revocation stream / bundle bucket", func(r *result) string {
 			return thousands(r.consRev) + " / " + thousands(r.consJWKS)
 		})

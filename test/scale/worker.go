@@ -477,12 +477,12 @@ func (w *worker) stop() {
 
 // workerProc is a running worker, seen from the coordinator.
 type workerProc struct {
-	proc *child
-	n    int
+	proc    *child
+	n       int
 	in      *os.File
 	outFile *os.File
 	out     *bufio.Scanner
-	busy atomic.Bool
+	busy    atomic.Bool
 }
 
 func startWorker(kids *children, dir, bin string, i int, cfg workerConfig) (*workerProc, error) {
