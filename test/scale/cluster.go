@@ -94,6 +94,8 @@ func (d *deployment) natsPIDs() []int {
 	return pids
 }
 
+func newHTTPClient() *http.Client { return &http.Client{Timeout: 30 * time.Second} }
+
 func freePort() (int, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -105,8 +107,7 @@ func freePort() (int, error) {
 
 // deploy starts the NATS cluster and the issuer in dir.
 func deploy(ctx context.Context, kids *children, dir, natsBin, twBin string) (*deployment, error) {
-	d := &deployment{dir: dir, kids: kids, natsBin: natsBin, twBin: twBin,
-		http: &http.Client{Timeout: 30 * time.Second}}
+	d := &deployment{dir: dir, kids: kids, natsBin: natsBin, twBin: twBin, http: newHTTPClient()}
 	if err := d.startNATS(ctx); err != nil {
 		return d, err
 	}

@@ -58,6 +58,7 @@ type options struct {
 	rotations     int
 	idle          time.Duration
 	herd          bool
+	floor         bool
 	rssSample     int
 	rssIdle       time.Duration
 	rssLoad       time.Duration
@@ -68,7 +69,7 @@ type options struct {
 
 func defaults() options {
 	return options{bin: "bin/tokenwarden", counts: []int{1000, 2500, 5000}, perWorker: 1250, events: 20, burst: 50,
-		rotations: 3, idle: 15 * time.Second, herd: true, rssSample: 20, rssIdle: 10 * time.Second, rssLoad: 15 * time.Second, rssRate: 100,
+		rotations: 3, idle: 15 * time.Second, herd: true, floor: true, rssSample: 20, rssIdle: 10 * time.Second, rssLoad: 15 * time.Second, rssRate: 100,
 		timeout: 60 * time.Minute, out: os.Stdout, progress: os.Stderr}
 }
 
@@ -92,6 +93,7 @@ func coordinatorMain(args []string) int {
 	fs.IntVar(&o.rotations, "rotations", o.rotations, "key rotations timed, per N")
 	fs.DurationVar(&o.idle, "idle", o.idle, "window over which idle CPU is measured")
 	fs.BoolVar(&o.herd, "herd", o.herd, "kill -9 and restart the stream leader's node")
+	fs.BoolVar(&o.floor, "floor", o.floor, "also measure N plain NATS connections on a fresh cluster, for comparison")
 	fs.IntVar(&o.rssSample, "rss-sample", o.rssSample, "real sidecar processes whose memory is measured (0: skip)")
 	fs.DurationVar(&o.rssIdle, "rss-idle", o.rssIdle, "idle time of the sidecar processes before their memory is read")
 	fs.DurationVar(&o.rssLoad, "rss-load", o.rssLoad, "load phase of the sidecar processes")
@@ -268,10 +270,15 @@ type result struct {
 	sideEvent time.Duration
 	rotate    stats // bundle from the rotation's 200
 
-	herd *herdResult
+	herd  *herdResult
+	floor *floorResult
 
 	missed     int
-	deliveries int   // (event, sidecar) pairs checked
+	deliveries int // (event, sidecar) pairs checked
+	// apiDropped counts nats-server's warnings that its JetStream API
+	// queue overflowed and it dropped every request queued (logged at
+	// most once a minute or so per server: a lower bound).
+	apiDropped int
 	workerRSS  int64 // sum over workers
 	warnings   map[string]int
 }
@@ -296,6 +303,14 @@ type herdResult struct {
 
 // measure deploys from scratch, attaches n sidecars and measures them.
 func (r *runner) measure(ctx context.Context, n int) (*result, error) {
+	res := &result{n: n}
+	if r.o.floor {
+		f, err := r.measureFloor(ctx, n)
+		if err != nil {
+			return nil, err
+		}
+		res.floor = f
+	}
 	dir := filepath.Join(r.dir, "n"+strconv.Itoa(n))
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
@@ -305,9 +320,8 @@ func (r *runner) measure(ctx context.Context, n int) (*result, error) {
 	d, err := deploy(ctx, r.kids, dir, r.o.natsBin, r.o.bin)
 	defer d.stop()
 	if err != nil {
-		return nil, err
+		return res, err
 	}
-	res := &result{n: n}
 	res.natsBase = sumRSS(d.natsPIDs())
 
 	k := (n + r.o.perWorker - 1) / r.o.perWorker
@@ -527,6 +541,9 @@ func (r *runner) measure(ctx context.Context, n int) (*result, error) {
 				res.warnings[m] += c
 			}
 		}
+	}
+	for _, nd := range d.nodes {
+		res.apiDropped += nd.proc.count("limit reached, dropping")
 	}
 	res.load[1] = loadAverage()
 	r.logf("N=%d: done: %d missed of %d deliveries", n, res.missed, res.deliveries)

@@ -53,7 +53,8 @@ type startSpec struct {
 
 func (cs *children) start(s startSpec) (*child, error) {
 	logPath := filepath.Join(s.dir, s.name+".log")
-	f, err := os.Create(logPath) // #nosec G304 -- a file in the run's own directory
+	// Appended to: a restarted process keeps the log of its earlier life.
+	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600) // #nosec G304 -- a file in the run's own directory
 	if err != nil {
 		return nil, fmt.Errorf("log file of %s: %w", s.name, err)
 	}
@@ -146,6 +147,15 @@ func (c *child) tail(n int) string {
 	}
 	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// count returns how many lines of the child's log contain s.
+func (c *child) count(s string) int {
+	b, err := os.ReadFile(c.log)
+	if err != nil {
+		return 0
+	}
+	return strings.Count(string(b), s)
 }
 
 // ---- /proc readings ----

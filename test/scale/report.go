@@ -91,6 +91,22 @@ func printTable(w io.Writer, results []*result, rss *rssResult, o options) {
 		row("herd: node healthy after its restart", herd(func(h *herdResult) string { return round(h.nodeBack).String() }))
 		row("herd: revocation after the restart, from the 201", herd(func(h *herdResult) string { return h.revUp.String() }))
 		row("herd: sidecars not ready at a 1 s reading", herd(func(h *herdResult) string { return thousands(h.everNotReady) }))
+		floor := func(f func(f *floorResult) string) func(r *result) string {
+			return func(r *result) string {
+				if r.floor == nil {
+					return "-"
+				}
+				return f(r.floor)
+			}
+		}
+		row("floor, N plain connections: NATS RSS per connection", floor(func(f *floorResult) string {
+			return fmt.Sprintf("%.0f KB", float64(f.natsRSS-f.natsBase)/float64(f.n)/1000)
+		}))
+		row("floor, N plain connections: NATS CPU idle (messages per s)", floor(func(f *floorResult) string {
+			return fmt.Sprintf("%s (%s)", pct(f.natsIdle), thousands(int(f.idleMsgs)))
+		}))
+		row("floor: one core message to N connections, p50 / p99 / max", floor(func(f *floorResult) string { return f.fanout.String() }))
+		row("nats-server warnings: JetStream API queue overflowed, requests dropped", func(r *result) string { return thousands(r.apiDropped) })
 		row("missed events (of deliveries)", func(r *result) string {
 			return fmt.Sprintf("%d (of %s)", r.missed, thousands(r.deliveries))
 		})
