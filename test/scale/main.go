@@ -10,7 +10,7 @@
 //   - cold start: the time until every sidecar holds the bundle and has
 //     replayed the revocation stream (what /readyz waits for);
 //   - NATS: resident memory, CPU while idle, consumers per stream, CPU per
-//     revocation event;
+//     revocation event, JetStream API requests;
 //   - revocation propagation from the admin API's 201 to each sidecar;
 //   - key rotation: from the rotate call's 200 until each sidecar holds
 //     the new bundle;
@@ -54,7 +54,6 @@ type options struct {
 	counts        []int
 	perWorker     int
 	events        int
-	burst         int
 	rotations     int
 	idle          time.Duration
 	herd          bool
@@ -68,7 +67,7 @@ type options struct {
 }
 
 func defaults() options {
-	return options{bin: "bin/tokenwarden", counts: []int{1000, 2500, 5000}, perWorker: 1250, events: 20, burst: 50,
+	return options{bin: "bin/tokenwarden", counts: []int{1000, 2500, 5000}, perWorker: 1250, events: 20,
 		rotations: 3, idle: 15 * time.Second, herd: true, floor: true, rssSample: 20, rssIdle: 10 * time.Second, rssLoad: 15 * time.Second, rssRate: 100,
 		timeout: 60 * time.Minute, out: os.Stdout, progress: os.Stderr}
 }
@@ -88,8 +87,7 @@ func coordinatorMain(args []string) int {
 	fs.StringVar(&o.bin, "bin", o.bin, "tokenwarden binary (make build): the issuer and the -rss-sample sidecars")
 	fs.StringVar(&o.natsBin, "nats-bin", "", "nats-server binary (default: go build github.com/nats-io/nats-server/v2)")
 	fs.IntVar(&o.perWorker, "per-worker", o.perWorker, "sidecars per worker process")
-	fs.IntVar(&o.events, "events", o.events, "revocations timed one at a time, per N")
-	fs.IntVar(&o.burst, "burst", o.burst, "revocations sent back to back to measure NATS CPU per event")
+	fs.IntVar(&o.events, "events", o.events, "revocations timed one at a time, per N (their CPU too)")
 	fs.IntVar(&o.rotations, "rotations", o.rotations, "key rotations timed, per N")
 	fs.DurationVar(&o.idle, "idle", o.idle, "window over which idle CPU is measured")
 	fs.BoolVar(&o.herd, "herd", o.herd, "kill -9 and restart the stream leader's node")
@@ -126,8 +124,8 @@ func (o *options) check() error {
 		return errors.New("-n: no sidecar count")
 	case o.perWorker < 1:
 		return errors.New("-per-worker: want at least 1")
-	case o.events < 1 || o.burst < 1:
-		return errors.New("-events and -burst: want at least 1")
+	case o.events < 1:
+		return errors.New("-events: want at least 1")
 	case o.rotations < 0 || o.rssSample < 0:
 		return errors.New("-rotations and -rss-sample: must not be negative")
 	case o.idle < time.Second:
@@ -329,6 +327,16 @@ func (r *runner) measure(ctx context.Context, n int) (*result, error) {
 	r.logf("N=%d: building %d sidecars in %d worker processes", n, n, k)
 	ws := make([]*workerProc, 0, k)
 	defer func() {
+		// The sidecars' warnings say what went wrong, also when a phase
+		// failed.
+		if resps, err := callAll(ws, request{Op: "warnings"}); err == nil {
+			res.warnings = map[string]int{}
+			for _, rs := range resps {
+				for m, c := range rs.Warnings {
+					res.warnings[m] += c
+				}
+			}
+		}
 		for _, w := range ws {
 			_, _ = w.call(request{Op: "stop"})
 			w.close()
@@ -365,7 +373,9 @@ func (r *runner) measure(ctx context.Context, n int) (*result, error) {
 	if _, err := callAll(ws, request{Op: "start"}); err != nil {
 		return fail(err)
 	}
-	resps, err := callAll(ws, request{Op: "await_ready", Timeout: ms(5 * time.Minute)})
+	// Bounded, but with room for a cold start that grows faster than N.
+	readyWithin := max(5*time.Minute, time.Duration(n)*60*time.Millisecond)
+	resps, err := callAll(ws, request{Op: "await_ready", Timeout: ms(readyWithin)})
 	if err != nil {
 		return fail(err)
 	}
@@ -386,7 +396,7 @@ func (r *runner) measure(ctx context.Context, n int) (*result, error) {
 	res.startAPI, res.startErrs = tr.api, tr.apiErrors
 	r.logf("N=%d: ready: all %s (p50 %s), %d never ready, %d not ready now", n, round(res.ready.max), round(res.ready.p50), notYet, res.notReady)
 	if notYet > 0 {
-		return fail(fmt.Errorf("%d sidecars not ready within 5 minutes", notYet))
+		return fail(fmt.Errorf("%d sidecars not ready within %s", notYet, readyWithin))
 	}
 
 	// Idle: what N connected sidecars cost while nothing happens (pings,
@@ -444,15 +454,17 @@ func (r *runner) measure(ctx context.Context, n int) (*result, error) {
 		return all, nil
 	}
 
-	// Revocation propagation, one event at a time.
+	// Revocation propagation, one event at a time; the CPU the events
+	// cost is what the phase used beyond the idle rate.
 	r.logf("N=%d: %d revocations, one at a time", n, r.o.events)
+	natsM, sideM = startCPU(d.natsPIDs), startCPU(workerPIDs)
 	var from201, fromReq []time.Duration
 	for range r.o.events {
-		rv, err := d.revoke(ctx, newJTI(), 10*time.Second)
+		rv, err := d.revoke(ctx, newJTI(), time.Minute)
 		if err != nil {
 			return fail(err)
 		}
-		got, err := collect([]string{rv.id}, 30*time.Second)
+		got, err := collect([]string{rv.id}, 2*time.Minute)
 		if err != nil {
 			return fail(err)
 		}
@@ -466,26 +478,10 @@ func (r *runner) measure(ctx context.Context, n int) (*result, error) {
 		}
 	}
 	res.prop, res.propReq = summarize(from201), summarize(fromReq)
-
-	// CPU per event: a burst of revocations back to back, less what the
-	// same time costs idle.
-	r.logf("N=%d: a burst of %d revocations", n, r.o.burst)
-	natsM, sideM = startCPU(d.natsPIDs), startCPU(workerPIDs)
-	ids := make([]string, 0, r.o.burst)
-	for range r.o.burst {
-		rv, err := d.revoke(ctx, newJTI(), 10*time.Second)
-		if err != nil {
-			return fail(err)
-		}
-		ids = append(ids, rv.id)
-	}
-	if _, err := collect(ids, 2*time.Minute); err != nil {
-		return fail(err)
-	}
 	natsCPU, wall = natsM.stop()
 	sideCPU, _ = sideM.stop()
 	perEvent := func(cpu time.Duration, idle float64) time.Duration {
-		return max(cpu-time.Duration(idle*float64(wall)), 0) / time.Duration(r.o.burst)
+		return max(cpu-time.Duration(idle*float64(wall)), 0) / time.Duration(r.o.events)
 	}
 	res.natsEvent, res.sideEvent = perEvent(natsCPU, res.natsIdle), perEvent(sideCPU, res.sideIdle)
 
@@ -533,14 +529,6 @@ func (r *runner) measure(ctx context.Context, n int) (*result, error) {
 	}
 	for _, rs := range resps {
 		res.missed += rs.Missed
-	}
-	if resps, err = callAll(ws, request{Op: "warnings"}); err == nil {
-		res.warnings = map[string]int{}
-		for _, rs := range resps {
-			for m, c := range rs.Warnings {
-				res.warnings[m] += c
-			}
-		}
 	}
 	for _, nd := range d.nodes {
 		res.apiDropped += nd.proc.count("limit reached, dropping")

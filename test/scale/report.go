@@ -130,8 +130,8 @@ func printTable(w io.Writer, results []*result, rss *rssResult, o options) {
 			p("  %6d  %s\n", r.warnings[m], m)
 		}
 	}
-	p("\nscale -n %s -per-worker %d -events %d -burst %d -rotations %d -idle %s -herd=%t -rss-sample %d -rss-idle %s -rss-load %s -rss-rate %d\n",
-		joinInts(o.counts), o.perWorker, o.events, o.burst, o.rotations, o.idle, o.herd, o.rssSample, o.rssIdle, o.rssLoad, o.rssRate)
+	p("\nscale -n %s -per-worker %d -events %d -rotations %d -idle %s -herd=%t -rss-sample %d -rss-idle %s -rss-load %s -rss-rate %d\n",
+		joinInts(o.counts), o.perWorker, o.events, o.rotations, o.idle, o.herd, o.rssSample, o.rssIdle, o.rssLoad, o.rssRate)
 }
 
 func (s stats) String() string {

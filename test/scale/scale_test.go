@@ -68,7 +68,7 @@ func binaries(t *testing.T) (tw, nats string) {
 }
 
 // TestScaleSmoke runs the whole tool at N=20 in two worker processes:
-// cold start, idle, revocations, a burst, a rotation, the kill -9 and
+// cold start, idle, revocations, a rotation, the kill -9 and
 // restart of the stream leader's node, and two real sidecar processes
 // under load. It checks what the tool found, not how fast: every sidecar
 // ready, a consumer of each stream per sidecar, every event and bundle at
@@ -82,7 +82,7 @@ func TestScaleSmoke(t *testing.T) {
 	o := defaults()
 	o.bin, o.natsBin = tw, nats
 	o.counts, o.perWorker = []int{n}, n/2
-	o.events, o.burst, o.rotations, o.idle = 3, 3, 1, time.Second
+	o.events, o.rotations, o.idle = 3, 1, time.Second
 	o.rssSample, o.rssIdle, o.rssLoad, o.rssRate = 2, time.Second, 2*time.Second, 20
 	o.timeout = 5 * time.Minute
 	var out, progress bytes.Buffer
