@@ -198,7 +198,7 @@ func (d *deployment) waitNode(ctx context.Context, n *natsNode, within time.Dura
 	deadline := time.Now().Add(within)
 	for {
 		if n.proc.exited() {
-			return fmt.Errorf("nats %s exited: %v\n%s", n.name, n.proc.err, n.proc.tail(20))
+			return fmt.Errorf("nats %s exited: %w\n%s", n.name, n.proc.err, n.proc.tail(20))
 		}
 		if code, _ := d.get(ctx, u); code == http.StatusOK {
 			return nil
@@ -386,7 +386,7 @@ keys:
 	deadline := time.Now().Add(90 * time.Second)
 	for {
 		if d.issuer.exited() {
-			return fmt.Errorf("issuer exited: %v\n%s", d.issuer.err, d.issuer.tail(20))
+			return fmt.Errorf("issuer exited: %w\n%s", d.issuer.err, d.issuer.tail(20))
 		}
 		if code, _ := d.get(ctx, d.issuerURL+"/readyz"); code == http.StatusOK {
 			break
@@ -557,7 +557,7 @@ func (d *deployment) revoke(ctx context.Context, jti string, within time.Duratio
 			return r, fmt.Errorf("revoke %s: %d %s", jti, code, body)
 		}
 		if time.Now().After(deadline) {
-			return r, fmt.Errorf("revoke %s: no 201 within %s (last: %d %v)", jti, within, code, err)
+			return r, fmt.Errorf("revoke %s: no 201 within %s: %w", jti, within, lastAttempt(code, err, body))
 		}
 		if !sleepCtx(ctx, 100*time.Millisecond) {
 			return r, ctx.Err()
@@ -581,12 +581,20 @@ func (d *deployment) rotate(ctx context.Context, within time.Duration) (sent, go
 			return sent, got, fmt.Errorf("rotate: %d %s", code, body)
 		}
 		if time.Now().After(deadline) {
-			return sent, got, fmt.Errorf("rotate: no 200 within %s (last: %d %v %s)", within, code, err, body)
+			return sent, got, fmt.Errorf("rotate: no 200 within %s: %w", within, lastAttempt(code, err, body))
 		}
 		if !sleepCtx(ctx, 200*time.Millisecond) {
 			return sent, got, ctx.Err()
 		}
 	}
+}
+
+// lastAttempt describes the last failed attempt of a retried request.
+func lastAttempt(code int, err error, body []byte) error {
+	if err != nil {
+		return err
+	}
+	return fmt.Errorf("status %d: %s", code, bytes.TrimSpace(body))
 }
 
 // node returns the node of a server name.

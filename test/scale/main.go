@@ -191,7 +191,7 @@ func run(ctx context.Context, o options) (*report, error) {
 			rep.results = append(rep.results, res)
 		}
 		if err != nil {
-			runErr = fmt.Errorf("N=%d: %w", n, err)
+			runErr = fmt.Errorf("with %d sidecars: %w", n, err)
 			break
 		}
 	}
@@ -206,7 +206,7 @@ func run(ctx context.Context, o options) (*report, error) {
 	}
 	for _, res := range rep.results {
 		if res.missed > 0 {
-			return rep, fmt.Errorf("N=%d: %d missed event deliveries", res.n, res.missed)
+			return rep, fmt.Errorf("with %d sidecars: %d missed event deliveries", res.n, res.missed)
 		}
 	}
 	return rep, nil

@@ -45,7 +45,7 @@ func printTable(w io.Writer, results []*result, rss *rssResult, o options) {
 			return fmt.Sprintf("%s (%s / %s)", round(r.ready.max), round(r.ready.p50), round(r.ready.p99))
 		})
 		row("cold start: JetStream API requests (errors)", func(r *result) string {
-			return fmt.Sprintf("%s (%s)", thousands(int(r.startAPI)), thousands(int(r.startErrs)))
+			return fmt.Sprintf("%s (%s)", thousands(int(min(r.startAPI, 1<<31))), thousands(int(min(r.startErrs, 1<<31))))
 		})
 		row("NATS RSS, 3 nodes (largest node)", func(r *result) string {
 			return fmt.Sprintf("%s (%s)", mb(r.natsRSS), mb(r.natsMax))

@@ -205,7 +205,7 @@ func waitReady(ctx context.Context, d *deployment, c *child, u string, within ti
 	deadline := time.Now().Add(within)
 	for {
 		if c.exited() {
-			return fmt.Errorf("%s exited: %v\n%s", c.name, c.err, c.tail(20))
+			return fmt.Errorf("%s exited: %w\n%s", c.name, c.err, c.tail(20))
 		}
 		if code, _ := d.get(ctx, u); code == http.StatusOK {
 			return nil
