@@ -17,6 +17,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -587,6 +588,52 @@ func (d *deployment) rotate(ctx context.Context, within time.Duration) (sent, go
 			return sent, got, ctx.Err()
 		}
 	}
+}
+
+// natsWarnings counts the warning and error lines of every node's log
+// by message, with addresses, client ids and numbers taken out, so that
+// a failure shows what the servers saw (slow consumers, stale
+// connections, a JetStream API queue that overflowed).
+func (d *deployment) natsWarnings() map[string]int {
+	out := map[string]int{}
+	for _, n := range d.nodes {
+		if n.proc == nil {
+			continue
+		}
+		b, err := os.ReadFile(n.proc.log)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			i := strings.Index(line, "[WRN] ")
+			if i < 0 {
+				i = strings.Index(line, "[ERR] ")
+			}
+			if i < 0 {
+				continue
+			}
+			out[normalizeLogLine(line[i:])]++
+		}
+	}
+	return out
+}
+
+var (
+	logClientRe = regexp.MustCompile(`[0-9.]+:[0-9]+ - [a-z]+:[0-9]+( - "[^"]*")?( - [^ ]+)? - `)
+	logNumberRe = regexp.MustCompile(`[0-9]+(\.[0-9]+)?(µs|ms|s|m|h)?`)
+	logQuotedRe = regexp.MustCompile(`"[^"]*"|'[^']*'`)
+	logGroupRe  = regexp.MustCompile(`\[[SC]-R[0-9][FM]-[A-Za-z0-9]+\]`)
+)
+
+func normalizeLogLine(s string) string {
+	s = logClientRe.ReplaceAllString(s, "")
+	s = logGroupRe.ReplaceAllString(s, "[raft group]")
+	s = logQuotedRe.ReplaceAllString(s, `"…"`)
+	s = logNumberRe.ReplaceAllString(s, "N")
+	if len(s) > 110 {
+		s = s[:110] + "…"
+	}
+	return s
 }
 
 // lastAttempt describes the last failed attempt of a retried request.

@@ -273,12 +273,11 @@ type result struct {
 
 	missed     int
 	deliveries int // (event, sidecar) pairs checked
-	// apiDropped counts nats-server's warnings that its JetStream API
-	// queue overflowed and it dropped every request queued (logged at
-	// most once a minute or so per server: a lower bound).
-	apiDropped int
-	workerRSS  int64 // sum over workers
-	warnings   map[string]int
+	// natsWarnings counts the warnings and errors the NATS nodes logged,
+	// by message (client addresses and numbers taken out).
+	natsWarnings map[string]int
+	workerRSS    int64 // sum over workers
+	warnings     map[string]int
 }
 
 type herdResult struct {
@@ -337,11 +336,17 @@ func (r *runner) measure(ctx context.Context, n int) (*result, error) {
 				}
 			}
 		}
+		// All at once: a worker takes up to 30 s to stop its sidecars.
+		var wg sync.WaitGroup
 		for _, w := range ws {
-			_, _ = w.call(request{Op: "stop"})
-			w.close()
-			w.proc.stop(30 * time.Second)
+			wg.Go(func() {
+				_, _ = w.call(request{Op: "stop"})
+				w.close()
+				w.proc.stop(5 * time.Second)
+			})
 		}
+		wg.Wait()
+		res.natsWarnings = d.natsWarnings()
 	}()
 	for i := range k {
 		share := n / k
@@ -529,9 +534,6 @@ func (r *runner) measure(ctx context.Context, n int) (*result, error) {
 	}
 	for _, rs := range resps {
 		res.missed += rs.Missed
-	}
-	for _, nd := range d.nodes {
-		res.apiDropped += nd.proc.count("limit reached, dropping")
 	}
 	res.load[1] = loadAverage()
 	r.logf("N=%d: done: %d missed of %d deliveries", n, res.missed, res.deliveries)

@@ -106,7 +106,6 @@ func printTable(w io.Writer, results []*result, rss *rssResult, o options) {
 			return fmt.Sprintf("%s (%s)", pct(f.natsIdle), thousands(int(f.idleMsgs)))
 		}))
 		row("floor: one core message to N connections, p50 / p99 / max", floor(func(f *floorResult) string { return f.fanout.String() }))
-		row("nats-server warnings: JetStream API queue overflowed, requests dropped", func(r *result) string { return thousands(r.apiDropped) })
 		row("missed events (of deliveries)", func(r *result) string {
 			return fmt.Sprintf("%d (of %s)", r.missed, thousands(r.deliveries))
 		})
@@ -122,12 +121,17 @@ func printTable(w io.Writer, results []*result, rss *rssResult, o options) {
 		p("\n%s requests, %d not 200; %d revocations.\n", thousands(int(rss.requests)), rss.bad, rss.revocations)
 	}
 	for _, r := range results {
-		if len(r.warnings) == 0 {
-			continue
-		}
-		p("\nN=%s: warnings the sidecars logged:\n", thousands(r.n))
-		for _, m := range slices.Sorted(maps.Keys(r.warnings)) {
-			p("  %6d  %s\n", r.warnings[m], m)
+		for _, l := range []struct {
+			who string
+			m   map[string]int
+		}{{"the sidecars", r.warnings}, {"the NATS nodes", r.natsWarnings}} {
+			if len(l.m) == 0 {
+				continue
+			}
+			p("\nN=%s: warnings %s logged:\n", thousands(r.n), l.who)
+			for _, m := range slices.Sorted(maps.Keys(l.m)) {
+				p("  %6d  %s\n", l.m[m], m)
+			}
 		}
 	}
 	p("\nscale -n %s -per-worker %d -events %d -rotations %d -idle %s -herd=%t -rss-sample %d -rss-idle %s -rss-load %s -rss-rate %d\n",
