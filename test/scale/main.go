@@ -56,6 +56,7 @@ type options struct {
 	events        int
 	rotations     int
 	idle          time.Duration
+	ramp          float64
 	herd          bool
 	floor         bool
 	rssSample     int
@@ -68,7 +69,7 @@ type options struct {
 
 func defaults() options {
 	return options{bin: "bin/tokenwarden", counts: []int{1000, 2500, 5000}, perWorker: 1250, events: 20,
-		rotations: 3, idle: 15 * time.Second, herd: true, floor: true, rssSample: 20, rssIdle: 10 * time.Second, rssLoad: 15 * time.Second, rssRate: 100,
+		rotations: 3, idle: 15 * time.Second, ramp: 500, herd: true, floor: true, rssSample: 20, rssIdle: 10 * time.Second, rssLoad: 15 * time.Second, rssRate: 100,
 		timeout: 60 * time.Minute, out: os.Stdout, progress: os.Stderr}
 }
 
@@ -90,6 +91,7 @@ func coordinatorMain(args []string) int {
 	fs.IntVar(&o.events, "events", o.events, "revocations timed one at a time, per N (their CPU too)")
 	fs.IntVar(&o.rotations, "rotations", o.rotations, "key rotations timed, per N")
 	fs.DurationVar(&o.idle, "idle", o.idle, "window over which idle CPU is measured")
+	fs.Float64Var(&o.ramp, "ramp", o.ramp, "cold start: sidecars started per second, over all workers (0: all at once)")
 	fs.BoolVar(&o.herd, "herd", o.herd, "kill -9 and restart the stream leader's node")
 	fs.BoolVar(&o.floor, "floor", o.floor, "also measure N plain NATS connections on a fresh cluster, for comparison")
 	fs.IntVar(&o.rssSample, "rss-sample", o.rssSample, "real sidecar processes whose memory is measured (0: skip)")
@@ -128,6 +130,8 @@ func (o *options) check() error {
 		return errors.New("-events: want at least 1")
 	case o.rotations < 0 || o.rssSample < 0:
 		return errors.New("-rotations and -rss-sample: must not be negative")
+	case o.ramp < 0:
+		return errors.New("-ramp: must not be negative")
 	case o.idle < time.Second:
 		return errors.New("-idle: want at least 1s")
 	case o.rssSample > 0 && (o.rssIdle < time.Second || o.rssLoad < time.Second || o.rssRate < 1):
@@ -370,12 +374,14 @@ func (r *runner) measure(ctx context.Context, n int) (*result, error) {
 	fail := func(err error) (*result, error) { return res, fmt.Errorf("%w\n%s", err, d.issuer.tail(10)) }
 
 	// Cold start: every sidecar connects, binds the bucket and the
-	// stream, creates its consumers and replays, all at once.
-	r.logf("N=%d: cold start", n)
+	// stream, creates its consumers and replays; -ramp a second (a
+	// rollout, a node pool scaling up), or all at once (-ramp 0: every
+	// pod of the cluster waiting for a fresh NATS).
+	r.logf("N=%d: cold start, %s", n, rampText(r.o.ramp))
 	res.load[0] = loadAverage()
 	tr0 := d.traffic(ctx)
 	t0 := time.Now()
-	if _, err := callAll(ws, request{Op: "start"}); err != nil {
+	if _, err := callAll(ws, request{Op: "start", Rate: r.o.ramp / float64(k)}); err != nil {
 		return fail(err)
 	}
 	// Bounded, but with room for a cold start that grows faster than N.
@@ -672,6 +678,13 @@ func (r *runner) herd(ctx context.Context, d *deployment, ws []*workerProc, n in
 }
 
 func ms(d time.Duration) int64 { return d.Milliseconds() }
+
+func rampText(ramp float64) string {
+	if ramp == 0 {
+		return "all sidecars at once"
+	}
+	return fmt.Sprintf("%s sidecars started a second", thousands(int(ramp)))
+}
 
 func sumRSS(pids []int) int64 {
 	var sum int64

@@ -41,7 +41,7 @@ func printTable(w io.Writer, results []*result, rss *rssResult, o options) {
 		row("machine load average, start / end of the N", func(r *result) string {
 			return fmt.Sprintf("%.1f / %.1f", r.load[0], r.load[1])
 		})
-		row("cold start: every sidecar ready (p50 / p99)", func(r *result) string {
+		row("cold start ("+rampText(o.ramp)+"): every sidecar ready (p50 / p99)", func(r *result) string {
 			return fmt.Sprintf("%s (%s / %s)", round(r.ready.max), round(r.ready.p50), round(r.ready.p99))
 		})
 		row("cold start: JetStream API requests (errors)", func(r *result) string {
@@ -134,8 +134,8 @@ func printTable(w io.Writer, results []*result, rss *rssResult, o options) {
 			}
 		}
 	}
-	p("\nscale -n %s -per-worker %d -events %d -rotations %d -idle %s -herd=%t -rss-sample %d -rss-idle %s -rss-load %s -rss-rate %d\n",
-		joinInts(o.counts), o.perWorker, o.events, o.rotations, o.idle, o.herd, o.rssSample, o.rssIdle, o.rssLoad, o.rssRate)
+	p("\nscale -n %s -per-worker %d -events %d -rotations %d -idle %s -ramp %g -herd=%t -rss-sample %d -rss-idle %s -rss-load %s -rss-rate %d\n",
+		joinInts(o.counts), o.perWorker, o.events, o.rotations, o.idle, o.ramp, o.herd, o.rssSample, o.rssIdle, o.rssLoad, o.rssRate)
 }
 
 func (s stats) String() string {

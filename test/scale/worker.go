@@ -42,6 +42,8 @@ type request struct {
 	Seq     uint64   `json:"seq,omitempty"`     // await_bundle
 	Since   int64    `json:"since,omitempty"`   // conns: unix ns
 	Timeout int64    `json:"timeout,omitempty"` // ms
+	// start: sidecars started per second (0: all at once).
+	Rate float64 `json:"rate,omitempty"`
 }
 
 // response answers a request; times are unix nanoseconds (0: never).
@@ -298,13 +300,29 @@ func (w *worker) handle(req request) response {
 	timeout := time.Duration(req.Timeout) * time.Millisecond
 	switch req.Op {
 	case "start":
-		for _, sc := range w.scs {
-			w.wg.Go(func() {
-				if err := sc.Run(w.ctx); err != nil {
-					fmt.Fprintln(os.Stderr, "scale worker: sidecar stopped:", err)
+		// Paced in its own goroutine: the answer comes at once, and the
+		// coordinator times readiness from its request.
+		w.wg.Go(func() {
+			var every time.Duration
+			if req.Rate > 0 {
+				every = time.Duration(float64(time.Second) / req.Rate)
+			}
+			next := time.Now()
+			for _, sc := range w.scs {
+				if every > 0 {
+					time.Sleep(time.Until(next))
+					next = next.Add(every)
 				}
-			})
-		}
+				if w.ctx.Err() != nil {
+					return
+				}
+				w.wg.Go(func() {
+					if err := sc.Run(w.ctx); err != nil {
+						fmt.Fprintln(os.Stderr, "scale worker: sidecar stopped:", err)
+					}
+				})
+			}
+		})
 		return response{}
 	case "await_ready":
 		w.waitFor(timeout, func() bool {
