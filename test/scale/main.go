@@ -59,6 +59,7 @@ type options struct {
 	ramp          float64
 	herd          bool
 	floor         bool
+	capacity      bool
 	rssSample     int
 	rssIdle       time.Duration
 	rssLoad       time.Duration
@@ -69,7 +70,7 @@ type options struct {
 
 func defaults() options {
 	return options{bin: "bin/tokenwarden", counts: []int{1000, 2500, 5000}, perWorker: 1250, events: 20,
-		rotations: 3, idle: 15 * time.Second, ramp: 500, herd: true, floor: true, rssSample: 20, rssIdle: 10 * time.Second, rssLoad: 15 * time.Second, rssRate: 100,
+		rotations: 3, idle: 15 * time.Second, ramp: 500, herd: true, floor: true, capacity: true, rssSample: 20, rssIdle: 10 * time.Second, rssLoad: 15 * time.Second, rssRate: 100,
 		timeout: 60 * time.Minute, out: os.Stdout, progress: os.Stderr}
 }
 
@@ -93,6 +94,7 @@ func coordinatorMain(args []string) int {
 	fs.DurationVar(&o.idle, "idle", o.idle, "window over which idle CPU is measured")
 	fs.Float64Var(&o.ramp, "ramp", o.ramp, "cold start: sidecars started per second, over all workers (0: all at once)")
 	fs.BoolVar(&o.herd, "herd", o.herd, "kill -9 and restart the stream leader's node")
+	fs.BoolVar(&o.capacity, "capacity", o.capacity, "measure the fresh cluster's JetStream API capacity (STREAM.INFO, consumer creation) before attaching sidecars")
 	fs.BoolVar(&o.floor, "floor", o.floor, "also measure N plain NATS connections on a fresh cluster, for comparison")
 	fs.IntVar(&o.rssSample, "rss-sample", o.rssSample, "real sidecar processes whose memory is measured (0: skip)")
 	fs.DurationVar(&o.rssIdle, "rss-idle", o.rssIdle, "idle time of the sidecar processes before their memory is read")
@@ -272,8 +274,9 @@ type result struct {
 	sideEvent time.Duration
 	rotate    stats // bundle from the rotation's 200
 
-	herd  *herdResult
-	floor *floorResult
+	herd     *herdResult
+	floor    *floorResult
+	capacity *capacityResult
 
 	missed     int
 	deliveries int // (event, sidecar) pairs checked
@@ -324,6 +327,12 @@ func (r *runner) measure(ctx context.Context, n int) (*result, error) {
 		return res, err
 	}
 	res.natsBase = sumRSS(d.natsPIDs())
+	if r.o.capacity {
+		r.logf("N=%d: JetStream API capacity of the fresh cluster", n)
+		if res.capacity, err = r.measureCapacity(ctx, d); err != nil {
+			return res, err
+		}
+	}
 
 	k := (n + r.o.perWorker - 1) / r.o.perWorker
 	res.workers = k
@@ -440,6 +449,13 @@ func (r *runner) measure(ctx context.Context, n int) (*result, error) {
 		}
 	}
 	res.workerRSS = sumRSS(workerPIDs())
+	if res.capacity != nil {
+		// The same probe of the stream leader, now that it serves N
+		// sidecars' consumers and freshness probes.
+		if res.capacity.loadedInfo, err = streamInfoRate(ctx, d); err != nil {
+			return fail(err)
+		}
+	}
 
 	var jtis []string
 	newJTI := func() string {

@@ -91,6 +91,24 @@ func printTable(w io.Writer, results []*result, rss *rssResult, o options) {
 		row("herd: node healthy after its restart", herd(func(h *herdResult) string { return round(h.nodeBack).String() }))
 		row("herd: revocation after the restart, from the 201", herd(func(h *herdResult) string { return h.revUp.String() }))
 		row("herd: sidecars not ready at a 1 s reading", herd(func(h *herdResult) string { return thousands(h.everNotReady) }))
+		row("fresh cluster: STREAM.INFO of the revocation stream per s (32 callers)", func(r *result) string {
+			if r.capacity == nil {
+				return "-"
+			}
+			return thousands(int(r.capacity.streamInfo))
+		})
+		row("fresh cluster: ordered consumers bound, created and deleted per s", func(r *result) string {
+			if r.capacity == nil {
+				return "-"
+			}
+			return thousands(int(r.capacity.consumers))
+		})
+		row("with the N sidecars idle: STREAM.INFO per s (32 callers)", func(r *result) string {
+			if r.capacity == nil {
+				return "-"
+			}
+			return thousands(int(r.capacity.loadedInfo))
+		})
 		floor := func(f func(f *floorResult) string) func(r *result) string {
 			return func(r *result) string {
 				if r.floor == nil {
