@@ -201,9 +201,11 @@ func run(ctx context.Context, o options) (*report, error) {
 			break
 		}
 	}
-	if runErr == nil && o.rssSample > 0 {
+	// The sidecar processes do not depend on N: measured even when an N
+	// failed (unless the run was cut short).
+	if ctx.Err() == nil && o.rssSample > 0 {
 		if rep.rss, err = r.measureRSS(ctx); err != nil {
-			runErr = fmt.Errorf("sidecar processes: %w", err)
+			runErr = errors.Join(runErr, fmt.Errorf("sidecar processes: %w", err))
 		}
 	}
 	printTable(o.out, rep.results, rep.rss, o)
