@@ -257,6 +257,11 @@ type result struct {
 	n, workers int
 
 	ready     stats // from the start command to each sidecar ready
+	// neverReady counts the sidecars not ready within the bound: the
+	// cold start did not converge and the N's other figures are those of
+	// that moment.
+	neverReady  int
+	readyWithin time.Duration
 	notReady  int   // sidecars whose Ready() was false after all were ready
 	natsBase  int64 // NATS RSS (3 nodes) before any sidecar
 	natsRSS   int64 // NATS RSS (3 nodes) with N idle sidecars
@@ -268,6 +273,8 @@ type result struct {
 	startAPI  uint64     // JetStream API requests during the cold start
 	startErrs uint64     // of which answered with an error
 	load      [2]float64 // the machine's 1-minute load average at start and end
+	// Which phases ran to the end (the others' cells print "-").
+	idleDone, propDone bool
 	consRev   int
 	consJWKS  int
 	prop      stats // revocation from the 201
@@ -362,6 +369,7 @@ func (r *runner) measure(ctx context.Context, n int) (*result, error) {
 		}
 		wg.Wait()
 		res.natsWarnings = d.natsWarnings()
+		res.load[1] = loadAverage()
 	}()
 	for i := range k {
 		share := n / k
@@ -418,6 +426,10 @@ func (r *runner) measure(ctx context.Context, n int) (*result, error) {
 	res.startAPI, res.startErrs = tr.api, tr.apiErrors
 	r.logf("N=%d: ready: all %s (p50 %s), %d never ready, %d not ready now", n, round(res.ready.max), round(res.ready.p50), notYet, res.notReady)
 	if notYet > 0 {
+		// What the cluster looks like when it did not converge.
+		res.neverReady, res.readyWithin = notYet, readyWithin
+		res.natsRSS, res.natsMax = sumRSS(d.natsPIDs()), maxRSS(d.natsPIDs())
+		res.workerRSS = sumRSS(workerPIDs())
 		return fail(fmt.Errorf("%d sidecars not ready within %s", notYet, readyWithin))
 	}
 
@@ -442,14 +454,10 @@ func (r *runner) measure(ctx context.Context, n int) (*result, error) {
 	tr = d.traffic(ctx).since(tr0)
 	natsCPU, wall := natsM.stop()
 	res.idleMsgs, res.idleAPI = float64(tr.msgs)/wall.Seconds(), float64(tr.api)/wall.Seconds()
+	res.idleDone = true
 	sideCPU, _ := sideM.stop()
 	res.natsIdle, res.sideIdle = natsCPU.Seconds()/wall.Seconds(), sideCPU.Seconds()/wall.Seconds()
-	res.natsRSS = sumRSS(d.natsPIDs())
-	for _, p := range d.natsPIDs() {
-		if b, err := rssBytes(p); err == nil {
-			res.natsMax = max(res.natsMax, b)
-		}
-	}
+	res.natsRSS, res.natsMax = sumRSS(d.natsPIDs()), maxRSS(d.natsPIDs())
 	res.workerRSS = sumRSS(workerPIDs())
 	if res.capacity != nil {
 		// The same probe of the stream leader, now that it serves N
@@ -513,6 +521,7 @@ func (r *runner) measure(ctx context.Context, n int) (*result, error) {
 		return max(cpu-time.Duration(idle*float64(wall)), 0) / time.Duration(r.o.events)
 	}
 	res.natsEvent, res.sideEvent = perEvent(natsCPU, res.natsIdle), perEvent(sideCPU, res.sideIdle)
+	res.propDone = true
 
 	// Key rotation: the bundle is one KV put, watched by every sidecar.
 	var rot []time.Duration
@@ -559,7 +568,6 @@ func (r *runner) measure(ctx context.Context, n int) (*result, error) {
 	for _, rs := range resps {
 		res.missed += rs.Missed
 	}
-	res.load[1] = loadAverage()
 	r.logf("N=%d: done: %d missed of %d deliveries", n, res.missed, res.deliveries)
 	return res, nil
 }
@@ -702,6 +710,16 @@ func rampText(ramp float64) string {
 		return "all sidecars at once"
 	}
 	return fmt.Sprintf("%s sidecars started a second", thousands(int(ramp)))
+}
+
+func maxRSS(pids []int) int64 {
+	var m int64
+	for _, p := range pids {
+		if b, err := rssBytes(p); err == nil {
+			m = max(m, b)
+		}
+	}
+	return m
 }
 
 func sumRSS(pids []int) int64 {

@@ -42,6 +42,10 @@ func printTable(w io.Writer, results []*result, rss *rssResult, o options) {
 			return fmt.Sprintf("%.1f / %.1f", r.load[0], r.load[1])
 		})
 		row("cold start ("+rampText(o.ramp)+"): every sidecar ready (p50 / p99)", func(r *result) string {
+			if r.neverReady > 0 {
+				return fmt.Sprintf("**did not converge: %s of %s not ready after %s** (of those ready, p50 %s)",
+					thousands(r.neverReady), thousands(r.n), r.readyWithin, round(r.ready.p50))
+			}
 			return fmt.Sprintf("%s (%s / %s)", round(r.ready.max), round(r.ready.p50), round(r.ready.p99))
 		})
 		row("cold start: JetStream API requests (errors)", func(r *result) string {
@@ -51,24 +55,43 @@ func printTable(w io.Writer, results []*result, rss *rssResult, o options) {
 			return fmt.Sprintf("%s (%s)", mb(r.natsRSS), mb(r.natsMax))
 		})
 		row("NATS RSS per sidecar", func(r *result) string {
+			if r.natsRSS == 0 {
+				return "-"
+			}
 			return fmt.Sprintf("%.0f KB", float64(r.natsRSS-r.natsBase)/float64(r.n)/1000)
 		})
-		row("NATS CPU idle, 3 nodes", func(r *result) string { return pct(r.natsIdle) })
-		row("sidecars' own CPU idle (in-process, all N)", func(r *result) string { return pct(r.sideIdle) })
-		row("idle: messages through NATS per s (JetStream API requests per s)", func(r *result) string {
+		idle := func(f func(r *result) string) func(r *result) string {
+			return func(r *result) string {
+				if !r.idleDone {
+					return "-"
+				}
+				return f(r)
+			}
+		}
+		prop := func(f func(r *result) string) func(r *result) string {
+			return func(r *result) string {
+				if !r.propDone {
+					return "-"
+				}
+				return f(r)
+			}
+		}
+		row("NATS CPU idle, 3 nodes", idle(func(r *result) string { return pct(r.natsIdle) }))
+		row("sidecars' own CPU idle (in-process, all N)", idle(func(r *result) string { return pct(r.sideIdle) }))
+		row("idle: messages through NATS per s (JetStream API requests per s)", idle(func(r *result) string {
 			return fmt.Sprintf("%s (%s)", thousands(int(r.idleMsgs)), thousands(int(r.idleAPI)))
-		})
-		row("consumers: revocation stream / bundle bucket", func(r *result) string {
+		}))
+		row("consumers: revocation stream / bundle bucket", idle(func(r *result) string {
 			return thousands(r.consRev) + " / " + thousands(r.consJWKS)
-		})
+		}))
 		row("revocation from the 201: p50 / p99 / max", func(r *result) string { return r.prop.String() })
 		row("revocation from the request: p50 / p99 / max", func(r *result) string { return r.propReq.String() })
-		row("NATS CPU per revocation event (per sidecar)", func(r *result) string {
+		row("NATS CPU per revocation event (per sidecar)", prop(func(r *result) string {
 			return fmt.Sprintf("%s (%s)", round(r.natsEvent), round(r.natsEvent/time.Duration(r.n)))
-		})
-		row("sidecars' CPU per event (in-process, per sidecar)", func(r *result) string {
+		}))
+		row("sidecars' CPU per event (in-process, per sidecar)", prop(func(r *result) string {
 			return fmt.Sprintf("%s (%s)", round(r.sideEvent), round(r.sideEvent/time.Duration(r.n)))
-		})
+		}))
 		row("key rotation: new bundle from the 200, p50 / p99 / max", func(r *result) string { return r.rotate.String() })
 		row("herd: node killed (its clients)", herd(func(h *herdResult) string {
 			return fmt.Sprintf("%s, stream leader (%s)", h.victim, thousands(h.victimClients))
@@ -103,12 +126,12 @@ func printTable(w io.Writer, results []*result, rss *rssResult, o options) {
 			}
 			return thousands(int(r.capacity.consumers))
 		})
-		row("with the N sidecars idle: STREAM.INFO per s (32 callers)", func(r *result) string {
+		row("with the N sidecars idle: STREAM.INFO per s (32 callers)", idle(func(r *result) string {
 			if r.capacity == nil {
 				return "-"
 			}
 			return thousands(int(r.capacity.loadedInfo))
-		})
+		}))
 		floor := func(f func(f *floorResult) string) func(r *result) string {
 			return func(r *result) string {
 				if r.floor == nil {
@@ -128,6 +151,9 @@ func printTable(w io.Writer, results []*result, rss *rssResult, o options) {
 			return fmt.Sprintf("%d (of %s)", r.missed, thousands(r.deliveries))
 		})
 		row("in-process RSS per sidecar (workers' RSS ÷ N)", func(r *result) string {
+			if r.workerRSS == 0 {
+				return "-"
+			}
 			return fmt.Sprintf("%.0f KB", float64(r.workerRSS)/float64(r.n)/1000)
 		})
 	}
