@@ -256,32 +256,32 @@ func summarize(d []time.Duration) stats {
 type result struct {
 	n, workers int
 
-	ready     stats // from the start command to each sidecar ready
+	ready stats // from the start command to each sidecar ready
 	// neverReady counts the sidecars not ready within the bound: the
 	// cold start did not converge and the N's other figures are those of
 	// that moment.
 	neverReady  int
 	readyWithin time.Duration
-	notReady  int   // sidecars whose Ready() was false after all were ready
-	natsBase  int64 // NATS RSS (3 nodes) before any sidecar
-	natsRSS   int64 // NATS RSS (3 nodes) with N idle sidecars
-	natsMax   int64 // the largest node
-	natsIdle  float64
-	sideIdle  float64    // CPU of the workers while idle, cores
-	idleMsgs  float64    // messages in + out of the 3 nodes per second, idle
-	idleAPI   float64    // JetStream API requests per second, idle
-	startAPI  uint64     // JetStream API requests during the cold start
-	startErrs uint64     // of which answered with an error
-	load      [2]float64 // the machine's 1-minute load average at start and end
+	notReady    int   // sidecars whose Ready() was false after all were ready
+	natsBase    int64 // NATS RSS (3 nodes) before any sidecar
+	natsRSS     int64 // NATS RSS (3 nodes) with N idle sidecars
+	natsMax     int64 // the largest node
+	natsIdle    float64
+	sideIdle    float64    // CPU of the workers while idle, cores
+	idleMsgs    float64    // messages in + out of the 3 nodes per second, idle
+	idleAPI     float64    // JetStream API requests per second, idle
+	startAPI    uint64     // JetStream API requests during the cold start
+	startErrs   uint64     // of which answered with an error
+	load        [2]float64 // the machine's 1-minute load average at start and end
 	// Which phases ran to the end (the others' cells print "-").
 	idleDone, propDone bool
-	consRev   int
-	consJWKS  int
-	prop      stats // revocation from the 201
-	propReq   stats // revocation from the request
-	natsEvent time.Duration
-	sideEvent time.Duration
-	rotate    stats // bundle from the rotation's 200
+	consRev            int
+	consJWKS           int
+	prop               stats // revocation from the 201
+	propReq            stats // revocation from the request
+	natsEvent          time.Duration
+	sideEvent          time.Duration
+	rotate             stats // bundle from the rotation's 200
 
 	herd     *herdResult
 	floor    *floorResult
