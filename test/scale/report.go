@@ -110,7 +110,12 @@ func printTable(w io.Writer, results []*result, rss *rssResult, o options) {
 		row("herd: rotation while down, from the kill (its 200 came at)", herd(func(h *herdResult) string {
 			return fmt.Sprintf("%s (%s)", h.bundleDown, round(h.rotate200))
 		}))
-		row("herd: every sidecar caught up, from the kill", herd(func(h *herdResult) string { return round(h.caughtUp).String() }))
+		row("herd: every sidecar caught up, from the kill", herd(func(h *herdResult) string {
+			if h.bundleMissing > 0 {
+				return fmt.Sprintf("**no: %s without the new bundle after 3 min**", thousands(h.bundleMissing))
+			}
+			return round(h.caughtUp).String()
+		}))
 		row("herd: node healthy after its restart", herd(func(h *herdResult) string { return round(h.nodeBack).String() }))
 		row("herd: revocation after the restart, from the 201", herd(func(h *herdResult) string { return h.revUp.String() }))
 		row("herd: sidecars not ready at a 1 s reading", herd(func(h *herdResult) string { return thousands(h.everNotReady) }))
