@@ -191,14 +191,19 @@ func run(ctx context.Context, o options) (*report, error) {
 	r.logf("machine: %d cores (GOMAXPROCS %d), %s; %s", runtime.NumCPU(), runtime.GOMAXPROCS(0), cpuModel(), memAvailable())
 	rep := &report{}
 	var runErr error
+	// An N that fails is a finding: the next ones are still measured,
+	// and the run fails at the end.
 	for _, n := range o.counts {
+		if ctx.Err() != nil {
+			break
+		}
 		res, err := r.measure(ctx, n)
 		if res != nil {
 			rep.results = append(rep.results, res)
 		}
 		if err != nil {
-			runErr = fmt.Errorf("with %d sidecars: %w", n, err)
-			break
+			r.logf("N=%d failed: %v", n, err)
+			runErr = errors.Join(runErr, fmt.Errorf("with %d sidecars: %w", n, err))
 		}
 	}
 	// The sidecar processes do not depend on N: measured even when an N
