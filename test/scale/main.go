@@ -677,8 +677,11 @@ func (r *runner) herd(ctx context.Context, d *deployment, ws []*workerProc, n in
 		}
 	}
 	h.reconnect = summarize(rc)
-	r.logf("N=%d: herd: %d disconnected, reconnected within %s; every sidecar caught up %s after the kill",
-		n, h.disconnected, round(h.reconnect.max), round(h.caughtUp))
+	caught := fmt.Sprintf("every sidecar caught up %s after the kill", round(h.caughtUp))
+	if h.bundleMissing > 0 {
+		caught = fmt.Sprintf("%d sidecars still without the new bundle 3 minutes after the kill", h.bundleMissing)
+	}
+	r.logf("N=%d: herd: %d disconnected, reconnected within %s; %s", n, h.disconnected, round(h.reconnect.max), caught)
 
 	// The node comes back.
 	tRestart := time.Now()

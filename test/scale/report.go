@@ -86,12 +86,17 @@ func printTable(w io.Writer, results []*result, rss *rssResult, o options) {
 		}))
 		row("revocation from the 201: p50 / p99 / max", func(r *result) string { return r.prop.String() })
 		row("revocation from the request: p50 / p99 / max", func(r *result) string { return r.propReq.String() })
-		row("NATS CPU per revocation event (per sidecar)", prop(func(r *result) string {
-			return fmt.Sprintf("%s (%s)", round(r.natsEvent), round(r.natsEvent/time.Duration(r.n)))
-		}))
-		row("sidecars' CPU per event (in-process, per sidecar)", prop(func(r *result) string {
-			return fmt.Sprintf("%s (%s)", round(r.sideEvent), round(r.sideEvent/time.Duration(r.n)))
-		}))
+		// The events' CPU is what their phase used beyond the idle rate:
+		// when the idle rate itself swings more than that, there is no
+		// figure.
+		perEvent := func(d time.Duration, n int) string {
+			if d <= 0 {
+				return "below the idle noise"
+			}
+			return fmt.Sprintf("%s (%s)", round(d), round(d/time.Duration(n)))
+		}
+		row("NATS CPU per revocation event (per sidecar)", prop(func(r *result) string { return perEvent(r.natsEvent, r.n) }))
+		row("sidecars' CPU per event (in-process, per sidecar)", prop(func(r *result) string { return perEvent(r.sideEvent, r.n) }))
 		row("key rotation: new bundle from the 200, p50 / p99 / max", func(r *result) string { return r.rotate.String() })
 		row("herd: node killed (its clients)", herd(func(h *herdResult) string {
 			return fmt.Sprintf("%s, stream leader (%s)", h.victim, thousands(h.victimClients))
