@@ -149,15 +149,6 @@ func (c *child) tail(n int) string {
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
-// count returns how many lines of the child's log contain s.
-func (c *child) count(s string) int {
-	b, err := os.ReadFile(c.log)
-	if err != nil {
-		return 0
-	}
-	return strings.Count(string(b), s)
-}
-
 // ---- /proc readings ----
 
 // clockTicks is USER_HZ, the unit of utime and stime in /proc/PID/stat:

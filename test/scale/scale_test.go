@@ -152,11 +152,11 @@ func TestChildrenDieWithTool(t *testing.T) {
 	for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGTERM, syscall.SIGINT} {
 		t.Run(sig.String(), func(t *testing.T) {
 			// A long idle phase keeps the tool busy while it is killed.
-			args := fmt.Sprintf("-bin %s -nats-bin %s -n 4 -per-worker 4 -idle 10m -herd=false -rss-sample 0 -timeout 5m", tw, nats)
+			args := fmt.Sprintf("-bin %s -nats-bin %s -n 4 -per-worker 4 -idle 10m -floor=false -capacity=false -herd=false -rss-sample 0 -timeout 5m", tw, nats)
 			cmd := exec.Command(self, "-test.run=^$")
 			// The tool's directory goes with the test, also after a kill -9.
 			cmd.Env = append(os.Environ(), coordinatorEnv+"="+args, "TMPDIR="+t.TempDir())
-			var out bytes.Buffer
+			var out lockedBuffer // written by exec's copier, read on failure
 			cmd.Stdout, cmd.Stderr = &out, &out
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
@@ -207,6 +207,23 @@ func TestChildrenDieWithTool(t *testing.T) {
 			}
 		})
 	}
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 // procID names a process across PID reuse: its PID and start time.
