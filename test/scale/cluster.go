@@ -27,7 +27,6 @@ import (
 
 	"github.com/tokenwarden/tokenwarden/issuer"
 	"github.com/tokenwarden/tokenwarden/issuer/directory"
-	"github.com/tokenwarden/tokenwarden/jwks"
 	"github.com/tokenwarden/tokenwarden/revocation"
 )
 
@@ -460,30 +459,6 @@ func (d *deployment) streamInfo(ctx context.Context, name string) (consumers int
 	return info.State.Consumers, leader, nil
 }
 
-// bundleSequence reads the bundle in KV and returns its sequence.
-func (d *deployment) bundleSequence(ctx context.Context) (uint64, error) {
-	js, nc, err := d.jetstream()
-	if err != nil {
-		return 0, err
-	}
-	defer nc.Close()
-	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	kv, err := js.KeyValue(rctx, issuer.BundleBucket(prefix))
-	if err != nil {
-		return 0, fmt.Errorf("bundle bucket: %w", err)
-	}
-	e, err := kv.Get(rctx, "current")
-	if err != nil {
-		return 0, fmt.Errorf("bundle: %w", err)
-	}
-	b, err := jwks.VerifyBundle(e.Value(), []ed25519.PublicKey{d.distPub})
-	if err != nil {
-		return 0, fmt.Errorf("bundle: %w", err)
-	}
-	return b.Sequence, nil
-}
-
 // token gets an access token with the client_credentials grant.
 func (d *deployment) token(ctx context.Context, id, secret, scope string) (string, error) {
 	form := url.Values{"grant_type": {"client_credentials"}, "scope": {scope}}
@@ -566,26 +541,39 @@ func (d *deployment) revoke(ctx context.Context, jti string, within time.Duratio
 	}
 }
 
+// rotation is one on-demand key rotation: when its 200 arrived, and the
+// ring's new sequence, which the bundle the issuer published before
+// answering carries.
+type rotation struct {
+	got time.Time
+	seq uint64
+}
+
 // rotate rotates the signing keys on demand, retrying while the next key
 // is not ready (409) or the issuer is failing over (503), for up to
-// within; it returns when the 200 arrived.
-func (d *deployment) rotate(ctx context.Context, within time.Duration) (sent, got time.Time, err error) {
+// within.
+func (d *deployment) rotate(ctx context.Context, within time.Duration) (rotation, error) {
 	deadline := time.Now().Add(within)
 	for {
-		sent = time.Now()
 		code, body, err := d.adminPost(ctx, "/admin/v1/keys/rotate", struct{}{})
-		got = time.Now()
+		got := time.Now()
 		if err == nil && code == http.StatusOK {
-			return sent, got, nil
+			var ring struct {
+				Sequence uint64 `json:"sequence"`
+			}
+			if err := json.Unmarshal(body, &ring); err != nil || ring.Sequence == 0 {
+				return rotation{}, fmt.Errorf("rotate: 200 without a ring sequence: %s", body)
+			}
+			return rotation{got: got, seq: ring.Sequence}, nil
 		}
 		if err == nil && code != http.StatusConflict && code != http.StatusServiceUnavailable {
-			return sent, got, fmt.Errorf("rotate: %d %s", code, body)
+			return rotation{}, fmt.Errorf("rotate: %d %s", code, body)
 		}
 		if time.Now().After(deadline) {
-			return sent, got, fmt.Errorf("rotate: no 200 within %s: %w", within, lastAttempt(code, err, body))
+			return rotation{}, fmt.Errorf("rotate: no 200 within %s: %w", within, lastAttempt(code, err, body))
 		}
 		if !sleepCtx(ctx, 200*time.Millisecond) {
-			return sent, got, ctx.Err()
+			return rotation{}, ctx.Err()
 		}
 	}
 }

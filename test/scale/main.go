@@ -19,8 +19,13 @@
 //     reconnect times, time until every sidecar has both, readiness;
 //   - missed events: every sidecar must hold every revocation (0);
 //
-// and, on a fresh deployment, the resident memory of -rss-sample real
-// `tokenwarden sidecar` processes, idle and under /verify load.
+// for comparison, on fresh clusters, the JetStream API rates the cluster
+// sustains (-capacity) and N plain connections with one subscription each
+// (-floor); and, on a fresh deployment, the resident memory of -rss-sample
+// real `tokenwarden sidecar` processes, idle and under /verify load. An N
+// that fails (a cold start that does not converge, a herd that does not
+// catch up, a missed event) is reported in the table, the next N is still
+// measured, and the run exits non-zero.
 //
 // Every child process runs in its own process group with Pdeathsig
 // SIGKILL: a killed tool leaves nothing behind. The run is bounded by
@@ -69,9 +74,12 @@ type options struct {
 }
 
 func defaults() options {
-	return options{bin: "bin/tokenwarden", counts: []int{1000, 2500, 5000}, perWorker: 1250, events: 20,
-		rotations: 3, idle: 15 * time.Second, ramp: 500, herd: true, floor: true, capacity: true, rssSample: 20, rssIdle: 10 * time.Second, rssLoad: 15 * time.Second, rssRate: 100,
-		timeout: 60 * time.Minute, out: os.Stdout, progress: os.Stderr}
+	return options{
+		bin: "bin/tokenwarden", counts: []int{1000, 2500, 5000}, perWorker: 1250, events: 20, rotations: 3,
+		idle: 15 * time.Second, ramp: 500, herd: true, floor: true, capacity: true,
+		rssSample: 20, rssIdle: 10 * time.Second, rssLoad: 15 * time.Second, rssRate: 100,
+		timeout: 60 * time.Minute, out: os.Stdout, progress: os.Stderr,
+	}
 }
 
 func main() {
@@ -260,33 +268,39 @@ func summarize(d []time.Duration) stats {
 // result is what one N measured.
 type result struct {
 	n, workers int
+	load       [2]float64 // the machine's 1-minute load average at start and end
 
+	// The cold start.
 	ready stats // from the start command to each sidecar ready
-	// neverReady counts the sidecars not ready within the bound: the
-	// cold start did not converge and the N's other figures are those of
+	// neverReady counts the sidecars not ready within readyWithin: the
+	// cold start did not converge, and the N's other figures are those of
 	// that moment.
 	neverReady  int
 	readyWithin time.Duration
-	notReady    int   // sidecars whose Ready() was false after all were ready
-	natsBase    int64 // NATS RSS (3 nodes) before any sidecar
-	natsRSS     int64 // NATS RSS (3 nodes) with N idle sidecars
-	natsMax     int64 // the largest node
-	natsIdle    float64
-	sideIdle    float64    // CPU of the workers while idle, cores
-	idleMsgs    float64    // messages in + out of the 3 nodes per second, idle
-	idleAPI     float64    // JetStream API requests per second, idle
-	startAPI    uint64     // JetStream API requests during the cold start
-	startErrs   uint64     // of which answered with an error
-	load        [2]float64 // the machine's 1-minute load average at start and end
-	// Which phases ran to the end (the others' cells print "-").
-	idleDone, propDone bool
-	consRev            int
-	consJWKS           int
-	prop               stats // revocation from the 201
-	propReq            stats // revocation from the request
-	natsEvent          time.Duration
-	sideEvent          time.Duration
-	rotate             stats // bundle from the rotation's 200
+	notReady    int    // sidecars whose Ready() was false after all were ready
+	startAPI    uint64 // JetStream API requests during the cold start
+	startErrs   uint64 // of which answered with an error
+
+	// Idle.
+	idleDone  bool  // the idle phase ran (otherwise its cells print "-")
+	natsBase  int64 // NATS RSS (3 nodes) before any sidecar
+	natsRSS   int64 // NATS RSS (3 nodes) with N idle sidecars
+	natsMax   int64 // the largest node
+	natsIdle  float64
+	sideIdle  float64 // CPU of the workers while idle, cores
+	idleMsgs  float64 // messages in + out of the 3 nodes per second
+	idleAPI   float64 // JetStream API requests per second
+	consRev   int
+	consJWKS  int
+	workerRSS int64 // sum over workers
+
+	// Revocations and rotations.
+	propDone  bool  // the propagation phase ran
+	prop      stats // revocation from the 201
+	propReq   stats // revocation from the request
+	natsEvent time.Duration
+	sideEvent time.Duration
+	rotate    stats // bundle from the rotation's 200
 
 	herd     *herdResult
 	floor    *floorResult
@@ -294,11 +308,10 @@ type result struct {
 
 	missed     int
 	deliveries int // (event, sidecar) pairs checked
-	// natsWarnings counts the warnings and errors the NATS nodes logged,
-	// by message (client addresses and numbers taken out).
-	natsWarnings map[string]int
-	workerRSS    int64 // sum over workers
+	// What went wrong, by message: the sidecars' warnings, and the NATS
+	// nodes' warnings and errors (addresses and numbers taken out).
 	warnings     map[string]int
+	natsWarnings map[string]int
 }
 
 type herdResult struct {
@@ -534,15 +547,12 @@ func (r *runner) measure(ctx context.Context, n int) (_ *result, err error) {
 	lastRotation := time.Time{}
 	for i := range r.o.rotations {
 		r.logf("N=%d: key rotation %d of %d", n, i+1, r.o.rotations)
-		_, got, err := d.rotate(ctx, 30*time.Second)
+		rot0, err := d.rotate(ctx, 30*time.Second)
 		if err != nil {
 			return fail(err)
 		}
+		got, seq := rot0.got, rot0.seq
 		lastRotation = got
-		seq, err := d.bundleSequence(ctx)
-		if err != nil {
-			return fail(err)
-		}
 		resps, err := callAll(ws, request{Op: "await_bundle", Seq: seq, Timeout: ms(time.Minute)})
 		if err != nil {
 			return fail(err)
@@ -617,19 +627,16 @@ func (r *runner) herd(ctx context.Context, d *deployment, ws []*workerProc, n in
 	// replay.
 	var rv revocationSent
 	var rotErr, revErr error
-	var rotGot time.Time
+	var rot rotation
 	var wg sync.WaitGroup
 	wg.Go(func() { rv, revErr = d.revoke(ctx, newJTI(), time.Minute) })
-	wg.Go(func() { _, rotGot, rotErr = d.rotate(ctx, time.Minute) })
+	wg.Go(func() { rot, rotErr = d.rotate(ctx, time.Minute) })
 	wg.Wait()
 	if err := errors.Join(revErr, rotErr); err != nil {
 		return h, err
 	}
-	h.revDown201, h.rotate200 = rv.got.Sub(tKill), rotGot.Sub(tKill)
-	seq, err := d.bundleSequence(ctx)
-	if err != nil {
-		return h, err
-	}
+	h.revDown201, h.rotate200 = rv.got.Sub(tKill), rot.got.Sub(tKill)
+	seq := rot.seq
 	got, err := collect([]string{rv.id}, 3*time.Minute)
 	if err != nil {
 		return h, err
