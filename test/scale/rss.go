@@ -70,11 +70,18 @@ func (r *runner) measureRSS(ctx context.Context) (*rssResult, error) {
 			return nil, err
 		}
 		addr := "127.0.0.1:" + strconv.Itoa(port)
+		grpcPort, err := freePort()
+		if err != nil {
+			return nil, err
+		}
 		// The defaults of a sidecar the chart injects, less the access log
-		// (at Info, which --log-level warn drops anyway).
-		c, err := r.kids.start(startSpec{name: "sidecar-" + strconv.Itoa(i), bin: r.o.bin, dir: dir, args: []string{"sidecar",
-			"--listen", addr, "--issuer", d.issuerURL, "--audience", audience, "--nats-url", d.natsURLs(),
-			"--distribution-public-key-file", d.distFile, "--log-level", "warn"}})
+		// (at Info, which --log-level warn drops anyway). A sidecar that
+		// serves gRPC too (the default where it does) gets a port of its
+		// own through the variable, which a sidecar without gRPC ignores.
+		c, err := r.kids.start(startSpec{name: "sidecar-" + strconv.Itoa(i), bin: r.o.bin, dir: dir,
+			env: []string{"TOKENWARDEN_GRPC_ADDR=127.0.0.1:" + strconv.Itoa(grpcPort)}, args: []string{"sidecar",
+				"--listen", addr, "--issuer", d.issuerURL, "--audience", audience, "--nats-url", d.natsURLs(),
+				"--distribution-public-key-file", d.distFile, "--log-level", "warn"}})
 		if err != nil {
 			return nil, err
 		}
