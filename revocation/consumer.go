@@ -94,6 +94,20 @@ func WithProbeInterval(d time.Duration) ConsumerOption {
 	}
 }
 
+// WithCatchUpDelay bounds the random wait before the read a consumer makes
+// when its connection comes back (default 2s; 0 reads at once). When a
+// NATS server restarts, every client it had reconnects at the same moment:
+// spread over this window, their catch-up reads do not arrive as one
+// burst. The live subscription resumes at once, so only events published
+// while the connection was down wait for it.
+func WithCatchUpDelay(d time.Duration) ConsumerOption {
+	return func(c *Consumer) {
+		if d >= 0 {
+			c.catchUpDelay = d
+		}
+	}
+}
+
 // Tuning of the consumer.
 const (
 	// fetchBatch is how many stored events one read asks for: large enough
@@ -127,12 +141,21 @@ const (
 	// requestTimeout bounds each JetStream API call of the consumer.
 	requestTimeout = 10 * time.Second
 	// probeInterval is how often a running consumer reads the stream
-	// without being told to: to confirm its set is current (Staleness),
-	// and to make sure the stream is still the one it bound (a stream
-	// deleted and created again starts its sequences over, and a read
-	// resuming at its old sequence would skip the new stream's first
-	// events). Two small JetStream API requests per consumer per probe.
+	// without being told to, to confirm its set is current (Staleness):
+	// one direct get, which any replica of the stream answers (a 404 when
+	// nothing is new), and no JetStream API request.
 	probeInterval = 5 * time.Second
+	// recheckInterval is how often (jittered) an idle consumer makes sure
+	// the stream is still the one it read (see recreated): a stream
+	// deleted and created again starts its sequences over, and a read
+	// resuming at the old sequence would skip the new stream's first
+	// events. A read that finds new events, one a live event or a
+	// reconnection asked for, checks at once; this bounds how long a
+	// recreated stream whose events all came while the live subscription
+	// was away goes unnoticed.
+	recheckInterval = time.Minute
+	// defaultCatchUpDelay: see WithCatchUpDelay.
+	defaultCatchUpDelay = 2 * time.Second
 )
 
 var errStreamRecreated = errors.New("revocation stream was deleted or recreated")
@@ -181,9 +204,21 @@ type Consumer struct {
 	interruptions    int
 	lastInterruptLog time.Time
 
-	// Tests shorten this.
-	probeEvery time.Duration
+	// anchor is the last message the reader read, owned by it (sessions
+	// run one after the other): see recreated.
+	anchor anchor
+	// live counts the events the live subscription verified: a read asked
+	// for by one checks that the stream is still the one it read.
+	liveSeen     atomic.Uint64
+	lastLiveSeen uint64 // the reader's: liveSeen when it last read
+
+	// Tests shorten these, or replace the random draw.
+	probeEvery   time.Duration
+	recheckEvery time.Duration
+	catchUpDelay time.Duration
+	jitter       func(max time.Duration) time.Duration
 }
+
 
 // NewConsumer returns a consumer of prefix's revocation stream that
 // applies to set every event signed by one of trusted. Nothing happens
@@ -200,8 +235,11 @@ func NewConsumer(js jetstream.JetStream, prefix string, trusted []ed25519.Public
 		workers: runtime.GOMAXPROCS(0),
 		live:    true,
 
-		kick:       make(chan struct{}, 1),
-		probeEvery: probeInterval,
+		kick:         make(chan struct{}, 1),
+		probeEvery:   probeInterval,
+		recheckEvery: recheckInterval,
+		catchUpDelay: defaultCatchUpDelay,
+		jitter:       func(d time.Duration) time.Duration { return rand.N(d + 1) }, // #nosec G404 -- jitter, not a secret
 	}
 	for _, o := range opts {
 		o(c)
@@ -288,7 +326,12 @@ func (c *Consumer) RunOn(ctx context.Context, js jetstream.JetStream) error {
 	if c.started.IsZero() {
 		c.started = c.now()
 	}
-	handler := func(*nats.Msg) { c.read() }
+	handler := func(*nats.Msg) {
+		// An event was published: the read it asks for also checks that
+		// the stream is still the one read (see reader).
+		c.liveSeen.Add(1)
+		c.read()
+	}
 	if c.live {
 		handler = c.onLive
 	}
@@ -384,6 +427,7 @@ func (c *Consumer) session(ctx context.Context, js jetstream.JetStream) (progres
 		last = 0
 		c.lastSeq.Store(0)
 		c.verifiedSeq.Store(0)
+		c.anchor = anchor{}
 	}
 	c.created = info.Created
 	if !c.caughtUp.Load() {
@@ -397,7 +441,7 @@ func (c *Consumer) session(ctx context.Context, js jetstream.JetStream) (progres
 	work := make(chan *job, applyBatch)
 	order := make(chan *job, applyBatch)
 	readErr := make(chan error, 1)
-	go c.reader(ctx, js.Conn(), stream, last+1, info.Created, work, order, readErr)
+	go c.reader(ctx, js.Conn(), last+1, work, order, readErr)
 	for range c.workers {
 		go c.verify(ctx, work)
 	}
@@ -412,9 +456,14 @@ func (c *Consumer) session(ctx context.Context, js jetstream.JetStream) (progres
 // the verifiers and, in stream order, to the applier, followed by a marker
 // each time it has read everything stored. Then it waits to be told to
 // read again (see Run), or for the probe interval (jittered, so the
-// sidecars of a cluster do not ask together), when it also checks that
-// the stream is still the one the session bound.
-func (c *Consumer) reader(ctx context.Context, nc *nats.Conn, stream jetstream.Stream, next uint64, created time.Time, work, order chan<- *job, readErr chan<- error) {
+// sidecars of a cluster do not ask together). After a reconnection it
+// waits a random time up to the catch-up delay first: the clients of a
+// restarted NATS server all reconnect at once. Before it takes events
+// from a read, and after a read that a live event or a reconnection asked
+// for, and at least every recheck interval, it makes sure the stream is
+// still the one it read (see recreated); all of that with direct gets,
+// none with a JetStream API request.
+func (c *Consumer) reader(ctx context.Context, nc *nats.Conn, next uint64, work, order chan<- *job, readErr chan<- error) {
 	var err error
 	defer func() {
 		readErr <- err // before the close, which is what the applier waits for
@@ -438,6 +487,8 @@ func (c *Consumer) reader(ctx context.Context, nc *nats.Conn, stream jetstream.S
 		gap = max(minFetchGap, min(liveFetchGap, c.probeEvery))
 	}
 	probe := time.Now()
+	recheckAt := time.Now().Add(c.recheckEvery*3/4 + c.jitter(c.recheckEvery/2))
+	check := false // this round must check the stream's identity
 	for {
 		// Everything stored from next on.
 		started := time.Now()
@@ -445,6 +496,7 @@ func (c *Consumer) reader(ctx context.Context, nc *nats.Conn, stream jetstream.S
 			// Taken before the request: what it finds is at least every
 			// event stored by then.
 			t := time.Now()
+			seen := c.liveSeen.Load()
 			var r read
 			r, err = fetch(ctx, nc, name, next, fetchBatch, fetchMaxBytes)
 			if err != nil {
@@ -454,12 +506,30 @@ func (c *Consumer) reader(ctx context.Context, nc *nats.Conn, stream jetstream.S
 			if r.interrupted {
 				c.interrupted(next, len(r.msgs))
 			}
+			if c.anchor.seq > 0 && (check || len(r.msgs) > 0 || seen != c.lastLiveSeen || !time.Now().Before(recheckAt)) {
+				// Before the events are taken: after a recreation they
+				// would carry the reader past the new stream's first ones.
+				var again bool
+				if again, err = recreated(ctx, nc, name, c.anchor); err != nil {
+					err = fmt.Errorf("check the stream: %w", err)
+					return
+				}
+				if again {
+					err = errStreamRecreated
+					return
+				}
+				recheckAt = time.Now().Add(c.recheckEvery*3/4 + c.jitter(c.recheckEvery/2))
+			}
+			check, c.lastLiveSeen = false, seen
 			for _, m := range r.msgs {
 				j := &job{seq: m.seq, pending: m.pending, data: m.data, done: make(chan struct{})}
 				if !send(j, work) || !send(j, order) {
 					return
 				}
 				next = m.seq + 1
+			}
+			if len(r.msgs) > 0 {
+				c.anchor = anchorOf(r.msgs[len(r.msgs)-1])
 			}
 			if !r.more {
 				done := make(chan struct{})
@@ -471,7 +541,7 @@ func (c *Consumer) reader(ctx context.Context, nc *nats.Conn, stream jetstream.S
 			}
 		}
 		// Wait to be told, or for the probe.
-		wait := c.probeEvery*3/4 + rand.N(c.probeEvery/2+1) // #nosec G404 -- jitter, not a secret
+		wait := c.probeEvery*3/4 + c.jitter(c.probeEvery/2)
 		timer := time.NewTimer(time.Until(probe.Add(wait)))
 		select {
 		case <-ctx.Done():
@@ -480,6 +550,13 @@ func (c *Consumer) reader(ctx context.Context, nc *nats.Conn, stream jetstream.S
 			return
 		case <-c.kick:
 		case <-reconnected:
+			// Spread the catch-up of every client of a restarted server.
+			check = true
+			if !natsconn.Sleep(ctx, c.jitter(c.catchUpDelay)) {
+				timer.Stop()
+				err = ctx.Err()
+				return
+			}
 		case <-timer.C:
 		}
 		timer.Stop()
@@ -487,22 +564,8 @@ func (c *Consumer) reader(ctx context.Context, nc *nats.Conn, stream jetstream.S
 			err = ctx.Err()
 			return
 		}
-		if time.Since(probe) < c.probeEvery {
-			continue
-		}
-		probe = time.Now()
-		if nc.IsConnected() {
-			rctx, rcancel := context.WithTimeout(ctx, min(requestTimeout, max(c.probeEvery, time.Second)))
-			info, ierr := stream.Info(rctx)
-			rcancel()
-			switch {
-			case errors.Is(ierr, jetstream.ErrStreamNotFound):
-				err = errStreamRecreated
-				return
-			case ierr == nil && info.Config.Name == name && !info.Created.Equal(created):
-				err = errStreamRecreated
-				return
-			}
+		if time.Since(probe) >= c.probeEvery {
+			probe = time.Now()
 		}
 	}
 }
@@ -578,6 +641,7 @@ func (c *Consumer) onLive(m *nats.Msg) {
 		return
 	}
 	c.seen.put(m.Data, ev)
+	c.liveSeen.Add(1)
 	if c.set.Apply(ev) {
 		c.obsMu.Lock()
 		c.obs.Applied(ev, max(c.now().Sub(ev.Time()), 0))

@@ -1,10 +1,14 @@
 package revocation
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -14,7 +18,8 @@ import (
 // stored is one message read from the stream.
 type stored struct {
 	seq     uint64
-	pending uint64 // messages the stream held after it when it was read
+	pending uint64    // messages the stream held after it when it was read
+	stamp   time.Time // when the stream stored it (Nats-Time-Stamp)
 	data    []byte
 }
 
@@ -138,7 +143,11 @@ func (a *answer) add(m *nats.Msg) (done bool, err error) {
 		last != a.prev || seq <= a.prev || seq < a.from {
 		return foreign()
 	}
-	a.msgs = append(a.msgs, stored{seq: seq, pending: pending, data: m.Data})
+	stamp, err := time.Parse(time.RFC3339Nano, m.Header.Get("Nats-Time-Stamp"))
+	if err != nil {
+		return foreign()
+	}
+	a.msgs = append(a.msgs, stored{seq: seq, pending: pending, stamp: stamp, data: m.Data})
 	a.prev = seq
 	return false, nil
 }
@@ -146,4 +155,80 @@ func (a *answer) add(m *nats.Msg) (done bool, err error) {
 func headerUint(m *nats.Msg, key string) (uint64, bool) {
 	n, err := strconv.ParseUint(m.Header.Get(key), 10, 64)
 	return n, err == nil
+}
+
+// anchor is the last message a consumer read from the stream: enough to
+// tell later whether the stream it reads now is still the one it read
+// that message from.
+type anchor struct {
+	seq    uint64
+	stamp  time.Time
+	digest [sha256.Size]byte
+}
+
+func anchorOf(m stored) anchor {
+	return anchor{seq: m.seq, stamp: m.stamp, digest: sha256.Sum256(m.data)}
+}
+
+// recreated reports whether stream is no longer the one a was read from
+// (it was deleted and created again, and its sequences started over), with
+// one direct get: any replica answers it, and it does not go through the
+// JetStream API queue that STREAM.INFO waits in. It asks for the first
+// message stored at or after a's time. In the same stream that is a itself
+// (same sequence, same bytes) or, a being gone (expired), a message with a
+// later sequence; and 404 when nothing has been stored since. Every message
+// of a stream created after a was read is stored after a's time: if the
+// answer is a message at or below a's sequence other than a, the stream
+// was made again (a later one means the new stream's messages up to a's
+// sequence are gone, so reading on from there skips nothing). Clocks of
+// two servers that led the stream in turn may disagree by a few
+// milliseconds; a message written by a leader whose clock ran ahead can
+// then look recreated, which costs a replay and loses nothing.
+func recreated(ctx context.Context, nc *nats.Conn, stream string, a anchor) (bool, error) {
+	// A private inbox, for the reasons given at fetch: the first message
+	// on it answers this request.
+	inbox := natsconn.PrivateInbox(nc)
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		return false, fmt.Errorf("direct get by time: %w", err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	req, err := json.Marshal(struct {
+		StartTime time.Time `json:"start_time"`
+		MaxBytes  int       `json:"max_bytes"`
+	}{a.stamp, fetchMaxBytes})
+	if err != nil {
+		return false, fmt.Errorf("direct get by time: %w", err)
+	}
+	if err := nc.PublishRequest("$JS.API.DIRECT.GET."+stream, inbox, req); err != nil {
+		return false, fmt.Errorf("direct get by time: %w", err)
+	}
+	rctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	m, err := sub.NextMsgWithContext(rctx)
+	if err != nil {
+		return false, fmt.Errorf("direct get by time: %w", err)
+	}
+	switch status := m.Header.Get("Status"); status {
+	case "":
+	case "404":
+		return false, nil // nothing stored since a: nothing to miss
+	case "503":
+		return false, fmt.Errorf("direct get by time: %w", nats.ErrNoResponders)
+	default:
+		return false, fmt.Errorf("direct get by time: status %s %s", status, m.Header.Get("Description"))
+	}
+	seq, ok := headerUint(m, "Nats-Sequence")
+	if !ok || m.Header.Get("Nats-Stream") != stream {
+		return false, errors.New("direct get by time: not an answer of a direct get")
+	}
+	switch {
+	case seq > a.seq:
+		return false, nil
+	case seq == a.seq:
+		d := sha256.Sum256(m.Data)
+		return !bytes.Equal(d[:], a.digest[:]), nil
+	default:
+		return true, nil
+	}
 }

@@ -64,6 +64,7 @@ func TestFetchTakesOnlyItsAnswer(t *testing.T) {
 		return &nats.Msg{Data: []byte("event"), Header: nats.Header{
 			"Nats-Stream": {stream}, "Nats-Sequence": {strconv.FormatUint(seq, 10)},
 			"Nats-Last-Sequence": {strconv.FormatUint(last, 10)}, "Nats-Num-Pending": {strconv.FormatUint(pending, 10)},
+			"Nats-Time-Stamp": {"2026-12-06T19:00:00.123456789Z"},
 		}}
 	}
 	eob := func(last, pending uint64) *nats.Msg {
