@@ -219,7 +219,6 @@ type Consumer struct {
 	jitter       func(max time.Duration) time.Duration
 }
 
-
 // NewConsumer returns a consumer of prefix's revocation stream that
 // applies to set every event signed by one of trusted. Nothing happens
 // until Run.
