@@ -4,25 +4,26 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 // capacityResult is what the fresh cluster can answer before any sidecar
-// is attached: the JetStream API requests each sidecar makes, at the
-// highest rate a closed loop of capacityCallers callers gets. With what
-// a sidecar asks per second, they bound how many sidecars one cluster
-// holds (the revocation consumer's freshness probe is a STREAM.INFO of
-// the revocation stream every 5 s, answered by the stream's leader) and
-// how fast a herd of them can start (two consumers each, created
-// through the meta leader).
+// is attached: the requests a sidecar makes, from the sidecars' account,
+// at the highest rate a closed loop of capacityCallers callers gets. A
+// sidecar asks STREAM.INFO of the revocation stream when it binds it (at
+// start, and after a read failed), which the stream's leader answers
+// through its JetStream API queue; and reads the stream with a batched
+// direct get every probe interval (5 s), which any replica answers outside
+// that queue. They bound how many sidecars one cluster holds and how fast
+// a herd of them can start.
 type capacityResult struct {
 	streamInfo float64 // STREAM.INFO of the revocation stream per second
-	consumers  float64 // ordered consumers created (and deleted) per second
+	directGets float64 // idle probe reads (batched direct gets finding nothing new) per second
 	// loadedInfo is streamInfo again with the N sidecars attached and
 	// idle (0: not measured).
 	loadedInfo float64
@@ -33,43 +34,50 @@ const (
 	capacityWindow  = 3 * time.Second
 )
 
-// capacityClients connects the callers; close them with the function
-// returned.
-func capacityClients(d *deployment) ([]jetstream.JetStream, func(), error) {
+// capacityClients connects the callers, as sidecars; close them with the
+// function returned.
+func capacityClients(d *deployment) ([]*nats.Conn, func(), error) {
 	conns := make([]*nats.Conn, 0, capacityCallers)
 	closeAll := func() {
 		for _, c := range conns {
 			c.Close()
 		}
 	}
-	jss := make([]jetstream.JetStream, 0, capacityCallers)
 	for range capacityCallers {
-		c, err := nats.Connect(d.natsURLs(), nats.Timeout(10*time.Second))
+		c, err := nats.Connect(d.natsURLs(userSidecar), nats.Timeout(10*time.Second))
 		if err != nil {
 			closeAll()
 			return nil, nil, fmt.Errorf("capacity: connect: %w", err)
 		}
 		conns = append(conns, c)
-		js, err := jetstream.New(c)
-		if err != nil {
-			closeAll()
-			return nil, nil, fmt.Errorf("capacity: %w", err)
-		}
-		jss = append(jss, js)
 	}
-	return jss, closeAll, nil
+	return conns, closeAll, nil
+}
+
+// natsRequest asks subject and fails on a status other than ok.
+func natsRequest(ctx context.Context, nc *nats.Conn, subject string, body []byte, ok ...string) error {
+	m, err := nc.RequestWithContext(ctx, subject, body)
+	if err != nil {
+		return err
+	}
+	st := m.Header.Get("Status")
+	for _, o := range ok {
+		if st == o {
+			return nil
+		}
+	}
+	return fmt.Errorf("%s: status %q %s", subject, st, m.Header.Get("Description"))
 }
 
 // streamInfoRate is the rate of STREAM.INFO of the revocation stream.
 func streamInfoRate(ctx context.Context, d *deployment) (float64, error) {
-	jss, closeAll, err := capacityClients(d)
+	conns, closeAll, err := capacityClients(d)
 	if err != nil {
 		return 0, err
 	}
 	defer closeAll()
-	rate, err := closedLoop(ctx, jss, func(ctx context.Context, js jetstream.JetStream) error {
-		_, err := js.Stream(ctx, revStream)
-		return err
+	rate, err := closedLoop(ctx, conns, func(ctx context.Context, nc *nats.Conn) error {
+		return natsRequest(ctx, nc, "$JS.API.STREAM.INFO."+revStream, nil, "")
 	})
 	if err != nil {
 		return 0, fmt.Errorf("capacity: stream info: %w", err)
@@ -83,30 +91,18 @@ func (r *runner) measureCapacity(ctx context.Context, d *deployment) (*capacityR
 	if res.streamInfo, err = streamInfoRate(ctx, d); err != nil {
 		return nil, err
 	}
-	jss, closeAll, err := capacityClients(d)
+	conns, closeAll, err := capacityClients(d)
 	if err != nil {
 		return nil, err
 	}
 	defer closeAll()
-	if res.consumers, err = closedLoop(ctx, jss, func(ctx context.Context, js jetstream.JetStream) error {
-		s, err := js.Stream(ctx, revStream)
-		if err != nil {
-			return err
-		}
-		// As the sidecar's: an ordered consumer from the start of the
-		// stream. Deleted at once, so none is left for the sidecars'
-		// count.
-		c, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy})
-		if err != nil {
-			return err
-		}
-		info := c.CachedInfo()
-		if info == nil {
-			return errors.New("ordered consumer without info")
-		}
-		return s.DeleteConsumer(ctx, info.Name)
+	// As a sidecar's idle probe: everything from past the end, which is
+	// nothing (404).
+	probe := []byte(`{"seq":` + strconv.Itoa(1<<40) + `,"batch":2048,"max_bytes":4194304}`)
+	if res.directGets, err = closedLoop(ctx, conns, func(ctx context.Context, nc *nats.Conn) error {
+		return natsRequest(ctx, nc, "$JS.API.DIRECT.GET."+revStream, probe, "404")
 	}); err != nil {
-		return nil, fmt.Errorf("capacity: consumer create: %w", err)
+		return nil, fmt.Errorf("capacity: direct get: %w", err)
 	}
 	return res, nil
 }
@@ -114,9 +110,9 @@ func (r *runner) measureCapacity(ctx context.Context, d *deployment) (*capacityR
 // closedLoop runs op on every client, back to back, for capacityWindow
 // and returns the successful operations per second. A failing op is not
 // counted; if none succeeds, the last error is returned.
-func closedLoop(ctx context.Context, jss []jetstream.JetStream, op func(context.Context, jetstream.JetStream) error) (float64, error) {
-	// The window only stops new operations: one in flight completes (a
-	// consumer created is deleted), each bounded by its own timeout.
+func closedLoop(ctx context.Context, conns []*nats.Conn, op func(context.Context, *nats.Conn) error) (float64, error) {
+	// The window only stops new operations: one in flight completes, each
+	// bounded by its own timeout.
 	var stop atomic.Bool
 	t := time.AfterFunc(capacityWindow, func() { stop.Store(true) })
 	defer t.Stop()
@@ -124,11 +120,11 @@ func closedLoop(ctx context.Context, jss []jetstream.JetStream, op func(context.
 	var lastErr atomic.Pointer[error]
 	var wg sync.WaitGroup
 	start := time.Now()
-	for _, js := range jss {
+	for _, nc := range conns {
 		wg.Go(func() {
 			for !stop.Load() && ctx.Err() == nil {
 				octx, cancel := context.WithTimeout(ctx, 10*time.Second)
-				err := op(octx, js)
+				err := op(octx, nc)
 				cancel()
 				if err != nil {
 					lastErr.Store(&err)

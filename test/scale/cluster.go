@@ -32,10 +32,12 @@ import (
 
 // What the tool deploys, as the chart does it: three nats-server processes
 // in one JetStream cluster (routes without advertising, so clients keep
-// to the URLs they were given, as behind the chart's Service), and an
-// issuer process with nats.replicas 3, so the revocation stream and every
-// KV bucket are R3. Not as the chart: no NATS users and permissions (a
-// cached check per publish, and the sidecars publish next to nothing).
+// to the URLs they were given, as behind the chart's Service; routes
+// authenticated), with the chart's auth.conf: the issuer in the
+// TOKENWARDEN account, the sidecars in SIDECARS, which reaches the stream
+// and the bundle only through TOKENWARDEN's exports; and an issuer process
+// with nats.replicas 3, so the revocation stream and every KV bucket are
+// R3.
 const (
 	natsNodes     = 3
 	prefix        = "tokenwarden"
@@ -60,12 +62,20 @@ type natsNode struct {
 
 func (n *natsNode) url() string { return "nats://127.0.0.1:" + strconv.Itoa(n.port) }
 
+// NATS users of auth.conf, as natsURLs takes them.
+const (
+	userIssuer  = "issuer"
+	userSidecar = "sidecar"
+)
+
 type deployment struct {
-	dir     string
-	kids    *children
-	natsBin string
-	twBin   string
-	nodes   []*natsNode
+	dir      string
+	kids     *children
+	natsBin  string
+	twBin    string
+	chartDir string
+	users    natsUsers
+	nodes    []*natsNode
 	issuer  *child
 	// issuerURL is the issuer's base URL and the iss of its tokens.
 	issuerURL string
@@ -75,10 +85,16 @@ type deployment struct {
 	http      *http.Client
 }
 
-func (d *deployment) natsURLs() string {
+// natsURLs is every node's URL with the credentials of user (userIssuer
+// or userSidecar).
+func (d *deployment) natsURLs(user string) string {
+	pw := d.users.issuerPW
+	if user == userSidecar {
+		pw = d.users.sidecarPW
+	}
 	us := make([]string, 0, len(d.nodes))
 	for _, n := range d.nodes {
-		us = append(us, n.url())
+		us = append(us, fmt.Sprintf("nats://%s:%s@127.0.0.1:%d", user, pw, n.port))
 	}
 	return strings.Join(us, ",")
 }
@@ -106,8 +122,8 @@ func freePort() (int, error) {
 }
 
 // deploy starts the NATS cluster and the issuer in dir.
-func deploy(ctx context.Context, kids *children, dir, natsBin, twBin string) (*deployment, error) {
-	d := &deployment{dir: dir, kids: kids, natsBin: natsBin, twBin: twBin, http: newHTTPClient()}
+func deploy(ctx context.Context, kids *children, dir, natsBin, twBin, chartDir string) (*deployment, error) {
+	d := &deployment{dir: dir, kids: kids, natsBin: natsBin, twBin: twBin, chartDir: chartDir, http: newHTTPClient()}
 	if err := d.startNATS(ctx); err != nil {
 		return d, err
 	}
@@ -130,6 +146,16 @@ func (d *deployment) stop() {
 }
 
 func (d *deployment) startNATS(ctx context.Context) error {
+	auth, err := chartAuthConf(d.chartDir)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(d.dir, "auth.conf"), []byte(auth), 0o600); err != nil {
+		return fmt.Errorf("nats auth.conf: %w", err)
+	}
+	if d.users, err = newNATSUsers(); err != nil {
+		return err
+	}
 	for i := range natsNodes {
 		n := &natsNode{name: fmt.Sprintf("n%d", i+1)}
 		var err error
@@ -144,12 +170,12 @@ func (d *deployment) startNATS(ctx context.Context) error {
 		var routes []string
 		for _, o := range d.nodes {
 			if o != n {
-				routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", o.clusterPort))
+				routes = append(routes, fmt.Sprintf("nats://route:%s@127.0.0.1:%d", d.users.routePW, o.clusterPort))
 			}
 		}
-		// The chart's nats.conf, less authentication: the same payload
-		// bound and JetStream limits, a cluster whose routes are not
-		// advertised to clients.
+		// The chart's nats.conf: the same payload bound and JetStream
+		// limits, a cluster whose routes authenticate and are not
+		// advertised to clients, and the chart's auth.conf.
 		conf := fmt.Sprintf(`server_name: %s
 listen: 127.0.0.1:%d
 http: 127.0.0.1:%d
@@ -163,8 +189,14 @@ cluster {
   name: scale
   listen: 127.0.0.1:%d
   no_advertise: true
+  authorization {
+    user: route
+    password: $ROUTE_PASSWORD
+    timeout: 2
+  }
   routes: [%s]
 }
+include ./auth.conf
 `, n.name, n.port, n.monPort, filepath.Join(d.dir, "nats-"+n.name), n.clusterPort, strings.Join(routes, ", "))
 		n.conf = filepath.Join(d.dir, "nats-"+n.name+".conf")
 		if err := os.WriteFile(n.conf, []byte(conf), 0o600); err != nil {
@@ -183,7 +215,7 @@ cluster {
 }
 
 func (d *deployment) startNode(n *natsNode) error {
-	p, err := d.kids.start(startSpec{name: "nats-" + n.name, bin: d.natsBin, args: []string{"-c", n.conf}, dir: d.dir})
+	p, err := d.kids.start(startSpec{name: "nats-" + n.name, bin: d.natsBin, args: []string{"-c", n.conf}, dir: d.dir, env: d.users.env()})
 	if err != nil {
 		return err
 	}
@@ -375,7 +407,7 @@ nats:
   replicas: %d
 keys:
   propagation_delay: %s
-`, d.issuerURL, users, clients, d.natsURLs(), natsNodes, propagationAt))
+`, d.issuerURL, users, clients, d.natsURLs(userIssuer), natsNodes, propagationAt))
 	if err != nil {
 		return err
 	}
@@ -426,8 +458,9 @@ func (d *deployment) checkReplicas(ctx context.Context) error {
 	return nil
 }
 
+// jetstream connects as the issuer, whose user may read the streams' state.
 func (d *deployment) jetstream() (jetstream.JetStream, *nats.Conn, error) {
-	nc, err := nats.Connect(d.natsURLs(), nats.Name("tokenwarden-scale"), nats.Timeout(5*time.Second))
+	nc, err := nats.Connect(d.natsURLs(userIssuer), nats.Name("tokenwarden-scale"), nats.Timeout(5*time.Second))
 	if err != nil {
 		return nil, nil, fmt.Errorf("connect to NATS: %w", err)
 	}

@@ -14,8 +14,9 @@ import (
 )
 
 // floorResult is what N plain NATS connections cost the same cluster,
-// each with one core subscription on the revocation subjects and the
-// sidecar's ping interval, and no JetStream at all: the least any design
+// each as a sidecar (its user, in its account) with one core subscription
+// on the revocation subjects and the sidecar's ping interval, and no
+// JetStream at all: the least any design
 // with a connection per pod can cost, to weigh the sidecars' figures
 // against.
 type floorResult struct {
@@ -38,7 +39,7 @@ func (r *runner) measureFloor(ctx context.Context, n int) (*floorResult, error) 
 	}
 	defer func() { _ = os.RemoveAll(dir) }()
 	r.logf("N=%d: floor: %d plain NATS connections on a fresh cluster", n, n)
-	d := &deployment{dir: dir, kids: r.kids, natsBin: r.o.natsBin, http: newHTTPClient()}
+	d := &deployment{dir: dir, kids: r.kids, natsBin: r.o.natsBin, chartDir: r.o.chartDir, http: newHTTPClient()}
 	defer d.stop()
 	if err := d.startNATS(ctx); err != nil {
 		return nil, err
@@ -55,7 +56,7 @@ func (r *runner) measureFloor(ctx context.Context, n int) (*floorResult, error) 
 	}()
 	for range n {
 		// The sidecar's keepalive (internal/natsconn): a ping every 5 s.
-		c, err := nats.Connect(d.natsURLs(), nats.PingInterval(5*time.Second), nats.MaxPingsOutstanding(2), nats.Timeout(10*time.Second))
+		c, err := nats.Connect(d.natsURLs(userSidecar), nats.PingInterval(5*time.Second), nats.MaxPingsOutstanding(2), nats.Timeout(10*time.Second))
 		if err != nil {
 			return nil, fmt.Errorf("floor: connect: %w", err)
 		}
@@ -87,7 +88,9 @@ func (r *runner) measureFloor(ctx context.Context, n int) (*floorResult, error) 
 	res.natsIdle, res.idleMsgs = cpu.Seconds()/wall.Seconds(), float64(tr.msgs)/wall.Seconds()
 	res.natsRSS = sumRSS(d.natsPIDs())
 
-	pub, err := nats.Connect(d.natsURLs())
+	// The issuer's user publishes; the connections, in the sidecars'
+	// account, get the message through its stream import, as sidecars do.
+	pub, err := nats.Connect(d.natsURLs(userIssuer))
 	if err != nil {
 		return nil, fmt.Errorf("floor: connect: %w", err)
 	}

@@ -2,10 +2,13 @@
 // revocations still reach them (issue 14). For each N it deploys, from
 // scratch, what the Helm chart deploys: a 3-node NATS JetStream cluster
 // (nats-server processes; the revocation stream and every KV bucket R3)
-// and an issuer process; then it attaches N real sidecars (sidecar.New and
-// Run, each with its own NATS connection, KV watch, ordered consumer and
-// live subscription), hosted -per-worker at a time in worker processes of
-// this same binary, and measures:
+// with the chart's NATS accounts (auth.conf rendered from -chart: the
+// issuer in TOKENWARDEN, the sidecars in SIDECARS), and an issuer process;
+// then it attaches N real sidecars (sidecar.New and Run, each with its own
+// NATS connection, reading the bundle and the revocation stream by direct
+// get and following both by plain subscriptions, as the sidecar does),
+// hosted -per-worker at a time in worker processes of this same binary,
+// and measures:
 //
 //   - cold start: the time until every sidecar holds the bundle and has
 //     replayed the revocation stream (what /readyz waits for);
@@ -19,9 +22,9 @@
 //     reconnect times, time until every sidecar has both, readiness;
 //   - missed events: every sidecar must hold every revocation (0);
 //
-// for comparison, on fresh clusters, the JetStream API rates the cluster
-// sustains (-capacity) and N plain connections with one subscription each
-// (-floor); and, on a fresh deployment, the resident memory of -rss-sample
+// for comparison, on fresh clusters, the rates of what sidecars ask that
+// the cluster sustains (-capacity: STREAM.INFO, idle probe reads) and N
+// plain connections with one subscription each (-floor); and, on a fresh deployment, the resident memory of -rss-sample
 // real `tokenwarden sidecar` processes, idle and under /verify load. An N
 // that fails (a cold start that does not converge, a herd that does not
 // catch up, a missed event) is reported in the table, the next N is still
@@ -56,6 +59,7 @@ import (
 
 type options struct {
 	bin, natsBin  string
+	chartDir      string
 	counts        []int
 	perWorker     int
 	events        int
@@ -75,7 +79,7 @@ type options struct {
 
 func defaults() options {
 	return options{
-		bin: "bin/tokenwarden", counts: []int{1000, 2500, 5000}, perWorker: 1250, events: 20, rotations: 3,
+		bin: "bin/tokenwarden", chartDir: "charts/tokenwarden", counts: []int{1000, 2500, 5000}, perWorker: 1250, events: 20, rotations: 3,
 		idle: 15 * time.Second, ramp: 500, herd: true, floor: true, capacity: true,
 		rssSample: 20, rssIdle: 10 * time.Second, rssLoad: 15 * time.Second, rssRate: 100,
 		timeout: 60 * time.Minute, out: os.Stdout, progress: os.Stderr,
@@ -95,6 +99,7 @@ func coordinatorMain(args []string) int {
 	fs := flag.NewFlagSet("scale", flag.ContinueOnError)
 	counts := fs.String("n", "1000,2500,5000", "sidecar counts, comma-separated")
 	fs.StringVar(&o.bin, "bin", o.bin, "tokenwarden binary (make build): the issuer and the -rss-sample sidecars")
+	fs.StringVar(&o.chartDir, "chart", o.chartDir, "the Helm chart whose NATS accounts and permissions (auth.conf) the NATS servers get")
 	fs.StringVar(&o.natsBin, "nats-bin", "", "nats-server binary (default: go build github.com/nats-io/nats-server/v2)")
 	fs.IntVar(&o.perWorker, "per-worker", o.perWorker, "sidecars per worker process")
 	fs.IntVar(&o.events, "events", o.events, "revocations timed one at a time, per N (their CPU too)")
@@ -102,7 +107,7 @@ func coordinatorMain(args []string) int {
 	fs.DurationVar(&o.idle, "idle", o.idle, "window over which idle CPU is measured")
 	fs.Float64Var(&o.ramp, "ramp", o.ramp, "cold start: sidecars started per second, over all workers (0: all at once)")
 	fs.BoolVar(&o.herd, "herd", o.herd, "kill -9 and restart the stream leader's node")
-	fs.BoolVar(&o.capacity, "capacity", o.capacity, "measure the fresh cluster's JetStream API capacity (STREAM.INFO, consumer creation) before attaching sidecars")
+	fs.BoolVar(&o.capacity, "capacity", o.capacity, "measure the fresh cluster's capacity for what sidecars ask (STREAM.INFO, idle probe reads) before attaching sidecars")
 	fs.BoolVar(&o.floor, "floor", o.floor, "also measure N plain NATS connections on a fresh cluster, for comparison")
 	fs.IntVar(&o.rssSample, "rss-sample", o.rssSample, "real sidecar processes whose memory is measured (0: skip)")
 	fs.DurationVar(&o.rssIdle, "rss-idle", o.rssIdle, "idle time of the sidecar processes before their memory is read")
@@ -349,7 +354,7 @@ func (r *runner) measure(ctx context.Context, n int) (_ *result, err error) {
 	}
 	defer func() { _ = os.RemoveAll(dir) }()
 	r.logf("N=%d: starting 3 NATS nodes and the issuer", n)
-	d, err := deploy(ctx, r.kids, dir, r.o.natsBin, r.o.bin)
+	d, err := deploy(ctx, r.kids, dir, r.o.natsBin, r.o.bin, r.o.chartDir)
 	defer d.stop()
 	if err != nil {
 		return res, err
@@ -395,7 +400,7 @@ func (r *runner) measure(ctx context.Context, n int) (_ *result, err error) {
 		if i < n%k {
 			share++
 		}
-		w, err := startWorker(r.kids, dir, r.self, i, workerConfig{Sidecars: share, NATS: d.natsURLs(), Issuer: d.issuerURL,
+		w, err := startWorker(r.kids, dir, r.self, i, workerConfig{Sidecars: share, NATS: d.natsURLs(userSidecar), Issuer: d.issuerURL,
 			DistPub: base64.StdEncoding.EncodeToString(d.distPub)})
 		if err != nil {
 			return res, err
@@ -412,7 +417,7 @@ func (r *runner) measure(ctx context.Context, n int) (_ *result, err error) {
 	fail := func(err error) (*result, error) { return res, fmt.Errorf("%w\n%s", err, d.issuer.tail(10)) }
 
 	// Cold start: every sidecar connects, binds the bucket and the
-	// stream, creates its consumers and replays; -ramp a second (a
+	// stream, reads both and replays; -ramp a second (a
 	// rollout, a node pool scaling up), or all at once (-ramp 0: every
 	// pod of the cluster waiting for a fresh NATS).
 	r.logf("N=%d: cold start, %s", n, rampText(r.o.ramp))
@@ -453,8 +458,8 @@ func (r *runner) measure(ctx context.Context, n int) (_ *result, err error) {
 	}
 
 	// Idle: what N connected sidecars cost while nothing happens (pings,
-	// consumer heartbeats, the revocation consumers' freshness probes),
-	// once the start-up has settled.
+	// the revocation readers' freshness probes, the bundle's periodic
+	// read), once the start-up has settled.
 	if !sleepCtx(ctx, min(5*time.Second, r.o.idle)) {
 		return res, ctx.Err()
 	}
@@ -479,8 +484,8 @@ func (r *runner) measure(ctx context.Context, n int) (_ *result, err error) {
 	res.natsRSS, res.natsMax = sumRSS(d.natsPIDs()), maxRSS(d.natsPIDs())
 	res.workerRSS = sumRSS(workerPIDs())
 	if res.capacity != nil {
-		// The same probe of the stream leader, now that it serves N
-		// sidecars' consumers and freshness probes.
+		// The same probe of the stream leader, now that N sidecars are
+		// attached.
 		if res.capacity.loadedInfo, err = streamInfoRate(ctx, d); err != nil {
 			return fail(err)
 		}
@@ -542,7 +547,8 @@ func (r *runner) measure(ctx context.Context, n int) (_ *result, err error) {
 	res.natsEvent, res.sideEvent = perEvent(natsCPU, res.natsIdle), perEvent(sideCPU, res.sideIdle)
 	res.propDone = true
 
-	// Key rotation: the bundle is one KV put, watched by every sidecar.
+	// Key rotation: the bundle is one KV put, which every sidecar gets on
+	// its subscription to the key.
 	var rot []time.Duration
 	lastRotation := time.Time{}
 	for i := range r.o.rotations {

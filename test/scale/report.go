@@ -130,11 +130,11 @@ func printTable(w io.Writer, results []*result, rss *rssResult, o options) {
 			}
 			return thousands(int(r.capacity.streamInfo))
 		})
-		row("fresh cluster: ordered consumers bound, created and deleted per s", func(r *result) string {
+		row("fresh cluster: idle probe reads (batched direct gets) of the revocation stream per s (32 callers)", func(r *result) string {
 			if r.capacity == nil {
 				return "-"
 			}
-			return thousands(int(r.capacity.consumers))
+			return thousands(int(r.capacity.directGets))
 		})
 		row("with the N sidecars idle: STREAM.INFO per s (32 callers)", idle(func(r *result) string {
 			if r.capacity == nil {

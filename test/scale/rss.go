@@ -47,7 +47,7 @@ func (r *runner) measureRSS(ctx context.Context) (*rssResult, error) {
 	}
 	defer func() { _ = os.RemoveAll(dir) }()
 	r.logf("sidecar processes: starting 3 NATS nodes and the issuer")
-	d, err := deploy(ctx, r.kids, dir, r.o.natsBin, r.o.bin)
+	d, err := deploy(ctx, r.kids, dir, r.o.natsBin, r.o.bin, r.o.chartDir)
 	defer d.stop()
 	if err != nil {
 		return nil, err
@@ -80,7 +80,7 @@ func (r *runner) measureRSS(ctx context.Context) (*rssResult, error) {
 		// own through the variable, which a sidecar without gRPC ignores.
 		c, err := r.kids.start(startSpec{name: "sidecar-" + strconv.Itoa(i), bin: r.o.bin, dir: dir,
 			env: []string{"TOKENWARDEN_GRPC_ADDR=127.0.0.1:" + strconv.Itoa(grpcPort)}, args: []string{"sidecar",
-				"--listen", addr, "--issuer", d.issuerURL, "--audience", audience, "--nats-url", d.natsURLs(),
+				"--listen", addr, "--issuer", d.issuerURL, "--audience", audience, "--nats-url", d.natsURLs(userSidecar),
 				"--distribution-public-key-file", d.distFile, "--log-level", "warn"}})
 		if err != nil {
 			return nil, err

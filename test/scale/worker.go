@@ -20,8 +20,9 @@ import (
 
 // A worker is this same binary started with workerEnv set: it hosts a
 // share of the N sidecars, each the real sidecar.Sidecar (sidecar.New and
-// Run: its own NATS connection, KV watch of the bundle, ordered consumer
-// of the revocation stream and live subscription), and answers the
+// Run: its own NATS connection, as the chart's sidecar user; direct gets
+// of the bundle and of the revocation stream, and subscriptions to both),
+// and answers the
 // coordinator's requests, one JSON line each way, on stdin and stdout. It
 // exits when stdin closes: the coordinator is gone.
 const workerEnv = "TOKENWARDEN_SCALE_WORKER"
