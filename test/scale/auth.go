@@ -90,9 +90,9 @@ func chartAuthConf(chartDir string) (string, error) {
 			}
 			return m
 		},
-		"list":    func(v ...any) []any { return v },
-		"append":  func(l []any, v any) []any { return append(l, v) },
-		"int":     toInt,
+		"list":   func(v ...any) []any { return v },
+		"append": func(l []any, v any) []any { return append(l, v) },
+		"int":    toInt,
 		"until": func(n int) []int {
 			out := make([]int, max(n, 0))
 			for i := range out {

@@ -76,7 +76,7 @@ type deployment struct {
 	chartDir string
 	users    natsUsers
 	nodes    []*natsNode
-	issuer  *child
+	issuer   *child
 	// issuerURL is the issuer's base URL and the iss of its tokens.
 	issuerURL string
 	distPub   ed25519.PublicKey
