@@ -123,6 +123,11 @@ const (
 	// so it waits longer: liveFetchGap, or the probe interval if shorter.
 	minFetchGap  = 100 * time.Millisecond
 	liveFetchGap = time.Second
+	// liveReadSpread bounds the random wait before the read a live event
+	// asks for (or the probe interval, if shorter): the sidecars of a
+	// cluster all get an event at once, and their reads, which only make
+	// sure none was missed, need not reach the stream's servers together.
+	liveReadSpread = 2 * time.Second
 	// applyBatch bounds how many verified events one write transaction
 	// applies, and how many messages wait between reading, verifying and
 	// applying. A replay applies in transactions this large: a bucket of the
@@ -488,6 +493,7 @@ func (c *Consumer) reader(ctx context.Context, nc *nats.Conn, next uint64, work,
 	probe := time.Now()
 	recheckAt := time.Now().Add(c.recheckEvery*3/4 + c.jitter(c.recheckEvery/2))
 	check := false // this round must check the stream's identity
+	more := false  // the last read said more follow
 	for {
 		// Everything stored from next on.
 		started := time.Now()
@@ -496,16 +502,37 @@ func (c *Consumer) reader(ctx context.Context, nc *nats.Conn, next uint64, work,
 			// event stored by then.
 			t := time.Now()
 			seen := c.liveSeen.Load()
+			// The stream's identity is checked when events are expected
+			// (a live event came, a batch said more follow), after a
+			// reconnection, and every recheck interval; best in the read
+			// itself, by reading from the last message read on (see
+			// anchorsRead).
+			want := check || more || seen != c.lastLiveSeen || !time.Now().Before(recheckAt)
+			from := next
+			if want && c.anchor.seq > 0 && c.anchor.seq+1 == next {
+				from = c.anchor.seq
+			}
 			var r read
-			r, err = fetch(ctx, nc, name, next, fetchBatch, fetchMaxBytes)
+			r, err = fetch(ctx, nc, name, from, fetchBatch, fetchMaxBytes)
 			if err != nil {
-				err = fmt.Errorf("read from sequence %d: %w", next, err)
+				err = fmt.Errorf("read from sequence %d: %w", from, err)
 				return
 			}
 			if r.interrupted {
-				c.interrupted(next, len(r.msgs))
+				c.interrupted(from, len(r.msgs))
 			}
-			if c.anchor.seq > 0 && (check || len(r.msgs) > 0 || seen != c.lastLiveSeen || !time.Now().Before(recheckAt)) {
+			confirmed := false
+			if from != next {
+				var again bool
+				if confirmed, again = anchorsRead(r.msgs, c.anchor); again {
+					err = errStreamRecreated
+					return
+				}
+				if confirmed {
+					r.msgs = r.msgs[1:]
+				}
+			}
+			if c.anchor.seq > 0 && !confirmed && (want || len(r.msgs) > 0) {
 				// Before the events are taken: after a recreation they
 				// would carry the reader past the new stream's first ones.
 				var again bool
@@ -517,8 +544,12 @@ func (c *Consumer) reader(ctx context.Context, nc *nats.Conn, next uint64, work,
 					err = errStreamRecreated
 					return
 				}
+				confirmed = true
+			}
+			if confirmed {
 				recheckAt = time.Now().Add(c.recheckEvery*3/4 + c.jitter(c.recheckEvery/2))
 			}
+			more = r.more
 			check, c.lastLiveSeen = false, seen
 			for _, m := range r.msgs {
 				j := &job{seq: m.seq, pending: m.pending, data: m.data, done: make(chan struct{})}
@@ -548,6 +579,16 @@ func (c *Consumer) reader(ctx context.Context, nc *nats.Conn, next uint64, work,
 			err = ctx.Err()
 			return
 		case <-c.kick:
+			if c.live {
+				// The event is applied: the read only makes sure none
+				// before it was missed. Every sidecar got the same event
+				// at the same moment: spread their reads.
+				if !natsconn.Sleep(ctx, c.jitter(min(liveReadSpread, c.probeEvery))) {
+					timer.Stop()
+					err = ctx.Err()
+					return
+				}
+			}
 		case <-reconnected:
 			// Spread the catch-up of every client of a restarted server.
 			check = true

@@ -1,7 +1,6 @@
 package revocation
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
@@ -226,9 +225,23 @@ func recreated(ctx context.Context, nc *nats.Conn, stream string, a anchor) (boo
 	case seq > a.seq:
 		return false, nil
 	case seq == a.seq:
-		d := sha256.Sum256(m.Data)
-		return !bytes.Equal(d[:], a.digest[:]), nil
+		return sha256.Sum256(m.Data) != a.digest, nil
 	default:
 		return true, nil
 	}
+}
+
+// anchorsRead looks at the answer to a read from a's sequence on: whether
+// it starts with a itself (same sequence, same bytes), which confirms the
+// stream is the one a was read from at no cost but a's bytes, or with
+// other bytes at a's sequence (the stream was made again). Neither when a
+// is gone (expired): recreated must tell.
+func anchorsRead(msgs []stored, a anchor) (confirmed, again bool) {
+	if len(msgs) == 0 || msgs[0].seq != a.seq {
+		return false, false
+	}
+	if d := sha256.Sum256(msgs[0].data); d != a.digest {
+		return false, true
+	}
+	return true, false
 }

@@ -133,3 +133,28 @@ func TestFetchTakesOnlyItsAnswer(t *testing.T) {
 		})
 	}
 }
+
+// TestAnchorsRead: a read from the last message read on confirms the
+// stream when it starts with the same bytes at the same sequence, says
+// the stream was made again when other bytes are there, and leaves it to
+// recreated when that message is gone.
+func TestAnchorsRead(t *testing.T) {
+	a := anchorOf(stored{seq: 7, data: []byte("event 7")})
+	for _, tc := range []struct {
+		name             string
+		msgs             []stored
+		confirmed, again bool
+	}{
+		{"the anchor, then more", []stored{{seq: 7, data: []byte("event 7")}, {seq: 8, data: []byte("event 8")}}, true, false},
+		{"the anchor alone", []stored{{seq: 7, data: []byte("event 7")}}, true, false},
+		{"other bytes at its sequence", []stored{{seq: 7, data: []byte("another event")}}, false, true},
+		{"the anchor gone", []stored{{seq: 9, data: []byte("event 9")}}, false, false},
+		{"nothing", nil, false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if c, g := anchorsRead(tc.msgs, a); c != tc.confirmed || g != tc.again {
+				t.Errorf("confirmed %v, again %v; want %v, %v", c, g, tc.confirmed, tc.again)
+			}
+		})
+	}
+}
