@@ -445,7 +445,12 @@ func (c *Consumer) session(ctx context.Context, js jetstream.JetStream) (progres
 	work := make(chan *job, applyBatch)
 	order := make(chan *job, applyBatch)
 	readErr := make(chan error, 1)
-	go c.reader(ctx, js.Conn(), last+1, work, order, readErr)
+	in, err := newInboxes(js.Conn())
+	if err != nil {
+		return false, err
+	}
+	defer in.close()
+	go c.reader(ctx, in, last+1, work, order, readErr)
 	for range c.workers {
 		go c.verify(ctx, work)
 	}
@@ -467,7 +472,7 @@ func (c *Consumer) session(ctx context.Context, js jetstream.JetStream) (progres
 // for, and at least every recheck interval, it makes sure the stream is
 // still the one it read (see recreated); all of that with direct gets,
 // none with a JetStream API request.
-func (c *Consumer) reader(ctx context.Context, nc *nats.Conn, next uint64, work, order chan<- *job, readErr chan<- error) {
+func (c *Consumer) reader(ctx context.Context, in *inboxes, next uint64, work, order chan<- *job, readErr chan<- error) {
 	var err error
 	defer func() {
 		readErr <- err // before the close, which is what the applier waits for
@@ -483,8 +488,8 @@ func (c *Consumer) reader(ctx context.Context, nc *nats.Conn, next uint64, work,
 			return false
 		}
 	}
-	reconnected := nc.StatusChanged(nats.CONNECTED)
-	defer nc.RemoveStatusListener(reconnected)
+	reconnected := in.nc.StatusChanged(nats.CONNECTED)
+	defer in.nc.RemoveStatusListener(reconnected)
 	name := StreamName(c.prefix)
 	gap := minFetchGap
 	if c.live {
@@ -513,7 +518,7 @@ func (c *Consumer) reader(ctx context.Context, nc *nats.Conn, next uint64, work,
 				from = c.anchor.seq
 			}
 			var r read
-			r, err = fetch(ctx, nc, name, from, fetchBatch, fetchMaxBytes)
+			r, err = fetch(ctx, in, name, from, fetchBatch, fetchMaxBytes)
 			if err != nil {
 				err = fmt.Errorf("read from sequence %d: %w", from, err)
 				return
@@ -536,7 +541,7 @@ func (c *Consumer) reader(ctx context.Context, nc *nats.Conn, next uint64, work,
 				// Before the events are taken: after a recreation they
 				// would carry the reader past the new stream's first ones.
 				var again bool
-				if again, err = recreated(ctx, nc, name, c.anchor); err != nil {
+				if again, err = recreated(ctx, in, name, c.anchor); err != nil {
 					err = fmt.Errorf("check the stream: %w", err)
 					return
 				}

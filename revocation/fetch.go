@@ -2,11 +2,15 @@ package revocation
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -45,21 +49,16 @@ type read struct {
 // request may name any reply subject, so anyone holding it can have
 // JetStream send answers of its own requests onto another client's inbox
 // once they have seen it; taking one could skip events (an answer that
-// starts further on, or holds only some subjects). So the inbox is one
-// nobody can guess, for this request alone: an outsider learns it from
+// starts further on, or holds only some subjects). So the reply subject is
+// one nobody can guess, for this request alone (see inboxes): an outsider
+// learns it from
 // the answer's first message at the earliest, and whatever they have
 // JetStream send there after that begins with a message that does not fit
 // (every batched answer starts with a message naming 0 as its
 // predecessor; a single message or a 404 names none). fetch stops at the
 // first message that does not fit and keeps what came before it, all of
 // which answered the request; the next read goes on from there.
-func fetch(ctx context.Context, nc *nats.Conn, stream string, from uint64, batch, maxBytes int) (read, error) {
-	inbox := natsconn.PrivateInbox(nc)
-	sub, err := nc.SubscribeSync(inbox)
-	if err != nil {
-		return read{}, fmt.Errorf("direct get: %w", err)
-	}
-	defer func() { _ = sub.Unsubscribe() }()
+func fetch(ctx context.Context, in *inboxes, stream string, from uint64, batch, maxBytes int) (read, error) {
 	req, err := json.Marshal(struct {
 		Seq      uint64 `json:"seq"`
 		Batch    int    `json:"batch"`
@@ -68,19 +67,127 @@ func fetch(ctx context.Context, nc *nats.Conn, stream string, from uint64, batch
 	if err != nil {
 		return read{}, fmt.Errorf("direct get: %w", err)
 	}
-	if err := nc.PublishRequest("$JS.API.DIRECT.GET."+stream, inbox, req); err != nil {
+	replies, done, err := in.request("$JS.API.DIRECT.GET."+stream, req, batch+2)
+	if err != nil {
 		return read{}, fmt.Errorf("direct get: %w", err)
 	}
+	defer done()
 	rctx, cancel := context.WithTimeout(ctx, requestTimeout)
 	defer cancel()
 	a := answer{stream: stream, from: from, batch: batch}
 	for {
-		m, err := sub.NextMsgWithContext(rctx)
+		m, err := replies.next(rctx)
 		if err != nil {
 			return read{}, fmt.Errorf("direct get: %w", err)
 		}
 		if done, err := a.add(m); err != nil || done {
 			return a.read, err
+		}
+	}
+}
+
+// inboxes gives each request a reply subject nobody can guess (see fetch)
+// under one subscription of the connection: a wildcard on a private inbox
+// prefix, and 128 random bits more for each request. A subscription of
+// its own per request would cost the servers a subscription and its
+// removal per read, told to every other server of the cluster, from every
+// sidecar every few seconds. Whoever has seen one reply subject knows the
+// prefix but not the next request's bits: what they send anywhere under
+// it reaches no request but the one whose answer they saw, exactly as
+// with an inbox of its own; anything else is dropped.
+type inboxes struct {
+	nc     *nats.Conn
+	prefix string
+	sub    *nats.Subscription
+
+	mu   sync.Mutex
+	open map[string]*replies
+}
+
+// replies queues the messages that reach one request's reply subject, up
+// to a bound (a flood on it ends that read, as with a subscription's
+// pending limit).
+type replies struct {
+	mu    sync.Mutex
+	msgs  []*nats.Msg
+	limit int
+	ready chan struct{}
+}
+
+func newInboxes(nc *nats.Conn) (*inboxes, error) {
+	in := &inboxes{nc: nc, prefix: natsconn.PrivateInbox(nc) + ".", open: map[string]*replies{}}
+	sub, err := nc.Subscribe(in.prefix+"*", in.deliver)
+	if err != nil {
+		return nil, fmt.Errorf("reply subscription: %w", err)
+	}
+	in.sub = sub
+	return in, nil
+}
+
+func (in *inboxes) close() { _ = in.sub.Unsubscribe() }
+
+// request publishes body to subject with a reply subject of its own and
+// returns the queue of what arrives there; done forgets it.
+func (in *inboxes) request(subject string, body []byte, limit int) (r *replies, done func(), err error) {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand panics rather than return an error)
+	token := hex.EncodeToString(b[:])
+	r = &replies{limit: limit, ready: make(chan struct{}, 1)}
+	in.mu.Lock()
+	in.open[token] = r
+	in.mu.Unlock()
+	done = func() {
+		in.mu.Lock()
+		delete(in.open, token)
+		in.mu.Unlock()
+	}
+	if err := in.nc.PublishRequest(subject, in.prefix+token, body); err != nil {
+		done()
+		return nil, nil, err
+	}
+	return r, done, nil
+}
+
+// deliver is the subscription's handler.
+func (in *inboxes) deliver(m *nats.Msg) {
+	token, ok := strings.CutPrefix(m.Subject, in.prefix)
+	if !ok {
+		return
+	}
+	in.mu.Lock()
+	r := in.open[token]
+	in.mu.Unlock()
+	if r == nil {
+		return // no request of ours, or one that has ended
+	}
+	r.mu.Lock()
+	if len(r.msgs) < r.limit {
+		r.msgs = append(r.msgs, m)
+	}
+	r.mu.Unlock()
+	select {
+	case r.ready <- struct{}{}:
+	default:
+	}
+}
+
+// next returns the next message that arrived, waiting for one until ctx
+// ends.
+func (r *replies) next(ctx context.Context) (*nats.Msg, error) {
+	for {
+		r.mu.Lock()
+		if len(r.msgs) > 0 {
+			m := r.msgs[0]
+			r.msgs[0] = nil
+			r.msgs = r.msgs[1:]
+			r.mu.Unlock()
+			return m, nil
+		}
+		r.mu.Unlock()
+		select {
+		case <-r.ready:
+		case <-ctx.Done():
+			return nil, ctx.Err()
 		}
 	}
 }
@@ -183,15 +290,7 @@ func anchorOf(m stored) anchor {
 // two servers that led the stream in turn may disagree by a few
 // milliseconds; a message written by a leader whose clock ran ahead can
 // then look recreated, which costs a replay and loses nothing.
-func recreated(ctx context.Context, nc *nats.Conn, stream string, a anchor) (bool, error) {
-	// A private inbox, for the reasons given at fetch: the first message
-	// on it answers this request.
-	inbox := natsconn.PrivateInbox(nc)
-	sub, err := nc.SubscribeSync(inbox)
-	if err != nil {
-		return false, fmt.Errorf("direct get by time: %w", err)
-	}
-	defer func() { _ = sub.Unsubscribe() }()
+func recreated(ctx context.Context, in *inboxes, stream string, a anchor) (bool, error) {
 	req, err := json.Marshal(struct {
 		StartTime time.Time `json:"start_time"`
 		MaxBytes  int       `json:"max_bytes"`
@@ -199,12 +298,16 @@ func recreated(ctx context.Context, nc *nats.Conn, stream string, a anchor) (boo
 	if err != nil {
 		return false, fmt.Errorf("direct get by time: %w", err)
 	}
-	if err := nc.PublishRequest("$JS.API.DIRECT.GET."+stream, inbox, req); err != nil {
+	// A reply subject of its own, for the reasons given at fetch: the
+	// first message there answers this request.
+	replies, done, err := in.request("$JS.API.DIRECT.GET."+stream, req, 1)
+	if err != nil {
 		return false, fmt.Errorf("direct get by time: %w", err)
 	}
+	defer done()
 	rctx, cancel := context.WithTimeout(ctx, requestTimeout)
 	defer cancel()
-	m, err := sub.NextMsgWithContext(rctx)
+	m, err := replies.next(rctx)
 	if err != nil {
 		return false, fmt.Errorf("direct get by time: %w", err)
 	}

@@ -172,6 +172,13 @@ func printTable(w io.Writer, results []*result, rss *rssResult, o options) {
 		p("| RSS idle (%s after all were ready) | %s | %s |\n", rss.idleFor, mb(pctBytes(rss.idle, 0.5)), mb(pctBytes(rss.idle, 1)))
 		p("| RSS peak under load (%d /verify/s each over %d tokens, %d revocations/s, %s) | %s | %s |\n",
 			rss.rate, rss.tokens, rss.revocationRate, rss.loadFor, mb(pctBytes(rss.load, 0.5)), mb(pctBytes(rss.load, 1)))
+		if len(rss.parts) > 0 {
+			m := medianParts(rss.parts)
+			p("| idle RSS made of: anonymous (Go heap in use / stacks / all the Go runtime holds, less released) | %s (%s / %s / %s) | |\n",
+				mb(m.anon), mb(m.heapInuse), mb(m.stack), mb(m.runtime-m.heapReleased))
+			p("| idle RSS made of: file-backed (the executable's pages touched) | %s | |\n", mb(m.file))
+			p("| goroutines, idle | %d | |\n", m.goroutines)
+		}
 		p("\n%s requests, %d not 200; %d revocations.\n", thousands(int(rss.requests)), rss.bad, rss.revocations)
 	}
 	for _, r := range results {

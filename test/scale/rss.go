@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,8 +18,10 @@ import (
 // rssResult is the memory of real sidecar processes, one per pod as in
 // Kubernetes, not estimated from the in-process run.
 type rssResult struct {
-	procs          int
-	idle, load     []int64 // per process: idle reading, peak under load
+	procs      int
+	idle, load []int64 // per process: idle reading, peak under load
+	// What the idle RSS is made of, per process (see memParts).
+	parts          []memParts
 	idleFor        time.Duration
 	requests, bad  int64
 	revocations    int
@@ -102,6 +105,7 @@ func (r *runner) measureRSS(ctx context.Context) (*rssResult, error) {
 			return nil, err
 		}
 		res.idle = append(res.idle, b)
+		res.parts = append(res.parts, readMemParts(ctx, d, p.c.pid(), p.url))
 	}
 
 	tokens := make([]string, 0, rssTokens)
@@ -234,4 +238,81 @@ func pctBytes(v []int64, p float64) int64 {
 	s := slices.Clone(v)
 	slices.Sort(s)
 	return s[min(len(s)-1, int(float64(len(s))*p))]
+}
+
+// memParts is what a process's resident memory is made of: anonymous
+// memory (the Go heap, stacks and the runtime's own) and file-backed pages
+// (the executable's code and data as far as they were touched), from
+// /proc/PID/smaps_rollup; and the Go runtime's view from the sidecar's
+// /metrics. A figure not read is 0.
+type memParts struct {
+	anon, file                int64 // resident anonymous and file-backed bytes
+	heapInuse, stack, runtime int64 // Go heap in use, goroutine stacks, all the runtime holds (go_memstats_sys_bytes)
+	heapReleased              int64 // heap returned to the OS, counted in runtime
+	goroutines                int64
+}
+
+func readMemParts(ctx context.Context, d *deployment, pid int, url string) memParts {
+	var m memParts
+	if b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/smaps_rollup"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			f := strings.Fields(line)
+			if len(f) < 2 {
+				continue
+			}
+			kb, err := strconv.ParseInt(f[1], 10, 64)
+			if err != nil {
+				continue
+			}
+			switch f[0] {
+			case "Anonymous:":
+				m.anon = kb << 10
+			case "Rss:":
+				m.file = kb << 10 // less anonymous, below
+			}
+		}
+		m.file = max(m.file-m.anon, 0)
+	}
+	if code, body := d.get(ctx, url+"/metrics"); code == http.StatusOK {
+		for _, line := range strings.Split(string(body), "\n") {
+			name, val, ok := strings.Cut(line, " ")
+			if !ok {
+				continue
+			}
+			v, err := strconv.ParseFloat(strings.TrimSpace(val), 64)
+			if err != nil {
+				continue
+			}
+			switch name {
+			case "go_memstats_heap_inuse_bytes":
+				m.heapInuse = int64(v)
+			case "go_memstats_stack_inuse_bytes":
+				m.stack = int64(v)
+			case "go_memstats_sys_bytes":
+				m.runtime = int64(v)
+			case "go_memstats_heap_released_bytes":
+				m.heapReleased = int64(v)
+			case "go_goroutines":
+				m.goroutines = int64(v)
+			}
+		}
+	}
+	return m
+}
+
+// medianParts is the median of each figure over the processes.
+func medianParts(ps []memParts) memParts {
+	med := func(f func(memParts) int64) int64 {
+		v := make([]int64, 0, len(ps))
+		for _, p := range ps {
+			v = append(v, f(p))
+		}
+		return pctBytes(v, 0.5)
+	}
+	return memParts{
+		anon: med(func(p memParts) int64 { return p.anon }), file: med(func(p memParts) int64 { return p.file }),
+		heapInuse: med(func(p memParts) int64 { return p.heapInuse }), stack: med(func(p memParts) int64 { return p.stack }),
+		runtime: med(func(p memParts) int64 { return p.runtime }), heapReleased: med(func(p memParts) int64 { return p.heapReleased }),
+		goroutines: med(func(p memParts) int64 { return p.goroutines }),
+	}
 }
