@@ -176,7 +176,8 @@ func printTable(w io.Writer, results []*result, rss *rssResult, o options) {
 			m := medianParts(rss.parts)
 			p("| idle RSS made of: anonymous (Go heap in use / stacks / all the Go runtime holds, less released) | %s (%s / %s / %s) | |\n",
 				mb(m.anon), mb(m.heapInuse), mb(m.stack), mb(m.runtime-m.heapReleased))
-			p("| idle RSS made of: file-backed (the executable's pages touched) | %s | |\n", mb(m.file))
+			p("| idle RSS made of: file-backed (the executable's pages touched, shared by every process of the same executable) | %s | |\n", mb(m.file))
+			p("| idle PSS (the shared pages divided among the %d processes) | %s | |\n", rss.procs, mb(m.pss))
 			p("| goroutines, idle | %d | |\n", m.goroutines)
 		}
 		p("\n%s requests, %d not 200; %d revocations.\n", thousands(int(rss.requests)), rss.bad, rss.revocations)

@@ -247,6 +247,7 @@ func pctBytes(v []int64, p float64) int64 {
 // /metrics. A figure not read is 0.
 type memParts struct {
 	anon, file                int64 // resident anonymous and file-backed bytes
+	pss                       int64 // proportional set size: pages shared with other processes (the executable's) divided among them
 	heapInuse, stack, runtime int64 // Go heap in use, goroutine stacks, all the runtime holds (go_memstats_sys_bytes)
 	heapReleased              int64 // heap returned to the OS, counted in runtime
 	goroutines                int64
@@ -267,6 +268,8 @@ func readMemParts(ctx context.Context, d *deployment, pid int, url string) memPa
 			switch f[0] {
 			case "Anonymous:":
 				m.anon = kb << 10
+			case "Pss:":
+				m.pss = kb << 10
 			case "Rss:":
 				m.file = kb << 10 // less anonymous, below
 			}
@@ -311,6 +314,7 @@ func medianParts(ps []memParts) memParts {
 	}
 	return memParts{
 		anon: med(func(p memParts) int64 { return p.anon }), file: med(func(p memParts) int64 { return p.file }),
+		pss:       med(func(p memParts) int64 { return p.pss }),
 		heapInuse: med(func(p memParts) int64 { return p.heapInuse }), stack: med(func(p memParts) int64 { return p.stack }),
 		runtime: med(func(p memParts) int64 { return p.runtime }), heapReleased: med(func(p memParts) int64 { return p.heapReleased }),
 		goroutines: med(func(p memParts) int64 { return p.goroutines }),
