@@ -140,8 +140,12 @@ func New(cfg Config, opts ...Option) (*Sidecar, error) {
 	if s.revocations != nil {
 		// One consumer for the life of the sidecar: it carries the set's
 		// position in the stream across NATS connections.
+		probe := o.tuning.probeEvery
+		if probe == 0 {
+			probe = probeInterval(s.cfg.RevocationMaxStaleness)
+		}
 		copts := []revocation.ConsumerOption{revocation.WithLogger(o.log), revocation.WithClock(o.now),
-			revocation.WithObserver(s.metrics), revocation.WithProbeInterval(o.tuning.probeEvery)}
+			revocation.WithObserver(s.metrics), revocation.WithProbeInterval(probe)}
 		if o.tuning.reconnectRange[1] > 0 {
 			copts = append(copts, revocation.WithCatchUpDelay(o.tuning.reconnectRange[1]))
 		}
@@ -198,6 +202,22 @@ func (s *Sidecar) Run(ctx context.Context) error {
 	}
 	return nil
 }
+
+// probeInterval is how often the revocation consumer reads the stream
+// unasked, to confirm its set is current: a quarter of the staleness
+// bound, so that a bound is a few probes and one slow answer does not make
+// the pod unready, between 5s (the least bound, 15s, gets about that) and
+// 15s (the default bound, 1m). Each probe is a read of every sidecar; at
+// the default bound a third as many as at 5s, which is most of what idle
+// sidecars cost NATS.
+func probeInterval(bound time.Duration) time.Duration {
+	return min(max(bound/4, minProbeInterval), maxProbeInterval)
+}
+
+const (
+	minProbeInterval = 5 * time.Second
+	maxProbeInterval = 15 * time.Second
+)
 
 // reconnectSpread bounds the random wait before a sidecar's first
 // reconnection attempt at a server (natsconn.Options.ReconnectSpread): the
