@@ -60,8 +60,6 @@ type natsNode struct {
 	proc        *child
 }
 
-func (n *natsNode) url() string { return "nats://127.0.0.1:" + strconv.Itoa(n.port) }
-
 // NATS users of auth.conf, as natsURLs takes them.
 const (
 	userIssuer  = "issuer"
