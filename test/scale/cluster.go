@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -111,12 +112,20 @@ func (d *deployment) natsPIDs() []int {
 func newHTTPClient() *http.Client { return &http.Client{Timeout: 30 * time.Second} }
 
 func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("free port: %w", err)
+	// Below the kernel's ephemeral range (32768 and up by default): a port
+	// taken from there and released for a child to bind can be handed in
+	// the meantime to one of the thousands of outgoing connections this
+	// tool makes, and the child fails with "address already in use".
+	for range 200 {
+		p := 10000 + mrand.N(22000) // #nosec G404 -- a port, not a secret
+		ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+		if err != nil {
+			continue
+		}
+		_ = ln.Close()
+		return p, nil
 	}
-	defer func() { _ = ln.Close() }()
-	return ln.Addr().(*net.TCPAddr).Port, nil
+	return 0, errors.New("free port: none free among 200 tried in 10000-31999")
 }
 
 // deploy starts the NATS cluster and the issuer in dir.
