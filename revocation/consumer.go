@@ -115,19 +115,15 @@ const (
 	// answer's size (events are at most 8 KiB, typically under 1 KiB).
 	fetchBatch    = 2048
 	fetchMaxBytes = 4 << 20
-	// minFetchGap spaces the reads that live events trigger: under a flood
-	// a read every minFetchGap takes whatever has been stored meanwhile
-	// in one batch, rather than one request per event per follower. With
-	// the live subscription on (sidecars, by the thousand) the events are
-	// applied as they arrive and the read only makes sure none was missed,
-	// so it waits longer: liveFetchGap, or the probe interval if shorter.
+	// minFetchGap spaces the reads that published events trigger without
+	// the live subscription: under a flood a read every minFetchGap takes
+	// whatever has been stored meanwhile in one batch, rather than one
+	// request per event per follower. With the live subscription on
+	// (sidecars, by the thousand) events trigger no read (see onLive);
+	// reads after a reconnection are spaced by liveFetchGap, or the probe
+	// interval if shorter.
 	minFetchGap  = 100 * time.Millisecond
 	liveFetchGap = time.Second
-	// liveReadSpread bounds the random wait before the read a live event
-	// asks for (or the probe interval, if shorter): the sidecars of a
-	// cluster all get an event at once, and their reads, which only make
-	// sure none was missed, need not reach the stream's servers together.
-	liveReadSpread = 2 * time.Second
 	// applyBatch bounds how many verified events one write transaction
 	// applies, and how many messages wait between reading, verifying and
 	// applying. A replay applies in transactions this large: a bucket of the
@@ -295,9 +291,11 @@ func (c *Consumer) Staleness() (d time.Duration, ok bool) {
 //
 // Reading the stream: Run binds the stream, retrying with backoff while
 // the stream does not exist or NATS is unreachable, and reads it from the
-// start, then from the sequence after the last message processed whenever
-// a live event arrives (at most every second; every 100ms without the live
-// subscription), the connection comes back, or the probe interval passes. It reads stored messages by sequence with
+// start, then from the sequence after the last message processed every
+// probe interval, when the connection comes back, and, without the live
+// subscription, whenever an event is published (at most every 100ms; with
+// it, the event is applied as it comes and the next probe makes sure none
+// was missed). It reads stored messages by sequence with
 // batched direct gets (nats-server 2.11 or later; see fetch): it holds no
 // JetStream consumer, so a sidecar needs no right to create, change or
 // fetch from one, and nobody can tamper with one of its. Every message is
@@ -584,16 +582,6 @@ func (c *Consumer) reader(ctx context.Context, in *inboxes, next uint64, work, o
 			err = ctx.Err()
 			return
 		case <-c.kick:
-			if c.live {
-				// The event is applied: the read only makes sure none
-				// before it was missed. Every sidecar got the same event
-				// at the same moment: spread their reads.
-				if !natsconn.Sleep(ctx, c.jitter(min(liveReadSpread, c.probeEvery))) {
-					timer.Stop()
-					err = ctx.Err()
-					return
-				}
-			}
 		case <-reconnected:
 			// Spread the catch-up of every client of a restarted server.
 			check = true
@@ -673,11 +661,16 @@ func (c *Consumer) verifyBatch(batch []*job, data [][]byte) {
 	}
 }
 
-// onLive applies an event from the live subscription and has the reader
-// read the stream. A message that does not verify is ignored here: if the
-// stream stored it, the reader drops and counts it.
+// onLive applies an event from the live subscription. It does not have the
+// reader read the stream: the event is applied, and a read now would only
+// make sure none before it was missed, which the next probe does. With
+// thousands of sidecars that read cost the stream's servers a direct get per
+// sidecar per event, more than the event's own fan-out. An event missed
+// live (a slow consumer; a disconnection has a read of its own) is applied
+// by the next probe, within a probe interval and a quarter. A message that
+// does not verify is ignored here: if the stream stored it, the reader
+// drops and counts it.
 func (c *Consumer) onLive(m *nats.Msg) {
-	defer c.read()
 	if len(m.Data) > MaxEventSize {
 		return
 	}

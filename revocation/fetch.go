@@ -110,6 +110,7 @@ type inboxes struct {
 type replies struct {
 	mu    sync.Mutex
 	msgs  []*nats.Msg
+	got   int // messages arrived, taken or not
 	limit int
 	ready chan struct{}
 }
@@ -161,7 +162,8 @@ func (in *inboxes) deliver(m *nats.Msg) {
 		return // no request of ours, or one that has ended
 	}
 	r.mu.Lock()
-	if len(r.msgs) < r.limit {
+	if r.got < r.limit {
+		r.got++
 		r.msgs = append(r.msgs, m)
 	}
 	r.mu.Unlock()
