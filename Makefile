@@ -141,10 +141,11 @@ soak: build
 	$(GO) run ./test/soak -bin $(BIN) -d $(SOAK_DURATION) -rate $(SOAK_RATE)
 
 ## scale: what N sidecars cost NATS (test/scale): per N in SCALE_N, a 3-node NATS JetStream cluster
-## (R3) and an issuer as processes, N real sidecars in worker processes; cold start, NATS memory and
-## CPU, consumers, revocation and rotation fan-out, kill -9 and restart of a NATS node, missed events;
-## then SCALE_RSS_SAMPLE real sidecar processes' memory. Bounded by SCALE_TIMEOUT; prints a table
-## (docs/operations.md, "Sizing"). make test runs its N=20 smoke variant.
+## (R3, the chart's accounts and permissions) and an issuer as processes, N real sidecars in worker
+## processes; cold start, NATS memory and CPU, consumers, revocation and rotation fan-out, kill -9
+## and restart of a NATS node, missed events; then SCALE_RSS_SAMPLE real sidecar processes' memory.
+## Bounded by SCALE_TIMEOUT; prints a table (docs/operations.md, "Sizing"). make test runs a light
+## variant (4 sidecars, no herd) that checks the tool works end to end.
 SCALE_N          ?= 1000,2500,5000
 SCALE_RSS_SAMPLE ?= 20
 SCALE_TIMEOUT    ?= 60m
