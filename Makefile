@@ -17,7 +17,7 @@ HELM        ?= $(GO) run helm.sh/helm/v3/cmd/helm@v3.22.0
 CHART       := charts/tokenwarden
 IMAGE       ?= tokenwarden:$(VERSION)
 
-.PHONY: all build deps demo test chart image images lint vet vuln bench soak chaos fuzz tidy clean \
+.PHONY: all build deps demo test chart image images lint vet vuln bench soak chaos scale fuzz tidy clean \
 	deps-k8s cluster-build cluster-up cluster-down e2e-k8s
 
 all: build
@@ -139,6 +139,19 @@ SOAK_DURATION ?= 5m
 SOAK_RATE     ?= 1000
 soak: build
 	$(GO) run ./test/soak -bin $(BIN) -d $(SOAK_DURATION) -rate $(SOAK_RATE)
+
+## scale: what N sidecars cost NATS (test/scale): per N in SCALE_N, a 3-node NATS JetStream cluster
+## (R3, the chart's accounts and permissions) and an issuer as processes, N real sidecars in worker
+## processes; cold start, NATS memory and CPU, consumers, revocation and rotation fan-out, kill -9
+## and restart of a NATS node, missed events; then SCALE_RSS_SAMPLE real sidecar processes' memory.
+## Bounded by SCALE_TIMEOUT; prints a table (docs/operations.md, "Sizing"). make test runs a light
+## variant (4 sidecars, no herd) that checks the tool works end to end.
+SCALE_N          ?= 1000,2500,5000
+SCALE_RSS_SAMPLE ?= 20
+SCALE_TIMEOUT    ?= 60m
+scale: build
+	$(GO) build -o bin/scale ./test/scale
+	./bin/scale -bin $(BIN) -n $(SCALE_N) -rss-sample $(SCALE_RSS_SAMPLE) -timeout $(SCALE_TIMEOUT)
 
 ## fuzz: each fuzz target for a bounded time. Minimization is off: go test
 ## reports "context deadline exceeded" as a failure when -fuzztime ends while

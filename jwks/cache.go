@@ -76,6 +76,12 @@ const (
 	cacheBackoffMin           = 250 * time.Millisecond
 	cacheBackoffMax           = 15 * time.Second
 	cacheReconnectCheckPeriod = 250 * time.Millisecond
+	// cacheCatchUpDelay bounds the random wait before the bundle is read
+	// again after a reconnection: every client of a restarted NATS server
+	// reconnects at the same moment, and their reads are spread over it.
+	// A bundle published meanwhile still arrives at once on the
+	// subscription, which nats.go restores on the new connection.
+	cacheCatchUpDelay = 2 * time.Second
 )
 
 var cacheBucketRe = regexp.MustCompile(`^[a-zA-Z0-9_-]+$`)
@@ -191,6 +197,8 @@ type Cache struct {
 	hookGet                func()          // before every on-demand KV Get
 	hookBind               func(error)     // after every attempt to bind the bucket
 	hookFetch              func(err error) // after every HTTP fallback fetch
+	catchUpDelay           time.Duration
+	jitter                 func(max time.Duration) time.Duration // a random wait in [0, max]
 }
 
 // NewCache validates cfg and loads the disk copy of the last good bundle,
@@ -230,6 +238,9 @@ func NewCache(cfg CacheConfig) (*Cache, error) {
 		now:         cfg.Now,
 		backoffMin:  cacheBackoffMin,
 		backoffMax:  cacheBackoffMax,
+
+		catchUpDelay: cacheCatchUpDelay,
+		jitter:       func(d time.Duration) time.Duration { return rand.N(d + 1) }, //nolint:gosec // jitter, not a secret
 	}
 	if c.grace == 0 {
 		c.grace = cacheDefaultGrace
@@ -400,10 +411,6 @@ func (c *Cache) runNATS(ctx context.Context, js jetstream.JetStream) {
 		if ctx.Err() != nil {
 			return
 		}
-		if errors.Is(err, errCacheReconnected) {
-			c.log.Info("NATS reconnected; re-creating the JWKS watch")
-			continue
-		}
 		failures++
 		wait := bo.next()
 		// The first failure of a streak is worth a warning; the rest only
@@ -423,13 +430,9 @@ func (c *Cache) runNATS(ctx context.Context, js jetstream.JetStream) {
 	}
 }
 
-// errCacheReconnected ends a watch so that it is re-created on the new
-// connection.
-var errCacheReconnected = errors.New("NATS connection reconnected")
-
-// watch follows the bundle key until the connection reconnects or ctx
-// ends. established reports whether the watch was set up (and so whether
-// the retry backoff may start over).
+// watch follows the bundle key until a read fails or ctx ends.
+// established reports whether the watch was set up (and so whether the
+// retry backoff may start over).
 //
 // It is not kv.Watch, which is a JetStream consumer: to create one a
 // sidecar would need rights with which anyone holding the sidecars' NATS
@@ -444,7 +447,11 @@ var errCacheReconnected = errors.New("NATS connection reconnected")
 // bundle or something that does not verify, counted as rejected and
 // logged at most once a second. They are applied here, on Run's
 // goroutine, as everything read from NATS is: when Run returns, nothing of
-// it is still being applied.
+// it is still being applied. A reconnection keeps the watch (nats.go
+// restores the subscription) and reads the key again after a random wait
+// (see cacheCatchUpDelay): no bucket bind, which is a STREAM.INFO to the
+// bucket's stream leader, from every client of a restarted server at once.
+// The periodic read is jittered too.
 func (c *Cache) watch(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue) (established bool, err error) {
 	nc := js.Conn()
 	var reconnects uint64
@@ -479,10 +486,13 @@ func (c *Cache) watch(ctx context.Context, js jetstream.JetStream, kv jetstream.
 	defer c.watching.Store(false)
 	c.log.Debug("watching JWKS bundle")
 
-	poll := time.NewTicker(c.interval)
+	// Every interval, give or take a quarter.
+	pollWait := func() time.Duration { return c.interval*3/4 + c.jitter(c.interval/2) }
+	poll := time.NewTimer(pollWait())
 	defer poll.Stop()
 	tick := time.NewTicker(cacheReconnectCheckPeriod)
 	defer tick.Stop()
+	var catchUp <-chan time.Time // the read after a reconnection, when one is due
 	for {
 		select {
 		case <-ctx.Done():
@@ -493,13 +503,23 @@ func (c *Cache) watch(ctx context.Context, js jetstream.JetStream, kv jetstream.
 			if err := c.readCurrent(ctx, nc, kv.Bucket()); err != nil {
 				return true, fmt.Errorf("watch %s: %w", cacheBundleKey, err)
 			}
+		case <-catchUp:
+			catchUp = nil
+			c.log.Debug("NATS reconnected; reading the JWKS bundle again")
+			if err := c.readCurrent(ctx, nc, kv.Bucket()); err != nil {
+				return true, fmt.Errorf("watch %s: %w", cacheBundleKey, err)
+			}
 		case <-poll.C:
+			poll.Reset(pollWait())
 			if err := c.readCurrent(ctx, nc, kv.Bucket()); err != nil {
 				return true, fmt.Errorf("watch %s: %w", cacheBundleKey, err)
 			}
 		case <-tick.C:
 			if nc != nil && nc.Stats().Reconnects != reconnects {
-				return true, errCacheReconnected
+				reconnects = nc.Stats().Reconnects
+				if catchUp == nil {
+					catchUp = time.After(c.jitter(c.catchUpDelay))
+				}
 			}
 		}
 	}

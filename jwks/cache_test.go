@@ -840,3 +840,54 @@ func TestCacheAwaitKID(t *testing.T) {
 		})
 	}
 }
+
+// TestCacheReconnectKeepsWatch: when the NATS server restarts, the cache
+// keeps its watch (no new bind of the bucket, which is a STREAM.INFO to the
+// bucket's stream leader) and reads the bundle again after a random wait
+// up to its catch-up delay, drawn here by the test, so that every client
+// of the restarted server does not read at the same moment.
+func TestCacheReconnectKeepsWatch(t *testing.T) {
+	store := t.TempDir()
+	ns := cacheStartNATS(t, "127.0.0.1:0", store)
+	addr := ns.Addr().String()
+	var stopOnce sync.Once
+	t.Cleanup(func() { stopOnce.Do(ns.Stop) })
+	js := cacheConnect(t, ns.URL())
+	kv := cacheCreateBucket(t, js)
+	s := newCacheSigner(t)
+	raw1, _ := s.bundle(1)
+	cachePut(t, kv, raw1)
+
+	// No periodic read during the test: only the reconnection reads.
+	c := newTestCache(t, CacheConfig{Trusted: s.trusted(), RefreshInterval: time.Hour})
+	var binds, catchUps atomic.Int32
+	c.hookBind = func(error) { binds.Add(1) }
+	c.jitter = func(d time.Duration) time.Duration {
+		if d == cacheCatchUpDelay {
+			catchUps.Add(1)
+			return time.Millisecond
+		}
+		return d / 2
+	}
+	cacheRun(t, c, js)
+	cacheWaitFor(t, "bundle 1", func() bool { st := c.Status(); return st.Sequence == 1 && st.Watching })
+
+	stopOnce.Do(ns.Stop)
+	cacheWaitFor(t, "the watch to report the outage", func() bool { return !c.Status().Watching })
+	ns2 := cacheStartNATS(t, addr, store)
+	t.Cleanup(ns2.Stop)
+	// Written while the cache may not be back yet: the read after the
+	// reconnection brings it if the subscription missed it.
+	pub := cacheConnect(t, ns2.URL())
+	kv2, err := pub.KeyValue(context.Background(), cacheTestBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw2, _ := s.bundle(2)
+	cachePut(t, kv2, raw2)
+	cacheWaitFor(t, "bundle 2 after the restart", func() bool { return c.Status().Sequence == 2 })
+	cacheWaitFor(t, "a catch-up wait drawn", func() bool { return catchUps.Load() >= 1 })
+	if n := binds.Load(); n != 1 {
+		t.Errorf("the bucket was bound %d times, want once: a reconnection must keep the watch", n)
+	}
+}

@@ -176,12 +176,13 @@ func BenchmarkReplay100k(b *testing.B) {
 	// The floor, in the same run: the same stream read as the consumer
 	// reads it, by a reader that does nothing with the messages.
 	b.Run("nats-only", func(b *testing.B) {
+		in := testInboxes(b, js.Conn())
 		for b.Loop() {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			start := time.Now()
 			n, next := 0, uint64(1)
 			for more := true; more; {
-				r, err := fetch(ctx, js.Conn(), StreamName(testPrefix), next, fetchBatch, fetchMaxBytes)
+				r, err := fetch(ctx, in, StreamName(testPrefix), next, fetchBatch, fetchMaxBytes)
 				if err != nil {
 					b.Fatal(err)
 				}

@@ -94,6 +94,20 @@ func WithProbeInterval(d time.Duration) ConsumerOption {
 	}
 }
 
+// WithCatchUpDelay bounds the random wait before the read a consumer makes
+// when its connection comes back (default 2s; 0 reads at once). When a
+// NATS server restarts, every client it had reconnects at the same moment:
+// spread over this window, their catch-up reads do not arrive as one
+// burst. The live subscription resumes at once, so only events published
+// while the connection was down wait for it.
+func WithCatchUpDelay(d time.Duration) ConsumerOption {
+	return func(c *Consumer) {
+		if d >= 0 {
+			c.catchUpDelay = d
+		}
+	}
+}
+
 // Tuning of the consumer.
 const (
 	// fetchBatch is how many stored events one read asks for: large enough
@@ -101,12 +115,13 @@ const (
 	// answer's size (events are at most 8 KiB, typically under 1 KiB).
 	fetchBatch    = 2048
 	fetchMaxBytes = 4 << 20
-	// minFetchGap spaces the reads that live events trigger: under a flood
-	// a read every minFetchGap takes whatever has been stored meanwhile
-	// in one batch, rather than one request per event per follower. With
-	// the live subscription on (sidecars, by the thousand) the events are
-	// applied as they arrive and the read only makes sure none was missed,
-	// so it waits longer: liveFetchGap, or the probe interval if shorter.
+	// minFetchGap spaces the reads that published events trigger without
+	// the live subscription: under a flood a read every minFetchGap takes
+	// whatever has been stored meanwhile in one batch, rather than one
+	// request per event per follower. With the live subscription on
+	// (sidecars, by the thousand) events trigger no read (see onLive);
+	// reads after a reconnection are spaced by liveFetchGap, or the probe
+	// interval if shorter.
 	minFetchGap  = 100 * time.Millisecond
 	liveFetchGap = time.Second
 	// applyBatch bounds how many verified events one write transaction
@@ -127,12 +142,21 @@ const (
 	// requestTimeout bounds each JetStream API call of the consumer.
 	requestTimeout = 10 * time.Second
 	// probeInterval is how often a running consumer reads the stream
-	// without being told to: to confirm its set is current (Staleness),
-	// and to make sure the stream is still the one it bound (a stream
-	// deleted and created again starts its sequences over, and a read
-	// resuming at its old sequence would skip the new stream's first
-	// events). Two small JetStream API requests per consumer per probe.
+	// without being told to, to confirm its set is current (Staleness):
+	// one direct get, which any replica of the stream answers (a 404 when
+	// nothing is new), and no JetStream API request.
 	probeInterval = 5 * time.Second
+	// recheckInterval is how often (jittered) an idle consumer makes sure
+	// the stream is still the one it read (see recreated): a stream
+	// deleted and created again starts its sequences over, and a read
+	// resuming at the old sequence would skip the new stream's first
+	// events. A read that finds new events, one a live event or a
+	// reconnection asked for, checks at once; this bounds how long a
+	// recreated stream whose events all came while the live subscription
+	// was away goes unnoticed.
+	recheckInterval = time.Minute
+	// defaultCatchUpDelay: see WithCatchUpDelay.
+	defaultCatchUpDelay = 2 * time.Second
 )
 
 var errStreamRecreated = errors.New("revocation stream was deleted or recreated")
@@ -181,8 +205,19 @@ type Consumer struct {
 	interruptions    int
 	lastInterruptLog time.Time
 
-	// Tests shorten this.
-	probeEvery time.Duration
+	// anchor is the last message the reader read, owned by it (sessions
+	// run one after the other): see recreated.
+	anchor anchor
+	// live counts the events the live subscription verified: a read asked
+	// for by one checks that the stream is still the one it read.
+	liveSeen     atomic.Uint64
+	lastLiveSeen uint64 // the reader's: liveSeen when it last read
+
+	// Tests shorten these, or replace the random draw.
+	probeEvery   time.Duration
+	recheckEvery time.Duration
+	catchUpDelay time.Duration
+	jitter       func(max time.Duration) time.Duration
 }
 
 // NewConsumer returns a consumer of prefix's revocation stream that
@@ -200,8 +235,11 @@ func NewConsumer(js jetstream.JetStream, prefix string, trusted []ed25519.Public
 		workers: runtime.GOMAXPROCS(0),
 		live:    true,
 
-		kick:       make(chan struct{}, 1),
-		probeEvery: probeInterval,
+		kick:         make(chan struct{}, 1),
+		probeEvery:   probeInterval,
+		recheckEvery: recheckInterval,
+		catchUpDelay: defaultCatchUpDelay,
+		jitter:       func(d time.Duration) time.Duration { return rand.N(d + 1) }, // #nosec G404 -- jitter, not a secret
 	}
 	for _, o := range opts {
 		o(c)
@@ -253,9 +291,11 @@ func (c *Consumer) Staleness() (d time.Duration, ok bool) {
 //
 // Reading the stream: Run binds the stream, retrying with backoff while
 // the stream does not exist or NATS is unreachable, and reads it from the
-// start, then from the sequence after the last message processed whenever
-// a live event arrives (at most every second; every 100ms without the live
-// subscription), the connection comes back, or the probe interval passes. It reads stored messages by sequence with
+// start, then from the sequence after the last message processed every
+// probe interval, when the connection comes back, and, without the live
+// subscription, whenever an event is published (at most every 100ms; with
+// it, the event is applied as it comes and the next probe makes sure none
+// was missed). It reads stored messages by sequence with
 // batched direct gets (nats-server 2.11 or later; see fetch): it holds no
 // JetStream consumer, so a sidecar needs no right to create, change or
 // fetch from one, and nobody can tamper with one of its. Every message is
@@ -288,7 +328,12 @@ func (c *Consumer) RunOn(ctx context.Context, js jetstream.JetStream) error {
 	if c.started.IsZero() {
 		c.started = c.now()
 	}
-	handler := func(*nats.Msg) { c.read() }
+	handler := func(*nats.Msg) {
+		// An event was published: the read it asks for also checks that
+		// the stream is still the one read (see reader).
+		c.liveSeen.Add(1)
+		c.read()
+	}
 	if c.live {
 		handler = c.onLive
 	}
@@ -384,6 +429,7 @@ func (c *Consumer) session(ctx context.Context, js jetstream.JetStream) (progres
 		last = 0
 		c.lastSeq.Store(0)
 		c.verifiedSeq.Store(0)
+		c.anchor = anchor{}
 	}
 	c.created = info.Created
 	if !c.caughtUp.Load() {
@@ -397,7 +443,12 @@ func (c *Consumer) session(ctx context.Context, js jetstream.JetStream) (progres
 	work := make(chan *job, applyBatch)
 	order := make(chan *job, applyBatch)
 	readErr := make(chan error, 1)
-	go c.reader(ctx, js.Conn(), stream, last+1, info.Created, work, order, readErr)
+	in, err := newInboxes(js.Conn())
+	if err != nil {
+		return false, err
+	}
+	defer in.close()
+	go c.reader(ctx, in, last+1, work, order, readErr)
 	for range c.workers {
 		go c.verify(ctx, work)
 	}
@@ -412,9 +463,14 @@ func (c *Consumer) session(ctx context.Context, js jetstream.JetStream) (progres
 // the verifiers and, in stream order, to the applier, followed by a marker
 // each time it has read everything stored. Then it waits to be told to
 // read again (see Run), or for the probe interval (jittered, so the
-// sidecars of a cluster do not ask together), when it also checks that
-// the stream is still the one the session bound.
-func (c *Consumer) reader(ctx context.Context, nc *nats.Conn, stream jetstream.Stream, next uint64, created time.Time, work, order chan<- *job, readErr chan<- error) {
+// sidecars of a cluster do not ask together). After a reconnection it
+// waits a random time up to the catch-up delay first: the clients of a
+// restarted NATS server all reconnect at once. Before it takes events
+// from a read, and after a read that a live event or a reconnection asked
+// for, and at least every recheck interval, it makes sure the stream is
+// still the one it read (see recreated); all of that with direct gets,
+// none with a JetStream API request.
+func (c *Consumer) reader(ctx context.Context, in *inboxes, next uint64, work, order chan<- *job, readErr chan<- error) {
 	var err error
 	defer func() {
 		readErr <- err // before the close, which is what the applier waits for
@@ -430,14 +486,17 @@ func (c *Consumer) reader(ctx context.Context, nc *nats.Conn, stream jetstream.S
 			return false
 		}
 	}
-	reconnected := nc.StatusChanged(nats.CONNECTED)
-	defer nc.RemoveStatusListener(reconnected)
+	reconnected := in.nc.StatusChanged(nats.CONNECTED)
+	defer in.nc.RemoveStatusListener(reconnected)
 	name := StreamName(c.prefix)
 	gap := minFetchGap
 	if c.live {
 		gap = max(minFetchGap, min(liveFetchGap, c.probeEvery))
 	}
 	probe := time.Now()
+	recheckAt := time.Now().Add(c.recheckEvery*3/4 + c.jitter(c.recheckEvery/2))
+	check := false // this round must check the stream's identity
+	more := false  // the last read said more follow
 	for {
 		// Everything stored from next on.
 		started := time.Now()
@@ -445,21 +504,65 @@ func (c *Consumer) reader(ctx context.Context, nc *nats.Conn, stream jetstream.S
 			// Taken before the request: what it finds is at least every
 			// event stored by then.
 			t := time.Now()
+			seen := c.liveSeen.Load()
+			// The stream's identity is checked when events are expected
+			// (a live event came, a batch said more follow), after a
+			// reconnection, and every recheck interval; best in the read
+			// itself, by reading from the last message read on (see
+			// anchorsRead).
+			want := check || more || seen != c.lastLiveSeen || !time.Now().Before(recheckAt)
+			from := next
+			if want && c.anchor.seq > 0 && c.anchor.seq+1 == next {
+				from = c.anchor.seq
+			}
 			var r read
-			r, err = fetch(ctx, nc, name, next, fetchBatch, fetchMaxBytes)
+			r, err = fetch(ctx, in, name, from, fetchBatch, fetchMaxBytes)
 			if err != nil {
-				err = fmt.Errorf("read from sequence %d: %w", next, err)
+				err = fmt.Errorf("read from sequence %d: %w", from, err)
 				return
 			}
 			if r.interrupted {
-				c.interrupted(next, len(r.msgs))
+				c.interrupted(from, len(r.msgs))
 			}
+			confirmed := false
+			if from != next {
+				var again bool
+				if confirmed, again = anchorsRead(r.msgs, c.anchor); again {
+					err = errStreamRecreated
+					return
+				}
+				if confirmed {
+					r.msgs = r.msgs[1:]
+				}
+			}
+			if c.anchor.seq > 0 && !confirmed && (want || len(r.msgs) > 0) {
+				// Before the events are taken: after a recreation they
+				// would carry the reader past the new stream's first ones.
+				var again bool
+				if again, err = recreated(ctx, in, name, c.anchor); err != nil {
+					err = fmt.Errorf("check the stream: %w", err)
+					return
+				}
+				if again {
+					err = errStreamRecreated
+					return
+				}
+				confirmed = true
+			}
+			if confirmed {
+				recheckAt = time.Now().Add(c.recheckEvery*3/4 + c.jitter(c.recheckEvery/2))
+			}
+			more = r.more
+			check, c.lastLiveSeen = false, seen
 			for _, m := range r.msgs {
 				j := &job{seq: m.seq, pending: m.pending, data: m.data, done: make(chan struct{})}
 				if !send(j, work) || !send(j, order) {
 					return
 				}
 				next = m.seq + 1
+			}
+			if len(r.msgs) > 0 {
+				c.anchor = anchorOf(r.msgs[len(r.msgs)-1])
 			}
 			if !r.more {
 				done := make(chan struct{})
@@ -471,7 +574,7 @@ func (c *Consumer) reader(ctx context.Context, nc *nats.Conn, stream jetstream.S
 			}
 		}
 		// Wait to be told, or for the probe.
-		wait := c.probeEvery*3/4 + rand.N(c.probeEvery/2+1) // #nosec G404 -- jitter, not a secret
+		wait := c.probeEvery*3/4 + c.jitter(c.probeEvery/2)
 		timer := time.NewTimer(time.Until(probe.Add(wait)))
 		select {
 		case <-ctx.Done():
@@ -480,6 +583,13 @@ func (c *Consumer) reader(ctx context.Context, nc *nats.Conn, stream jetstream.S
 			return
 		case <-c.kick:
 		case <-reconnected:
+			// Spread the catch-up of every client of a restarted server.
+			check = true
+			if !natsconn.Sleep(ctx, c.jitter(c.catchUpDelay)) {
+				timer.Stop()
+				err = ctx.Err()
+				return
+			}
 		case <-timer.C:
 		}
 		timer.Stop()
@@ -487,22 +597,8 @@ func (c *Consumer) reader(ctx context.Context, nc *nats.Conn, stream jetstream.S
 			err = ctx.Err()
 			return
 		}
-		if time.Since(probe) < c.probeEvery {
-			continue
-		}
-		probe = time.Now()
-		if nc.IsConnected() {
-			rctx, rcancel := context.WithTimeout(ctx, min(requestTimeout, max(c.probeEvery, time.Second)))
-			info, ierr := stream.Info(rctx)
-			rcancel()
-			switch {
-			case errors.Is(ierr, jetstream.ErrStreamNotFound):
-				err = errStreamRecreated
-				return
-			case ierr == nil && info.Config.Name == name && !info.Created.Equal(created):
-				err = errStreamRecreated
-				return
-			}
+		if time.Since(probe) >= c.probeEvery {
+			probe = time.Now()
 		}
 	}
 }
@@ -565,14 +661,19 @@ func (c *Consumer) verifyBatch(batch []*job, data [][]byte) {
 	}
 }
 
-// onLive applies an event from the live subscription and has the reader
-// read the stream. A message that does not verify is ignored here: if the
-// stream stored it, the reader drops and counts it.
+// onLive applies an event from the live subscription. It does not have the
+// reader read the stream: the event is applied, and a read now would only
+// make sure none before it was missed, which the next probe does. With
+// thousands of sidecars that read cost the stream's servers a direct get per
+// sidecar per event, more than the event's own fan-out. An event missed
+// live (a slow consumer; a disconnection has a read of its own) is applied
+// by the next probe, within a probe interval and a quarter. A message that
+// does not verify is ignored here: if the stream stored it, the reader
+// drops and counts it.
 func (c *Consumer) onLive(m *nats.Msg) {
 	if !published(m) {
 		return
 	}
-	defer c.read()
 	if len(m.Data) > MaxEventSize {
 		return
 	}
@@ -581,6 +682,7 @@ func (c *Consumer) onLive(m *nats.Msg) {
 		return
 	}
 	c.seen.put(m.Data, ev)
+	c.liveSeen.Add(1)
 	if c.set.Apply(ev) {
 		c.obsMu.Lock()
 		c.obs.Applied(ev, max(c.now().Sub(ev.Time()), 0))
@@ -596,7 +698,7 @@ func (c *Consumer) onLive(m *nats.Msg) {
 // sidecar (or a status, for a read past the end). Such answers carry
 // Nats-Stream and Nats-Sequence, or a Status, or no header at all
 // (no_hdr); the issuer's publishes carry a Nats-Msg-Id and none of those.
-// Dropping them here spares a signature check and a stream read each.
+// Dropping them here spares a signature check each.
 func published(m *nats.Msg) bool {
 	h := m.Header
 	return h.Get(jetstream.MsgIDHeader) != "" && h.Get(jetstream.StreamHeader) == "" &&

@@ -591,3 +591,153 @@ func TestSeenCache(t *testing.T) {
 		t.Errorf("cache holds %d, want at most %d", len(s.m), seenMax)
 	}
 }
+
+// apiCounter counts the requests a subject pattern receives, seen by a
+// plain subscription in the same account as the consumer: every client
+// subscribed to a subject gets a copy, the server's JetStream included.
+type apiCounter struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func countRequests(t *testing.T, nc *nats.Conn, subjects ...string) *apiCounter {
+	t.Helper()
+	a := &apiCounter{n: map[string]int{}}
+	for _, subj := range subjects {
+		if _, err := nc.Subscribe(subj, func(*nats.Msg) {
+			a.mu.Lock()
+			a.n[subj]++
+			a.mu.Unlock()
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+func (a *apiCounter) get(subj string) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.n[subj]
+}
+
+// TestConsumerProbesWithoutStreamInfo: a running consumer confirms its set
+// with reads by direct get, which any replica answers, and asks the
+// JetStream API (STREAM.INFO, answered by the stream leader alone, queued
+// with every other API request) only when it binds the stream, not at
+// every probe: with thousands of sidecars that probe was the whole idle
+// JetStream API load, and what overflowed the leader's queue first.
+func TestConsumerProbesWithoutStreamInfo(t *testing.T) {
+	n := newNATS(t)
+	mon, js := n.connect()
+	ensureStream(t, js)
+	pub, priv := newKey(t)
+	publishN(t, NewPublisher(js, testPrefix, priv), 3, "p")
+	const (
+		info   = "$JS.API.STREAM.INFO.>"
+		direct = "$JS.API.DIRECT.GET.>"
+	)
+	reqs := countRequests(t, mon, info, direct)
+	_, cjs := n.connect()
+	c := NewConsumer(cjs, testPrefix, []ed25519.PublicKey{pub}, NewSet(), WithLogger(testLogger()))
+	c.probeEvery = 20 * time.Millisecond
+	runConsumer(t, c)
+	eventually(t, waitLong, "caught up", c.CaughtUp)
+	// Twenty probes: each a direct get.
+	eventually(t, waitLong, "20 probe reads", func() bool { return reqs.get(direct) >= 20 })
+	if got := reqs.get(info); got != 1 {
+		t.Errorf("%d STREAM.INFO requests over %d reads, want 1 (the bind)", got, reqs.get(direct))
+	}
+	if s, ok := c.Staleness(); !ok || s > waitLong {
+		t.Errorf("staleness %s (%v): the reads do not confirm the set", s, ok)
+	}
+}
+
+// TestConsumerStreamRecreatedLarger: the stream is deleted and created
+// again, and may hold more events than the old one when the consumer
+// reads it. A read resuming at the old sequence finds events there, of the new
+// stream: the consumer must notice that the stream changed before it
+// takes them, and replay the new stream from its start, not skip its
+// first events. Without the live subscription, which would apply them on
+// its own; the consumer keeps running throughout (a consumer that binds
+// the stream again compares its creation time).
+func TestConsumerStreamRecreatedLarger(t *testing.T) {
+	n := newNATS(t)
+	_, js := n.connect()
+	ensureStream(t, js)
+	pub, priv := newKey(t)
+	p := NewPublisher(js, testPrefix, priv)
+	set := NewSet()
+	c := NewConsumer(js, testPrefix, []ed25519.PublicKey{pub}, set, WithLogger(testLogger()), WithLiveSubscription(false))
+	c.probeEvery = 50 * time.Millisecond
+	publishN(t, p, 3, "old")
+	runConsumer(t, c)
+	eventually(t, waitLong, "old events", func() bool { return set.Len() == 3 })
+	if err := js.DeleteStream(context.Background(), StreamName(testPrefix)); err != nil {
+		t.Fatal(err)
+	}
+	ensureStream(t, js)
+	publishN(t, p, 10, "new")
+	eventually(t, waitLong, "every event of the new stream", func() bool { return set.Len() == 13 })
+	for i := range 10 {
+		if r, _ := set.Check(&jwks.Claims{ID: fmt.Sprintf("new-%d", i)}); !r {
+			t.Errorf("new-%d not revoked", i)
+		}
+	}
+}
+
+// TestConsumerCatchUpAfterReconnectIsJittered: when the connection comes
+// back, the consumer's catch-up read waits a random time up to the
+// catch-up delay (drawn here by the test), so that the clients of a
+// restarted server do not all read at once; an event published while it
+// was away arrives after that wait.
+func TestConsumerCatchUpAfterReconnectIsJittered(t *testing.T) {
+	n := newNATS(t)
+	_, pjs := n.connect()
+	ensureStream(t, pjs)
+	pub, priv := newKey(t)
+	p := NewPublisher(pjs, testPrefix, priv)
+	set := NewSet()
+	_, cjs := n.connect()
+	const delay = 1234 * time.Millisecond
+	c := NewConsumer(cjs, testPrefix, []ed25519.PublicKey{pub}, set, WithLogger(testLogger()), WithCatchUpDelay(delay))
+	var mu sync.Mutex
+	var drawn []time.Duration
+	c.jitter = func(d time.Duration) time.Duration {
+		mu.Lock()
+		defer mu.Unlock()
+		drawn = append(drawn, d)
+		if d == delay {
+			return 10 * time.Millisecond
+		}
+		return d / 2
+	}
+	catchUps := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		k := 0
+		for _, d := range drawn {
+			if d == delay {
+				k++
+			}
+		}
+		return k
+	}
+	runConsumer(t, c)
+	eventually(t, waitLong, "caught up", c.CaughtUp)
+	if k := catchUps(); k != 0 {
+		t.Fatalf("%d catch-up waits before any reconnection", k)
+	}
+	n.stop()
+	n.start()
+	eventually(t, waitLong, "a catch-up wait drawn after the reconnection", func() bool { return catchUps() >= 1 })
+	// The consumer still follows the stream.
+	publishN(t, p, 1, "after")
+	eventually(t, waitLong, "the event after the reconnection", func() bool {
+		r, _ := set.Check(&jwks.Claims{ID: "after-0"})
+		return r
+	})
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 )
@@ -22,7 +23,7 @@ func TestFetch(t *testing.T) {
 	var got []string
 	next, batches := uint64(1), 0
 	for more := true; more; batches++ {
-		r, err := fetch(context.Background(), nc, StreamName(testPrefix), next, 3, fetchMaxBytes)
+		r, err := fetch(context.Background(), testInboxes(t, nc), StreamName(testPrefix), next, 3, fetchMaxBytes)
 		if err != nil || r.interrupted {
 			t.Fatal(err, r.interrupted)
 		}
@@ -45,7 +46,7 @@ func TestFetch(t *testing.T) {
 	if fmt.Sprint(got) != fmt.Sprint(want) || batches != 3 {
 		t.Errorf("read %v in %d batches, want %v in 3", got, batches, want)
 	}
-	r, err := fetch(context.Background(), nc, StreamName(testPrefix), next, 3, fetchMaxBytes)
+	r, err := fetch(context.Background(), testInboxes(t, nc), StreamName(testPrefix), next, 3, fetchMaxBytes)
 	if err != nil || r.more || len(r.msgs) != 0 {
 		t.Errorf("past the end: %d messages, more %v, err %v", len(r.msgs), r.more, err)
 	}
@@ -64,6 +65,7 @@ func TestFetchTakesOnlyItsAnswer(t *testing.T) {
 		return &nats.Msg{Data: []byte("event"), Header: nats.Header{
 			"Nats-Stream": {stream}, "Nats-Sequence": {strconv.FormatUint(seq, 10)},
 			"Nats-Last-Sequence": {strconv.FormatUint(last, 10)}, "Nats-Num-Pending": {strconv.FormatUint(pending, 10)},
+			"Nats-Time-Stamp": {"2026-12-06T19:00:00.123456789Z"},
 		}}
 	}
 	eob := func(last, pending uint64) *nats.Msg {
@@ -130,5 +132,100 @@ func TestFetchTakesOnlyItsAnswer(t *testing.T) {
 			}
 			t.Fatal("the answer was neither ended nor refused")
 		})
+	}
+}
+
+// TestAnchorsRead: a read from the last message read on confirms the
+// stream when it starts with the same bytes at the same sequence, says
+// the stream was made again when other bytes are there, and leaves it to
+// recreated when that message is gone.
+func TestAnchorsRead(t *testing.T) {
+	a := anchorOf(stored{seq: 7, data: []byte("event 7")})
+	for _, tc := range []struct {
+		name             string
+		msgs             []stored
+		confirmed, again bool
+	}{
+		{"the anchor, then more", []stored{{seq: 7, data: []byte("event 7")}, {seq: 8, data: []byte("event 8")}}, true, false},
+		{"the anchor alone", []stored{{seq: 7, data: []byte("event 7")}}, true, false},
+		{"other bytes at its sequence", []stored{{seq: 7, data: []byte("another event")}}, false, true},
+		{"the anchor gone", []stored{{seq: 9, data: []byte("event 9")}}, false, false},
+		{"nothing", nil, false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if c, g := anchorsRead(tc.msgs, a); c != tc.confirmed || g != tc.again {
+				t.Errorf("confirmed %v, again %v; want %v, %v", c, g, tc.confirmed, tc.again)
+			}
+		})
+	}
+}
+
+// TestInboxes: each request gets a reply subject of its own under the
+// connection's one subscription; what is sent under the prefix to any
+// other subject, or to a request that has ended, reaches no request; and a
+// flood on a request's subject is bounded.
+func TestInboxes(t *testing.T) {
+	n := newNATS(t)
+	nc, _ := n.connect()
+	other, _ := n.connect()
+	in := testInboxes(t, nc)
+	// A request someone hears but does not answer (with nobody there,
+	// the server would answer "no responders").
+	if _, err := other.SubscribeSync("nobody.answers"); err != nil {
+		t.Fatal(err)
+	}
+	if err := other.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	r, done, err := in.request("nobody.answers", []byte("q"), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer done()
+	// Its subject, as an outsider who saw an answer would know it.
+	var token string
+	in.mu.Lock()
+	for k := range in.open {
+		token = k
+	}
+	in.mu.Unlock()
+	send := func(subj, data string) {
+		t.Helper()
+		if err := other.Publish(subj, []byte(data)); err != nil {
+			t.Fatal(err)
+		}
+		if err := other.Flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send(in.prefix+"0123456789abcdef0123456789abcdef", "guessed")
+	for i := range 5 {
+		send(in.prefix+token, fmt.Sprint("answer ", i))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var got []string
+	for range 3 {
+		m, err := r.next(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, string(m.Data))
+	}
+	if fmt.Sprint(got) != "[answer 0 answer 1 answer 2]" {
+		t.Errorf("took %q, want the first three answers only", got)
+	}
+	short, cancel2 := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel2()
+	if m, err := r.next(short); err == nil {
+		t.Errorf("a fourth message past the bound: %q", m.Data)
+	}
+	done()
+	send(in.prefix+token, "late")
+	in.mu.Lock()
+	left := len(in.open)
+	in.mu.Unlock()
+	if left != 0 {
+		t.Errorf("%d requests still open after done", left)
 	}
 }

@@ -180,3 +180,14 @@ func runConsumer(t testing.TB, c *Consumer) (stop func()) {
 	t.Helper()
 	return testenv.Run(t, 30*time.Second, c.Run)
 }
+
+// testInboxes is a connection's reply subjects for a test's reads.
+func testInboxes(t testing.TB, nc *nats.Conn) *inboxes {
+	t.Helper()
+	in, err := newInboxes(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(in.close)
+	return in
+}

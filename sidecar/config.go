@@ -91,8 +91,9 @@ type NATSConfig struct {
 }
 
 // Revocation staleness bound: the default, and the least accepted (the
-// consumer confirms its set every 5s or so, and a bound within a few
-// probes of that would flap).
+// consumer confirms its set every quarter of the bound, at least every 15s
+// and at most every 5s or so, and a bound within a few probes of that
+// would flap).
 const (
 	DefaultRevocationMaxStaleness = time.Minute
 	MinRevocationMaxStaleness     = 15 * time.Second

@@ -81,6 +81,12 @@ func TestUnknownKIDWaitsForItsKey(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			awaited.Store(0)
+			// A wait of an earlier case must not pass for this one's: the
+			// bundle would be published before this token waits.
+			select {
+			case <-entered:
+			default:
+			}
 			if tt.fill {
 				for range maxKIDWaiters {
 					sc.verifier.waiters <- struct{}{}

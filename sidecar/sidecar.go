@@ -140,9 +140,16 @@ func New(cfg Config, opts ...Option) (*Sidecar, error) {
 	if s.revocations != nil {
 		// One consumer for the life of the sidecar: it carries the set's
 		// position in the stream across NATS connections.
-		s.consumer.Store(revocation.NewConsumer(nil, cfg.NATS.Prefix, trusted, s.revocations,
-			revocation.WithLogger(o.log), revocation.WithClock(o.now), revocation.WithObserver(s.metrics),
-			revocation.WithProbeInterval(o.tuning.probeEvery)))
+		probe := o.tuning.probeEvery
+		if probe == 0 {
+			probe = probeInterval(s.cfg.RevocationMaxStaleness)
+		}
+		copts := []revocation.ConsumerOption{revocation.WithLogger(o.log), revocation.WithClock(o.now),
+			revocation.WithObserver(s.metrics), revocation.WithProbeInterval(probe)}
+		if o.tuning.reconnectRange[1] > 0 {
+			copts = append(copts, revocation.WithCatchUpDelay(o.tuning.reconnectRange[1]))
+		}
+		s.consumer.Store(revocation.NewConsumer(nil, cfg.NATS.Prefix, trusted, s.revocations, copts...))
 	}
 	return s, nil
 }
@@ -184,13 +191,40 @@ func (s *Sidecar) Run(ctx context.Context) error {
 		wg.Go(func() { s.revocations.RunGC(ctx, 10*time.Second, s.setClock) })
 	}
 	opts := natsconn.Options{URL: s.cfg.NATS.URL, Name: "tokenwarden-sidecar", CredsFile: s.cfg.NATS.CredsFile,
-		Logger: s.log, OnState: s.natsState, ReconnectMin: s.tuning.reconnectRange[0], ReconnectMax: s.tuning.reconnectRange[1]}
+		Logger: s.log, OnState: s.natsState, ReconnectMin: s.tuning.reconnectRange[0], ReconnectMax: s.tuning.reconnectRange[1],
+		ReconnectSpread: reconnectSpread}
+	if s.tuning.reconnectRange[0] > 0 {
+		opts.ReconnectSpread = s.tuning.reconnectRange[0]
+	}
 	err := natsconn.Run(ctx, opts, s.follow)
 	if err != nil {
 		return fmt.Errorf("sidecar: %w", err)
 	}
 	return nil
 }
+
+// probeInterval is how often the revocation consumer reads the stream
+// unasked, to confirm its set is current: a quarter of the staleness
+// bound, so that a bound is a few probes and one slow answer does not make
+// the pod unready, between 5s (the least bound, 15s, gets about that) and
+// 15s (the default bound, 1m). Each probe is a read of every sidecar; at
+// the default bound a third as many as at 5s, which is most of what idle
+// sidecars cost NATS.
+func probeInterval(bound time.Duration) time.Duration {
+	return min(max(bound/4, minProbeInterval), maxProbeInterval)
+}
+
+const (
+	minProbeInterval = 5 * time.Second
+	maxProbeInterval = 15 * time.Second
+)
+
+// reconnectSpread bounds the random wait before a sidecar's first
+// reconnection attempt at a server (natsconn.Options.ReconnectSpread): the
+// sidecars of a restarted NATS server, thousands of them, come back over a
+// second rather than in one instant. Revocations published meanwhile are
+// read when it is back, and readiness allows a minute.
+const reconnectSpread = time.Second
 
 // follow runs the key watch and the revocation consumer on one NATS
 // connection until ctx ends (the sidecar stops, or the connection closed

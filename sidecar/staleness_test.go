@@ -238,3 +238,18 @@ func TestStalenessConfig(t *testing.T) {
 		t.Errorf("a 1s bound: %v", err)
 	}
 }
+
+// TestProbeInterval: the revocation consumer confirms its set a quarter of
+// the staleness bound apart, between 5s and 15s.
+func TestProbeInterval(t *testing.T) {
+	for _, tc := range []struct{ bound, want time.Duration }{
+		{MinRevocationMaxStaleness, 5 * time.Second},
+		{30 * time.Second, 7500 * time.Millisecond},
+		{DefaultRevocationMaxStaleness, 15 * time.Second},
+		{time.Hour, 15 * time.Second},
+	} {
+		if got := probeInterval(tc.bound); got != tc.want {
+			t.Errorf("bound %s: probe every %s, want %s", tc.bound, got, tc.want)
+		}
+	}
+}

@@ -29,6 +29,17 @@ type Options struct {
 	// ReconnectMin and ReconnectMax bound the jittered backoff between
 	// attempts (defaults 100ms and 5s); tests shorten them.
 	ReconnectMin, ReconnectMax time.Duration
+	// ReconnectSpread, when positive, makes the first attempt at each
+	// server after a disconnection wait a random time up to it, and
+	// picks the server at random among those tried least. nats.go
+	// otherwise tries the servers it knows at once, one after the other:
+	// when a NATS server restarts, every client it had reconnects in the
+	// same instant. Further attempts follow the backoff. Sidecars, by the
+	// thousand, set it; an issuer need not.
+	ReconnectSpread time.Duration
+
+	// jitter draws a wait in [0, d] (tests replace it).
+	jitter func(d time.Duration) time.Duration
 }
 
 // Reconnect backoff defaults.
@@ -112,6 +123,13 @@ func Connect(o Options) (*nats.Conn, error) {
 			state(false)
 		}),
 	}
+	if o.ReconnectSpread > 0 {
+		jitter := o.jitter
+		if jitter == nil {
+			jitter = func(d time.Duration) time.Duration { return rand.N(d + 1) } // #nosec G404 -- jitter, not a secret
+		}
+		opts = append(opts, nats.ReconnectToServer(reconnectPlan(o.ReconnectSpread, Backoff(minD, maxD), jitter)))
+	}
 	if o.CredsFile != "" {
 		opts = append(opts, nats.UserCredentials(o.CredsFile))
 	}
@@ -126,6 +144,35 @@ func Connect(o Options) (*nats.Conn, error) {
 		state(false)
 	}
 	return nc, nil
+}
+
+// reconnectPlan chooses the server and the wait of each reconnection
+// attempt (nats.ReconnectToServer): a server among those of the pool tried
+// least since each last connected, at random (the survivors of a lost
+// server share its clients); a wait of up to spread, drawn by jitter,
+// before the first attempt at a server, and the backoff of the number of
+// attempts after that.
+func reconnectPlan(spread time.Duration, backoff func(attempt int) time.Duration, jitter func(time.Duration) time.Duration) nats.ReconnectToServerHandler {
+	return func(pool []nats.Server, _ nats.ServerInfo) (*nats.Server, time.Duration) {
+		if len(pool) == 0 {
+			return nil, 0 // nats.go then closes the connection: nothing to try
+		}
+		least := pool[0].Reconnects
+		for _, s := range pool[1:] {
+			least = min(least, s.Reconnects)
+		}
+		var candidates []int
+		for i, s := range pool {
+			if s.Reconnects == least {
+				candidates = append(candidates, i)
+			}
+		}
+		pick := pool[candidates[rand.N(len(candidates))]] // #nosec G404 -- load spreading, not a secret
+		if least == 0 {
+			return &pick, jitter(spread)
+		}
+		return &pick, backoff(least)
+	}
 }
 
 // isAuthError reports the errors nats.go gets when the server refuses the

@@ -7,7 +7,9 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/url"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -217,5 +219,94 @@ func TestRunRebuildsClosedConnection(t *testing.T) {
 	}
 	if err := Run(t.Context(), Options{URL: "nats://%zz", Logger: log}, func(context.Context, *nats.Conn) {}); err == nil {
 		t.Fatal("Run with a malformed URL returned nil")
+	}
+}
+
+// TestReconnectPlan: the first attempt at a server after a disconnection
+// waits a jittered time up to the spread, at a server picked among those
+// tried least; once every server failed, the backoff of the attempts.
+func TestReconnectPlan(t *testing.T) {
+	const spread = 700 * time.Millisecond
+	srv := func(name string, reconnects int) nats.Server {
+		return nats.Server{URL: &url.URL{Scheme: "nats", Host: name + ":4222"}, Reconnects: reconnects}
+	}
+	for _, tc := range []struct {
+		name      string
+		pool      []nats.Server
+		want      []string // the servers it may pick
+		wantDelay time.Duration
+	}{
+		{"one server, first attempt", []nats.Server{srv("a", 0)}, []string{"a"}, spread},
+		{"three servers, first attempts", []nats.Server{srv("a", 0), srv("b", 0), srv("c", 0)}, []string{"a", "b", "c"}, spread},
+		{"the least tried", []nats.Server{srv("a", 1), srv("b", 0), srv("c", 2)}, []string{"b"}, spread},
+		{"all tried once", []nats.Server{srv("a", 1), srv("b", 1)}, []string{"a", "b"}, time.Second},
+		{"all tried three times", []nats.Server{srv("a", 3)}, []string{"a"}, 3 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var drawn []time.Duration
+			plan := reconnectPlan(spread, func(attempt int) time.Duration { return time.Duration(attempt) * time.Second },
+				func(d time.Duration) time.Duration { drawn = append(drawn, d); return d })
+			picked := map[string]bool{}
+			for range 50 {
+				s, d := plan(tc.pool, nats.ServerInfo{})
+				if s == nil || !slices.Contains(tc.want, strings.TrimSuffix(s.URL.Host, ":4222")) {
+					t.Fatalf("picked %v, want one of %v", s, tc.want)
+				}
+				if d != tc.wantDelay {
+					t.Fatalf("delay %s, want %s", d, tc.wantDelay)
+				}
+				picked[s.URL.Host] = true
+			}
+			if len(picked) != len(tc.want) {
+				t.Errorf("picked %v in 50 tries, want each of %v", picked, tc.want)
+			}
+			if first := tc.wantDelay == spread; first != (len(drawn) == 50) {
+				t.Errorf("%d jittered draws, first attempts: %v", len(drawn), first)
+			}
+		})
+	}
+	if s, _ := reconnectPlan(spread, Backoff(time.Second, time.Second), nil)(nil, nats.ServerInfo{}); s != nil {
+		t.Errorf("empty pool: picked %v", s)
+	}
+}
+
+// TestConnectSpreadsReconnection: with ReconnectSpread, the reconnection
+// after a server restart waits a time drawn from the spread (by the
+// injected jitter) before its first attempt, and connects.
+func TestConnectSpreadsReconnection(t *testing.T) {
+	dir := t.TempDir()
+	ns, err := embeddednats.Start(embeddednats.Config{Addr: "127.0.0.1:0", StoreDir: filepath.Join(dir, "a")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ns.Addr().String()
+	const spread = 1234 * time.Millisecond
+	var draws atomic.Int32
+	nc, err := Connect(Options{URL: "nats://" + addr, Name: "test", Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		ReconnectMin: 10 * time.Millisecond, ReconnectMax: 50 * time.Millisecond, ReconnectSpread: spread,
+		jitter: func(d time.Duration) time.Duration {
+			if d == spread {
+				draws.Add(1)
+			}
+			return 20 * time.Millisecond
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	waitUntil(t, nc.IsConnected)
+	if draws.Load() != 0 {
+		t.Fatalf("%d spread draws before any disconnection", draws.Load())
+	}
+	ns.Stop()
+	waitUntil(t, func() bool { return !nc.IsConnected() })
+	ns, err = embeddednats.Start(embeddednats.Config{Addr: addr, StoreDir: filepath.Join(dir, "a")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Stop()
+	waitUntil(t, nc.IsConnected)
+	if draws.Load() < 1 {
+		t.Error("reconnected without a wait drawn from the spread")
 	}
 }
