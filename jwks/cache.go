@@ -367,7 +367,8 @@ func (c *Cache) Status() CacheStatus {
 // Run follows the bundle in NATS until ctx ends, then returns nil. It binds
 // the bucket (retrying with capped exponential backoff and jitter while the
 // bucket does not exist or NATS is unreachable), watches the bundle key,
-// and re-creates the watch whenever it stops or the connection reconnects.
+// and re-creates the watch whenever it stops (a reconnection keeps it, and
+// reads the bundle again after a random wait).
 // With a FallbackURL it also runs the HTTP fallback. Run may be called
 // again after it returned, but not concurrently.
 func (c *Cache) Run(ctx context.Context, js jetstream.JetStream) error {

@@ -146,15 +146,6 @@ const (
 	// one direct get, which any replica of the stream answers (a 404 when
 	// nothing is new), and no JetStream API request.
 	probeInterval = 5 * time.Second
-	// recheckInterval is how often (jittered) an idle consumer makes sure
-	// the stream is still the one it read (see recreated): a stream
-	// deleted and created again starts its sequences over, and a read
-	// resuming at the old sequence would skip the new stream's first
-	// events. A read that finds new events, one a live event or a
-	// reconnection asked for, checks at once; this bounds how long a
-	// recreated stream whose events all came while the live subscription
-	// was away goes unnoticed.
-	recheckInterval = time.Minute
 	// defaultCatchUpDelay: see WithCatchUpDelay.
 	defaultCatchUpDelay = 2 * time.Second
 )
@@ -208,14 +199,9 @@ type Consumer struct {
 	// anchor is the last message the reader read, owned by it (sessions
 	// run one after the other): see recreated.
 	anchor anchor
-	// live counts the events the live subscription verified: a read asked
-	// for by one checks that the stream is still the one it read.
-	liveSeen     atomic.Uint64
-	lastLiveSeen uint64 // the reader's: liveSeen when it last read
 
 	// Tests shorten these, or replace the random draw.
 	probeEvery   time.Duration
-	recheckEvery time.Duration
 	catchUpDelay time.Duration
 	jitter       func(max time.Duration) time.Duration
 }
@@ -237,7 +223,6 @@ func NewConsumer(js jetstream.JetStream, prefix string, trusted []ed25519.Public
 
 		kick:         make(chan struct{}, 1),
 		probeEvery:   probeInterval,
-		recheckEvery: recheckInterval,
 		catchUpDelay: defaultCatchUpDelay,
 		jitter:       func(d time.Duration) time.Duration { return rand.N(d + 1) }, // #nosec G404 -- jitter, not a secret
 	}
@@ -329,10 +314,7 @@ func (c *Consumer) RunOn(ctx context.Context, js jetstream.JetStream) error {
 		c.started = c.now()
 	}
 	handler := func(*nats.Msg) {
-		// An event was published: the read it asks for also checks that
-		// the stream is still the one read (see reader).
-		c.liveSeen.Add(1)
-		c.read()
+		c.read() // an event was published
 	}
 	if c.live {
 		handler = c.onLive
@@ -465,11 +447,10 @@ func (c *Consumer) session(ctx context.Context, js jetstream.JetStream) (progres
 // read again (see Run), or for the probe interval (jittered, so the
 // sidecars of a cluster do not ask together). After a reconnection it
 // waits a random time up to the catch-up delay first: the clients of a
-// restarted NATS server all reconnect at once. Before it takes events
-// from a read, and after a read that a live event or a reconnection asked
-// for, and at least every recheck interval, it makes sure the stream is
-// still the one it read (see recreated); all of that with direct gets,
-// none with a JetStream API request.
+// restarted NATS server all reconnect at once. Every read makes sure the
+// stream is still the one it read, in the read itself when it can (see
+// anchorsRead and recreated); all of that with direct gets, none with a
+// JetStream API request.
 func (c *Consumer) reader(ctx context.Context, in *inboxes, next uint64, work, order chan<- *job, readErr chan<- error) {
 	var err error
 	defer func() {
@@ -494,9 +475,7 @@ func (c *Consumer) reader(ctx context.Context, in *inboxes, next uint64, work, o
 		gap = max(minFetchGap, min(liveFetchGap, c.probeEvery))
 	}
 	probe := time.Now()
-	recheckAt := time.Now().Add(c.recheckEvery*3/4 + c.jitter(c.recheckEvery/2))
-	check := false // this round must check the stream's identity
-	more := false  // the last read said more follow
+	interrupted := false // the last read was
 	for {
 		// Everything stored from next on.
 		started := time.Now()
@@ -504,15 +483,19 @@ func (c *Consumer) reader(ctx context.Context, in *inboxes, next uint64, work, o
 			// Taken before the request: what it finds is at least every
 			// event stored by then.
 			t := time.Now()
-			seen := c.liveSeen.Load()
-			// The stream's identity is checked when events are expected
-			// (a live event came, a batch said more follow), after a
-			// reconnection, and every recheck interval; best in the read
-			// itself, by reading from the last message read on (see
-			// anchorsRead).
-			want := check || more || seen != c.lastLiveSeen || !time.Now().Before(recheckAt)
+			// Every read checks that the stream is still the one read
+			// (a stream deleted and created again starts its sequences
+			// over): a read that finds nothing new confirms the set as
+			// current, and against a new stream shorter than next it
+			// would find nothing forever. Best in the read itself, by
+			// reading from the last message read on (see anchorsRead), at
+			// the cost of one message; else, when that message is gone,
+			// by a lookup by time (recreated). After an interrupted read
+			// it reads from next: only an answer's first message is sure
+			// to be genuine, and it must be a new one for every read to
+			// make progress.
 			from := next
-			if want && c.anchor.seq > 0 && c.anchor.seq+1 == next {
+			if c.anchor.seq > 0 && c.anchor.seq+1 == next && !interrupted {
 				from = c.anchor.seq
 			}
 			var r read
@@ -535,7 +518,7 @@ func (c *Consumer) reader(ctx context.Context, in *inboxes, next uint64, work, o
 					r.msgs = r.msgs[1:]
 				}
 			}
-			if c.anchor.seq > 0 && !confirmed && (want || len(r.msgs) > 0) {
+			if c.anchor.seq > 0 && !confirmed {
 				// Before the events are taken: after a recreation they
 				// would carry the reader past the new stream's first ones.
 				var again bool
@@ -549,11 +532,7 @@ func (c *Consumer) reader(ctx context.Context, in *inboxes, next uint64, work, o
 				}
 				confirmed = true
 			}
-			if confirmed {
-				recheckAt = time.Now().Add(c.recheckEvery*3/4 + c.jitter(c.recheckEvery/2))
-			}
-			more = r.more
-			check, c.lastLiveSeen = false, seen
+			interrupted = r.interrupted
 			for _, m := range r.msgs {
 				j := &job{seq: m.seq, pending: m.pending, data: m.data, done: make(chan struct{})}
 				if !send(j, work) || !send(j, order) {
@@ -572,6 +551,12 @@ func (c *Consumer) reader(ctx context.Context, in *inboxes, next uint64, work, o
 				}
 				break
 			}
+			// Whoever interrupts reads would otherwise have this one
+			// ask again at once, every time.
+			if r.interrupted && !natsconn.Sleep(ctx, minFetchGap) {
+				err = ctx.Err()
+				return
+			}
 		}
 		// Wait to be told, or for the probe.
 		wait := c.probeEvery*3/4 + c.jitter(c.probeEvery/2)
@@ -584,7 +569,6 @@ func (c *Consumer) reader(ctx context.Context, in *inboxes, next uint64, work, o
 		case <-c.kick:
 		case <-reconnected:
 			// Spread the catch-up of every client of a restarted server.
-			check = true
 			if !natsconn.Sleep(ctx, c.jitter(c.catchUpDelay)) {
 				timer.Stop()
 				err = ctx.Err()
@@ -682,7 +666,6 @@ func (c *Consumer) onLive(m *nats.Msg) {
 		return
 	}
 	c.seen.put(m.Data, ev)
-	c.liveSeen.Add(1)
 	if c.set.Apply(ev) {
 		c.obsMu.Lock()
 		c.obs.Applied(ev, max(c.now().Sub(ev.Time()), 0))

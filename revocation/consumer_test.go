@@ -741,3 +741,54 @@ func TestConsumerCatchUpAfterReconnectIsJittered(t *testing.T) {
 		return r
 	})
 }
+
+// TestConsumerStreamRecreatedShorterUnseen: a stream deleted and created
+// again, shorter than the reader's position, whose new events the
+// subscription never saw (a slow consumer drops them; here they are stored
+// on a subject it does not listen to), is found by the next probe. Before,
+// only a once-a-minute recheck found it, and until then every probe found
+// nothing past the old position and confirmed a set that missed the new
+// stream's events (found by an independent review).
+func TestConsumerStreamRecreatedShorterUnseen(t *testing.T) {
+	n := newNATS(t)
+	_, js := n.connect()
+	ensureStream(t, js)
+	pub, priv := newKey(t)
+	p := NewPublisher(js, testPrefix, priv)
+	set := NewSet()
+	c := NewConsumer(js, testPrefix, []ed25519.PublicKey{pub}, set, WithLogger(testLogger()))
+	c.probeEvery = 50 * time.Millisecond
+	publishN(t, p, 10, "old")
+	runConsumer(t, c)
+	eventually(t, waitLong, "old events", func() bool { return set.Len() == 10 })
+	if err := js.DeleteStream(context.Background(), StreamName(testPrefix)); err != nil {
+		t.Fatal(err)
+	}
+	s := ensureStream(t, js)
+	info, err := s.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := info.Config
+	cfg.Subjects = append(cfg.Subjects, "unseen.>")
+	if _, err := js.UpdateStream(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		data, err := Sign(event(t, KindJTI, fmt.Sprintf("new-%d", i)), priv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := js.Publish(context.Background(), "unseen.jti", data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, waitLong, "the new stream's events", func() bool {
+		for i := range 3 {
+			if r, _ := set.Check(&jwks.Claims{ID: fmt.Sprintf("new-%d", i)}); !r {
+				return false
+			}
+		}
+		return true
+	})
+}
