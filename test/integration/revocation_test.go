@@ -304,7 +304,10 @@ func TestForgedEventIgnored(t *testing.T) {
 		}
 	}
 	_ = nc.Flush()
-	deadline := time.Now().Add(10 * time.Second)
+	// Counted when the sidecar's next probe reads them from the stream
+	// (every quarter of revocation_max_staleness, jittered: up to about
+	// 19 s by default); the live subscription drops them unread.
+	deadline := time.Now().Add(45 * time.Second)
 	for !strings.Contains(scrapeMetrics(t, sc), `tokenwarden_revocation_events_dropped_total{reason="forged"} 2`) {
 		if time.Now().After(deadline) {
 			t.Fatalf("forged events not counted:\n%s", scrapeMetrics(t, sc))

@@ -59,7 +59,10 @@ func (d *deployment) trustedKids() []string {
 // waitMetric waits until sample at every process of ps is at least the
 // value before plus n, and returns how much it grew in all.
 func (d *deployment) waitMetric(ctx context.Context, ps []*proc, before map[*proc]float64, sample string, n float64) (int, error) {
-	deadline := time.Now().Add(15 * time.Second)
+	// A forged event stored in the stream is found by the sidecar's next
+	// probe read (every quarter of revocation_max_staleness, jittered: up
+	// to about 19 s by default); the live subscription drops it unread.
+	deadline := time.Now().Add(45 * time.Second)
 	grew := 0
 	for _, p := range ps {
 		for {
@@ -72,7 +75,7 @@ func (d *deployment) waitMetric(ctx context.Context, ps []*proc, before map[*pro
 				if err != nil {
 					return grew, fmt.Errorf("%s: read %s: %w", p.name, sample, err)
 				}
-				return grew, fmt.Errorf("%s: %s did not grow by %v within 15s", p.name, sample, n)
+				return grew, fmt.Errorf("%s: %s did not grow by %v within 45s", p.name, sample, n)
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
