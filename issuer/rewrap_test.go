@@ -1,7 +1,6 @@
 package issuer
 
 import (
-	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -229,24 +228,6 @@ func TestRewrapKeyManager(t *testing.T) {
 			t.Fatalf("stored ring: sequence %d, KEK ids %v", got, ids)
 		}
 	})
-}
-
-// lockedBuffer is a log destination a test reads while replicas write it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // traffic issues tokens against every replica in a loop and verifies each
@@ -481,7 +462,7 @@ func TestKEKRotationInPlace(t *testing.T) {
 
 	// 1. Replica 1 restarts with B, keeping A as the previous KEK. Loading
 	// writes nothing: the ring is still sealed under A.
-	logs := &lockedBuffer{}
+	logs := &testenv.Buffer{}
 	r1 = e.startKEK(t, clock, kekB, [][]byte{kekA}, WithLogger(slog.New(slog.NewJSONHandler(logs, nil))))
 	tr.swap(0, r1)
 	tr.progress(t, 4)

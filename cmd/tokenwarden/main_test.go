@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -13,7 +12,6 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,32 +22,15 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/tokenwarden/tokenwarden/internal/extauthz"
+	"github.com/tokenwarden/tokenwarden/internal/testenv"
 	"github.com/tokenwarden/tokenwarden/issuer"
 	"github.com/tokenwarden/tokenwarden/issuer/directory"
 	"github.com/tokenwarden/tokenwarden/sidecar"
 )
 
-// syncBuffer is written by a running command while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func run(t *testing.T, ctx context.Context, stdin string, args ...string) (string, string, error) {
 	t.Helper()
-	var out, errb syncBuffer
+	var out, errb testenv.Buffer
 	cmd := newRootCommand(strings.NewReader(stdin), &out, &errb)
 	cmd.SetArgs(args)
 	err := cmd.ExecuteContext(ctx)
@@ -183,9 +164,9 @@ func TestExampleIssuerConfigLoads(t *testing.T) {
 // the same data directory keeps the keys.
 func TestDev(t *testing.T) {
 	data := t.TempDir()
-	start := func() (string, *syncBuffer, func()) {
+	start := func() (string, *testenv.Buffer, func()) {
 		ctx, cancel := context.WithCancel(context.Background())
-		var out, errb syncBuffer
+		var out, errb testenv.Buffer
 		cmd := newRootCommand(strings.NewReader(""), &out, &errb)
 		cmd.SetArgs([]string{"dev", "--data", data, "--issuer-addr", "127.0.0.1:0", "--nats-addr", "127.0.0.1:0", "--sidecar-addr", "127.0.0.1:0", "--sidecar-grpc-addr", "127.0.0.1:0"})
 		done := make(chan error, 1)

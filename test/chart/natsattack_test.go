@@ -1,7 +1,6 @@
 package chart
 
 import (
-	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/x509"
@@ -23,6 +22,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tokenwarden/tokenwarden/internal/testenv"
 	"github.com/tokenwarden/tokenwarden/jwks"
 	"github.com/tokenwarden/tokenwarden/revocation"
 )
@@ -385,7 +385,7 @@ func TestNATSSidecarCredentialCannotTamperWithConsumers(t *testing.T) {
 	// inside a batch is up to timing; TestFetchTakesOnlyItsAnswer in
 	// package revocation checks what happens when one does.)
 	ids = append(ids, publishDirect(t, d, 2500)...)
-	var logged lockedBuffer
+	var logged testenv.Buffer
 	v2 := startVictim(t, d, "replaying-sidecar", slog.New(slog.NewTextHandler(&logged, nil)))
 	eventually(t, "every event at the replaying sidecar", func() bool { return v2.holds(ids) })
 	t.Logf("the replaying sidecar said its reads were interrupted: %v", strings.Contains(logged.String(), "was interrupted"))
@@ -533,24 +533,6 @@ func publishDirect(t *testing.T, d *system, n int) []string {
 		ids = append(ids, e.ID)
 	}
 	return ids
-}
-
-// lockedBuffer is a log destination read while written.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 func keys[V any](m map[string]V) []string {

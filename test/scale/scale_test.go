@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tokenwarden/tokenwarden/internal/testenv"
 )
 
 // coordinatorEnv makes the test binary run the tool itself (its value is
@@ -179,7 +181,7 @@ func TestChildrenDieWithTool(t *testing.T) {
 			cmd := exec.Command(self, "-test.run=^$")
 			// The tool's directory goes with the test, also after a kill -9.
 			cmd.Env = append(os.Environ(), coordinatorEnv+"="+args, "TMPDIR="+t.TempDir())
-			var out lockedBuffer // written by exec's copier, read on failure
+			var out testenv.Buffer // written by exec's copier, read on failure
 			cmd.Stdout, cmd.Stderr = &out, &out
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
@@ -230,23 +232,6 @@ func TestChildrenDieWithTool(t *testing.T) {
 			}
 		})
 	}
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // procID names a process across PID reuse: its PID and start time.
