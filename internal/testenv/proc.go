@@ -105,6 +105,32 @@ func Main(m *testing.M) {
 	os.Exit(code)
 }
 
+// MainWithPrograms is Main for a package whose tests run the tokenwarden
+// command and nats-server as processes: it builds both once, into a
+// temporary directory (into its subdirectory sub, if sub is not ""), sets
+// *tokenwarden and *natsServer to their paths before m.Run, and removes
+// them after.
+func MainWithPrograms(m *testing.M, sub string, tokenwarden, natsServer *string) {
+	release := Guard()
+	code := runWithPrograms(m, sub, tokenwarden, natsServer)
+	release()
+	os.Exit(code)
+}
+
+func runWithPrograms(m *testing.M, sub string, tokenwarden, natsServer *string) int {
+	dir, err := os.MkdirTemp("", "tokenwarden-programs")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "testenv:", err)
+		return 1
+	}
+	defer func() { _ = os.RemoveAll(dir) }()
+	if *tokenwarden, *natsServer, err = BuildPrograms(filepath.Join(dir, sub)); err != nil {
+		fmt.Fprintln(os.Stderr, "testenv:", err)
+		return 1
+	}
+	return m.Run()
+}
+
 // Process is a started child in a process group of its own.
 type Process struct {
 	cmd  *exec.Cmd

@@ -7,7 +7,6 @@ package e2e
 import (
 	"bufio"
 	"context"
-	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -28,27 +27,9 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	// A killed run takes its processes with it (see testenv.Guard).
-	release := testenv.Guard()
-	code := runTests(m)
-	release()
-	os.Exit(code)
-}
-
-func runTests(m *testing.M) int {
-	dir, err := os.MkdirTemp("", "tokenwarden-e2e")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer func() { _ = os.RemoveAll(dir) }()
 	// In a bin directory of their own: the README walk-through finds
 	// them there.
-	if twBin, natsBin, err = testenv.BuildPrograms(filepath.Join(dir, "bin")); err != nil {
-		fmt.Fprintln(os.Stderr, "e2e:", err)
-		return 1
-	}
-	return m.Run()
+	testenv.MainWithPrograms(m, "bin", &twBin, &natsBin)
 }
 
 // proc is a child process (testenv.Proc: its own process group, killed

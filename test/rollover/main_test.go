@@ -30,25 +30,8 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	// A killed run takes its processes with it (see testenv.Guard).
-	release := testenv.Guard()
-	code := runTests(m)
-	release()
-	os.Exit(code)
-}
-
-func runTests(m *testing.M) int {
-	dir, err := os.MkdirTemp("", "tokenwarden-rollover")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer func() { _ = os.RemoveAll(dir) }()
-	if twBin, natsBin, err = testenv.BuildPrograms(dir); err != nil {
-		fmt.Fprintln(os.Stderr, "rollover:", err)
-		return 1
-	}
-	return m.Run()
+	// Built once; a killed run takes its processes with it (see testenv.Guard).
+	testenv.MainWithPrograms(m, "", &twBin, &natsBin)
 }
 
 // proc is one program of the deployment (testenv.Proc: its own process
