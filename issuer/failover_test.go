@@ -83,15 +83,7 @@ func (k *lossyKV) Get(ctx context.Context, key string) (jetstream.KeyValueEntry,
 func familiesBucket(t *testing.T) jetstream.KeyValue {
 	t.Helper()
 	ns := testenv.NATS(t, t.TempDir())
-	nc, err := nats.Connect(ns.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := jetStream(t, ns.URL())
 	kv, err := js.CreateKeyValue(t.Context(), jetstream.KeyValueConfig{Bucket: "families"})
 	if err != nil {
 		t.Fatal(err)

@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokenwarden/tokenwarden/jwks"
@@ -80,15 +79,7 @@ func newFuzzIssuer(f *testing.F) *fuzzIssuer {
 	clock := newFakeClock()
 	in := e.start(WithClock(clock.Now))
 	in.waitReady(f)
-	nc, err := nats.Connect(e.nats.URL())
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		f.Fatal(err)
-	}
+	js := jetStream(f, e.nats.URL())
 	return &fuzzIssuer{in: in, h: in.http.Config.Handler, clock: clock, js: js}
 }
 

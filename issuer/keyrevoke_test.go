@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokenwarden/tokenwarden/jwks"
@@ -323,15 +322,7 @@ func TestRevokeKeyTwoReplicasAtOnce(t *testing.T) {
 		t.Fatalf("statuses %v, want a 201 and a 200", status)
 	}
 	// One event in the stream.
-	nc, err := nats.Connect(e.nats.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := jetStream(t, e.nats.URL())
 	stream, err := js.Stream(t.Context(), revocation.StreamName(e.cfg.NATS.Prefix))
 	if err != nil {
 		t.Fatal(err)

@@ -18,7 +18,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokenwarden/tokenwarden/internal/testenv"
@@ -98,15 +97,7 @@ func allEqual(ids []string, want string) bool {
 // the read and the write (a concurrent rotation) is re-read and re-sealed.
 func TestRewrapKeyManager(t *testing.T) {
 	ns := testenv.NATS(t, t.TempDir())
-	nc, err := nats.Connect(ns.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := jetStream(t, ns.URL())
 	_, dist, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -427,15 +418,7 @@ func TestKEKRotationInPlace(t *testing.T) {
 	r1 := e.startKEK(t, clock, kekA, nil)
 	r2 := e.startKEK(t, clock, kekA, nil)
 
-	nc, err := nats.Connect(e.nats.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := jetStream(t, e.nats.URL())
 	keysKV, err := js.KeyValue(t.Context(), "tokenwarden_keys")
 	if err != nil {
 		t.Fatal(err)

@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokenwarden/tokenwarden/internal/testenv"
@@ -85,15 +84,7 @@ func (r *rolloverEnv) start(sign distKeys, trust ...distKeys) *instance {
 }
 
 func (r *rolloverEnv) js() jetstream.JetStream {
-	nc, err := nats.Connect(r.nats.URL())
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	r.t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		r.t.Fatal(err)
-	}
+	js := jetStream(r.t, r.nats.URL())
 	return js
 }
 
