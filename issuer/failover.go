@@ -65,7 +65,7 @@ func retryFailover(ctx context.Context, op func(ctx context.Context) error) erro
 	deadline := time.Now().Add(failoverBudget)
 	delay := 50 * time.Millisecond
 	for {
-		actx, cancel := context.WithDeadline(ctx, minTime(deadline, time.Now().Add(attemptTimeout)))
+		actx, cancel := context.WithTimeout(ctx, min(attemptTimeout, time.Until(deadline)))
 		err := op(actx)
 		cancel()
 		if err == nil || !transient(err) || ctx.Err() != nil || time.Now().Add(delay).After(deadline) {
@@ -76,13 +76,6 @@ func retryFailover(ctx context.Context, op func(ctx context.Context) error) erro
 		}
 		delay = min(2*delay, 500*time.Millisecond)
 	}
-}
-
-func minTime(a, b time.Time) time.Time {
-	if a.Before(b) {
-		return a
-	}
-	return b
 }
 
 // landed reports whether key holds exactly value: after a write whose reply
