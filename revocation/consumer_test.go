@@ -486,10 +486,7 @@ func TestConsumerStreamRecreated(t *testing.T) {
 	runConsumer(t, c)
 	eventually(t, waitLong, "old events", func() bool { return set.Len() == 10 })
 
-	if err := js.DeleteStream(context.Background(), StreamName(testPrefix)); err != nil {
-		t.Fatal(err)
-	}
-	ensureStream(t, js)
+	recreateStream(t, js)
 	publishN(t, p, 3, "new")
 	eventually(t, waitLong, "events of the new stream", func() bool { return set.Len() == 13 })
 	for _, v := range []string{"new-0", "new-1", "new-2"} {
@@ -676,10 +673,7 @@ func TestConsumerStreamRecreatedLarger(t *testing.T) {
 	publishN(t, p, 3, "old")
 	runConsumer(t, c)
 	eventually(t, waitLong, "old events", func() bool { return set.Len() == 3 })
-	if err := js.DeleteStream(context.Background(), StreamName(testPrefix)); err != nil {
-		t.Fatal(err)
-	}
-	ensureStream(t, js)
+	recreateStream(t, js)
 	publishN(t, p, 10, "new")
 	eventually(t, waitLong, "every event of the new stream", func() bool { return set.Len() == 13 })
 	for i := range 10 {
@@ -761,10 +755,7 @@ func TestConsumerStreamRecreatedShorterUnseen(t *testing.T) {
 	publishN(t, p, 10, "old")
 	runConsumer(t, c)
 	eventually(t, waitLong, "old events", func() bool { return set.Len() == 10 })
-	if err := js.DeleteStream(context.Background(), StreamName(testPrefix)); err != nil {
-		t.Fatal(err)
-	}
-	s := ensureStream(t, js)
+	s := recreateStream(t, js)
 	info, err := s.Info(context.Background())
 	if err != nil {
 		t.Fatal(err)

@@ -109,6 +109,25 @@ func ensureStream(t testing.TB, js jetstream.JetStream) jetstream.Stream {
 	return s
 }
 
+// recreateStream deletes the revocation stream and creates it again, as
+// an operator who drops it would. A second stream stays in the account
+// throughout: when an account's last stream is deleted, nats-server
+// removes the emptied streams directory in a goroutine of its own, which
+// races the new stream's mkdir ("could not create storage directory").
+// The chart's account always holds the KV buckets' streams as well.
+func recreateStream(t testing.TB, js jetstream.JetStream) jetstream.Stream {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: "KEEP_ACCOUNT_DIR", Subjects: []string{"keep.account.dir"}, Storage: jetstream.FileStorage}); err != nil {
+		t.Fatal(err)
+	}
+	if err := js.DeleteStream(ctx, StreamName(testPrefix)); err != nil {
+		t.Fatal(err)
+	}
+	return ensureStream(t, js)
+}
+
 // event makes a valid event of kind with value that expires in an hour.
 func event(t testing.TB, kind Kind, value string) *Event {
 	t.Helper()
