@@ -148,11 +148,20 @@ func (s *Server) revokeKey(ctx context.Context, kid, reason, actor string, force
 		// expiry; the stored one is what the set holds.
 		res.AlreadyRevoked = true
 		res.Key = s.keyInfo(cur, target)
-		for _, have := range s.revocations.Events() {
-			if have.Kind == revocation.KindKID && have.Value == kid {
-				res.Revocation = storedRevocation{Event: have}
-			}
+		if have, ok := s.keyEvent(kid); ok {
+			res.Revocation = storedRevocation{Event: have}
+			return res, nil
 		}
+		// The ring is ahead of this replica's set: another replica revoked
+		// the key a moment ago and its event has not arrived here yet (or
+		// the event has expired). Publishing ours is a duplicate of theirs
+		// within the stream's window, or stores the event again: either
+		// way the answer names a stored event.
+		seq, _, err := s.publishKeyEvent(ctx, e)
+		if err != nil {
+			return nil, errUnavailable("key revocation not stored: " + err.Error())
+		}
+		res.Revocation = storedRevocation{Event: e, Sequence: seq}
 		return res, nil
 	}
 	seq, dup, err := s.publishKeyEvent(ctx, e)
@@ -310,10 +319,13 @@ func (s *Server) reconcileKeys(ctx context.Context) error {
 		done = done[:0]
 		next := cur
 		for _, k := range cur.Keys {
-			if k.State == jwks.StateRevoked || !s.revocations.Has(revocation.KindKID, k.ID) {
+			if k.State == jwks.StateRevoked {
 				continue
 			}
-			ev := s.keyEvent(k.ID)
+			ev, ok := s.keyEvent(k.ID)
+			if !ok {
+				continue
+			}
 			reason, actor := "revocation event "+ev.ID, ev.Actor
 			if ev.Reason != "" {
 				reason = ev.Reason
@@ -349,13 +361,12 @@ func (s *Server) ringHasRevokedKey(r *jwks.Ring) bool {
 	return false
 }
 
-// keyEvent returns the kid event of kid in the set (a zero event when the
-// set no longer holds it).
-func (s *Server) keyEvent(kid string) *revocation.Event {
+// keyEvent returns the kid event of kid in the set, if the set holds it.
+func (s *Server) keyEvent(kid string) (*revocation.Event, bool) {
 	for _, e := range s.revocations.Events() {
 		if e.Kind == revocation.KindKID && e.Value == kid {
-			return e
+			return e, true
 		}
 	}
-	return &revocation.Event{}
+	return nil, false
 }

@@ -346,6 +346,35 @@ func TestRevokeKeyTwoReplicasAtOnce(t *testing.T) {
 	}
 }
 
+// TestRevokeKeyRingAheadOfTheSet: a replica whose ring already shows the
+// key revoked (another replica finished both steps a moment ago) while its
+// own revocation set has not received the event yet answers 200 with a
+// stored event, the same one. It used to dereference the missing event and
+// drop the connection: under load, one of two concurrent revocations
+// failed that way.
+func TestRevokeKeyRingAheadOfTheSet(t *testing.T) {
+	e := newEnv(t)
+	in := e.start()
+	in.waitReady(t)
+	kid := in.keys.current().ring.Next().ID
+	// The other replica's step 2, without its event reaching this one.
+	if _, err := in.keys.update(t.Context(), func(cur *jwks.Ring) (*jwks.Ring, error) {
+		next, _, err := cur.Revoke(kid, time.Now(), in.keyRevocationPolicy(), "leak", "other-replica")
+		return next, err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if in.revocations.Has(revocation.KindKID, kid) {
+		t.Fatal("the set holds the event already: the case is not set up")
+	}
+	r := in.revokeKey(t, in.adminToken(t), kid, map[string]any{"reason": "leak"})
+	rev, _ := r.Body["revocation"].(map[string]any)
+	if r.Status != http.StatusOK || r.Body["already_revoked"] != true || rev["id"] != keyEventID(kid) || rev["sequence"] == float64(0) {
+		t.Fatalf("revoking a key the ring holds revoked: %d %v", r.Status, r.Body)
+	}
+	waitFor(t, "the set holds the kid event", func() bool { return in.revocations.Has(revocation.KindKID, kid) })
+}
+
 // TestKeyRevocationFinishedFromItsEvent: a revocation whose event was
 // stored but whose ring update never happened (the replica died between
 // the two) is finished by the maintenance tick of any replica, and a
