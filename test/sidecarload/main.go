@@ -34,6 +34,7 @@ import (
 	"time"
 
 	"github.com/tokenwarden/tokenwarden/internal/loadtest"
+	"github.com/tokenwarden/tokenwarden/internal/testenv"
 )
 
 func main() {
@@ -43,6 +44,11 @@ func main() {
 	rounds := flag.Int("rounds", 10, "turns each HTTP phase is split into, the phases alternating (see interleave)")
 	sidecarArgs := flag.String("sidecar-args", "", "more flags for the sidecar, space-separated (e.g. --access-log-success-sample=1)")
 	flag.Parse()
+	// The programs it starts die with it (testenv.Start); it dies with the
+	// go command that ran it.
+	if err := testenv.DieWithParent(); err != nil {
+		fmt.Fprintln(os.Stderr, "sidecarload:", err)
+	}
 	if err := run(*bin, *conns, *dur, *rounds, strings.Fields(*sidecarArgs)); err != nil {
 		fmt.Fprintln(os.Stderr, "sidecarload:", err)
 		os.Exit(1)
@@ -68,10 +74,11 @@ func run(bin string, conns int, dur time.Duration, rounds int, sidecarArgs []str
 		return err
 	}
 	dev.Stderr = os.Stderr
-	if err := dev.Start(); err != nil {
+	devProc, err := testenv.Start(dev)
+	if err != nil {
 		return fmt.Errorf("start dev: %w", err)
 	}
-	defer func() { _ = dev.Process.Signal(os.Interrupt); _ = dev.Wait() }()
+	defer func() { _ = devProc.Stop(10 * time.Second) }()
 	issuerURL, natsURL, err := readBanner(out)
 	if err != nil {
 		return err
@@ -91,16 +98,17 @@ func run(bin string, conns int, dur time.Duration, rounds int, sidecarArgs []str
 		"--nats-url", natsURL, "--distribution-public-key-file", filepath.Join(dir, "dev", "distribution.pub")}, sidecarArgs...)...)
 	logs := &logCounter{}
 	sc.Stdout, sc.Stderr, sc.Env = logs, logs, defaultEnv()
-	if err := sc.Start(); err != nil {
+	scProc, err := testenv.Start(sc)
+	if err != nil {
 		return fmt.Errorf("start sidecar: %w", err)
 	}
-	defer func() { _ = sc.Process.Signal(os.Interrupt); _ = sc.Wait() }()
+	defer func() { _ = scProc.Stop(10 * time.Second) }()
 	base := "http://" + addr
 	if err := loadtest.WaitReady(base+"/readyz", 30*time.Second); err != nil {
 		return fmt.Errorf("%w; the sidecar logged:\n%s", err, logs.last())
 	}
 	time.Sleep(2 * time.Second) // let start-up garbage be collected
-	idle, err := loadtest.RSSKiB(sc.Process.Pid)
+	idle, err := loadtest.RSSKiB(scProc.Pid())
 	if err != nil {
 		return err
 	}
@@ -111,7 +119,7 @@ func run(bin string, conns int, dur time.Duration, rounds int, sidecarArgs []str
 
 	var peak atomic.Int64
 	hp, vp := &phase{url: base + "/healthz"}, &phase{url: base + "/verify", tok: tok, sample: func() {
-		if kib, err := loadtest.RSSKiB(sc.Process.Pid); err == nil && int64(kib) > peak.Load() {
+		if kib, err := loadtest.RSSKiB(scProc.Pid()); err == nil && int64(kib) > peak.Load() {
 			peak.Store(int64(kib))
 		}
 	}}
@@ -150,10 +158,11 @@ func run(bin string, conns int, dur time.Duration, rounds int, sidecarArgs []str
 				"--issuer", issuerURL, "--audience", "demo-api", "--nats-url", natsURL,
 				"--distribution-public-key-file", filepath.Join(dir, "dev", "distribution.pub"), "--log-level", "warn")
 			sc.Stderr = os.Stderr
-			if err := sc.Start(); err != nil {
+			p, err := testenv.Start(sc)
+			if err != nil {
 				return "", "", nil, fmt.Errorf("start the sidecar without a token cache: %w", err)
 			}
-			stop := func() { _ = sc.Process.Signal(os.Interrupt); _ = sc.Wait() }
+			stop := func() { _ = p.Stop(10 * time.Second) }
 			if err := loadtest.WaitReady("http://"+addr+"/readyz", 30*time.Second); err != nil {
 				stop()
 				return "", "", nil, err
