@@ -86,24 +86,90 @@ func (d *denyList) remember(key string, before int64) {
 	}
 }
 
-// covers reports whether a deny record ends family f.
+// denyRule is one deny record that could end a family: its key, and the
+// reason a refused refresh gives.
+type denyRule struct {
+	key, reason string
+	anyTime     bool // sid: the record ends the family whenever it was created
+}
+
+// rules are the records that could end f, most specific first.
+func rules(f *family) [4]denyRule {
+	return [4]denyRule{
+		{denyKey(revocation.KindSID, f.SessionID), revocation.ReasonSession, true},
+		{denyKey(revocation.KindSub, f.Subject), revocation.ReasonSubject, false},
+		{denyKey(revocation.KindClient, f.ClientID), revocation.ReasonClient, false},
+		{denyKey(revocation.KindAll, ""), revocation.ReasonAll, false},
+	}
+}
+
+func (r denyRule) ends(f *family, before int64) bool {
+	return r.anyTime || f.CreatedAt.Unix() <= before
+}
+
+// covers reports whether a deny record in this replica's copy of the
+// bucket ends family f.
 func (d *denyList) covers(f *family) (bool, string) {
-	created := f.CreatedAt.Unix()
 	d.mu.RLock()
 	defer d.mu.RUnlock()
-	if _, ok := d.m[denyKey(revocation.KindSID, f.SessionID)]; ok {
-		return true, revocation.ReasonSession
-	}
-	if b, ok := d.m[denyKey(revocation.KindSub, f.Subject)]; ok && created <= b {
-		return true, revocation.ReasonSubject
-	}
-	if b, ok := d.m[denyKey(revocation.KindClient, f.ClientID)]; ok && created <= b {
-		return true, revocation.ReasonClient
-	}
-	if b, ok := d.m[denyKey(revocation.KindAll, "")]; ok && created <= b {
-		return true, revocation.ReasonAll
+	for _, r := range rules(f) {
+		if b, ok := d.m[r.key]; ok && r.ends(f, b) {
+			return true, r.reason
+		}
 	}
 	return false, ""
+}
+
+// coversStored is covers against the bucket itself. This replica's copy
+// follows a watch that can be behind (by milliseconds, or seconds while
+// NATS fails over), and a refresh here that has not seen a new sub, client
+// or all record would mint one more access token, issued after the
+// event's issued_before and so not refused by any sidecar. The record is
+// stored before the admin API answers, so the bucket is the truth. The
+// four reads run at once; any failure to read is an error: a refresh
+// fails closed.
+func (d *denyList) coversStored(ctx context.Context, f *family) (bool, string, error) {
+	rs := rules(f)
+	var (
+		wg     sync.WaitGroup
+		before [len(rs)]int64
+		found  [len(rs)]bool
+		errs   [len(rs)]error
+	)
+	for i, r := range rs {
+		wg.Go(func() {
+			var e jetstream.KeyValueEntry
+			err := retryFailover(ctx, func(ctx context.Context) (err error) {
+				e, err = d.kv.Get(ctx, r.key)
+				return err
+			})
+			switch {
+			case errors.Is(err, jetstream.ErrKeyNotFound):
+			case err != nil:
+				errs[i] = fmt.Errorf("read deny record: %w", err)
+			default:
+				b, perr := strconv.ParseInt(string(e.Value()), 10, 64)
+				if perr != nil {
+					errs[i] = fmt.Errorf("deny record %s: %w", r.key, perr)
+					return
+				}
+				before[i], found[i] = b, true
+			}
+		})
+	}
+	wg.Wait()
+	for i, r := range rs {
+		if found[i] {
+			d.remember(r.key, before[i])
+			if r.ends(f, before[i]) {
+				return true, r.reason, nil
+			}
+		}
+	}
+	if err := errors.Join(errs[:]...); err != nil {
+		return false, "", err
+	}
+	return false, "", nil
 }
 
 // watch follows the bucket (records of other replicas, and expiry).

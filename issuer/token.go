@@ -254,7 +254,16 @@ func (s *Server) refreshGrant(ctx context.Context, c *directory.Client, form url
 	if f.Revoked {
 		return nil, errInvalidGrant("refresh token revoked")
 	}
-	if revoked, reason := s.familyRevoked(f); revoked {
+	revoked, reason := s.familyRevoked(f)
+	if !revoked {
+		// This replica's copy of the deny records may be behind another
+		// replica's revocation: ask the bucket (see coversStored).
+		if revoked, reason, err = s.denied.coversStored(ctx, f); err != nil {
+			s.log.Warn("refresh failed: deny records unavailable", "client_id", c.ID, "err", err)
+			return nil, errUnavailable("refresh token store unavailable")
+		}
+	}
+	if revoked {
 		if _, err := s.families.revoke(ctx, f.ID, reason); err != nil {
 			s.log.Warn("mark revoked refresh token family", "family", f.ID, "err", err)
 		}

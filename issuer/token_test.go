@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tokenwarden/tokenwarden/jwks"
+	"github.com/tokenwarden/tokenwarden/revocation"
 )
 
 func TestGrants(t *testing.T) {
@@ -391,6 +392,43 @@ func TestRevocationEndsRefreshForGood(t *testing.T) {
 	}
 	if r := in.refresh(t, bob.str("refresh_token"), ""); r.Status != 200 {
 		t.Fatalf("bob's refresh: %d %v", r.Status, r.Body)
+	}
+}
+
+// TestRefreshOnALaggingReplica: a replica whose copy of the deny records
+// has not yet seen another replica's sub revocation (its watch is behind:
+// the record and the event are taken out of its memory here) refuses the
+// refresh all the same, from the bucket. It used to mint one more access
+// token, issued after the event's issued_before and so valid on every
+// sidecar for its whole lifetime.
+func TestRefreshOnALaggingReplica(t *testing.T) {
+	_, _, a, b := twoReplicas(t)
+	login := b.login(t, "")
+	body := strings.NewReader(`{"kind":"sub","value":"alice"}`)
+	req, _ := http.NewRequest("POST", a.url+"/admin/v1/revocations", body)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+a.adminToken(t))
+	if r := do(t, req); r.Status != 201 {
+		t.Fatalf("revoke: %d %v", r.Status, r.Body)
+	}
+	key := denyKey(revocation.KindSub, "alice")
+	waitFor(t, "b's watch has the deny record", func() bool {
+		b.denied.mu.RLock()
+		defer b.denied.mu.RUnlock()
+		_, ok := b.denied.m[key]
+		return ok
+	})
+	waitFor(t, "b's set has the event", func() bool { return b.revocations.Len() == 1 })
+	// Now b lags: neither is in its memory.
+	b.denied.mu.Lock()
+	delete(b.denied.m, key)
+	b.denied.mu.Unlock()
+	b.revocations.GC(time.Now().Add(24 * time.Hour))
+	if revoked, _ := b.familyRevoked(&family{Subject: "alice", CreatedAt: time.Now().Add(-time.Minute)}); revoked {
+		t.Fatal("b still knows of the revocation: the case is not set up")
+	}
+	if r := b.refresh(t, login.str("refresh_token"), ""); r.Status != 400 || r.str("error") != "invalid_grant" {
+		t.Fatalf("refresh on the lagging replica: %d %v", r.Status, r.Body)
 	}
 }
 
