@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/tokenwarden/tokenwarden/jwks"
@@ -169,19 +170,28 @@ func (s *Server) revokeKey(ctx context.Context, kid, reason, actor string, force
 		return nil, errUnavailable("key revocation not stored: " + err.Error())
 	}
 	res.Revocation = storedRevocation{Event: e, Sequence: seq}
-	res.AlreadyRevoked = dup
+	if have, ok := s.keyEvent(kid); dup && ok {
+		res.Revocation.Event = have // the stored one: another replica's reason and actor
+	}
 
+	// A request that stored the event or changed the ring revoked the key
+	// (201); only one that did neither finds it already revoked (200). What
+	// the ring change activated is reported by the request that made it.
 	var rv *jwks.Revocation
 	ring, err := s.keys.update(ctx, func(cur *jwks.Ring) (*jwks.Ring, error) {
 		next, r, err := cur.Revoke(kid, s.now(), p, reason, actor)
 		if errors.Is(err, jwks.ErrAlreadyRevoked) {
-			rv = r
+			rv, res.AlreadyRevoked = nil, dup
 			return nil, nil // another replica got there first
 		}
-		rv = r
+		rv, res.AlreadyRevoked = r, false
 		return next, err
 	})
-	if err != nil {
+	var warnings []string
+	if errors.Is(err, errBundleNotPublished) {
+		warnings = append(warnings, fmt.Sprintf("the JWKS bundle without key %s is not published yet (retried every maintenance tick); sidecars refuse the key from its revocation event already", kid))
+		s.log.Warn("key revoked, bundle not published", "kid", kid, "err", err)
+	} else if err != nil {
 		// The event is stored: every sidecar refuses the key and this
 		// replica signs with it no more. The ring catches up on a retry.
 		return res, fmt.Errorf("key %s revoked in the stream but the key ring was not updated (retry the request): %w", kid, err)
@@ -195,10 +205,11 @@ func (s *Server) revokeKey(ctx context.Context, kid, reason, actor string, force
 		res.ActivatedKID = rv.Activated.ID
 		if rv.CutShort > 0 {
 			res.PropagationDelayCutShort = rv.CutShort.Round(time.Second).String()
-			res.Warning = fmt.Sprintf("key %s signs now, %s before its propagation delay ended: a sidecar that has not received it yet fetches the bundle when it first meets one of its tokens", rv.Activated.ID, res.PropagationDelayCutShort)
+			warnings = append(warnings, fmt.Sprintf("key %s signs now, %s before its propagation delay ended: a sidecar that has not received it yet fetches the bundle when it first meets one of its tokens", rv.Activated.ID, res.PropagationDelayCutShort))
 			s.log.Warn("propagation delay cut short by a key revocation", "activated_kid", rv.Activated.ID, "cut_short", res.PropagationDelayCutShort)
 		}
 	}
+	res.Warning = strings.Join(warnings, "; ")
 	return res, nil
 }
 

@@ -218,6 +218,29 @@ func TestRevokeNextAndRetiredKeys(t *testing.T) {
 	}
 }
 
+// TestRevokeKeyBundleNotPublished: when the ring changes but the bundle
+// cannot be written (its bucket is gone here), the revocation stands and
+// the answer says so with a warning. It used to answer 503 "key ring not
+// updated, retry", which was false.
+func TestRevokeKeyBundleNotPublished(t *testing.T) {
+	e := newEnv(t)
+	in := e.start()
+	in.waitReady(t)
+	kid := in.keys.current().ring.Next().ID
+	admin := in.adminToken(t)
+	if err := jetStream(t, e.nats.URL()).DeleteKeyValue(t.Context(), BundleBucket(e.cfg.NATS.Prefix)); err != nil {
+		t.Fatal(err)
+	}
+	r := in.revokeKey(t, admin, kid, map[string]any{"reason": "leak"})
+	key, _ := r.Body["key"].(map[string]any)
+	if r.Status != http.StatusCreated || key["state"] != "revoked" || !strings.Contains(r.str("warning"), "not published yet") {
+		t.Fatalf("revoke with the bundle unwritable: %d %v", r.Status, r.Body)
+	}
+	if hasKey(in.keys.KeySet(), kid) {
+		t.Fatal("the revoked key is still in the replica's key set")
+	}
+}
+
 func hasKey(ks *jwks.KeySet, kid string) bool { _, ok := ks.Lookup(kid); return ok }
 
 // TestRevokeKeyBadInput: every refusal is a JSON error with the right
@@ -303,7 +326,9 @@ func TestRevokeOnlySigningKey(t *testing.T) {
 }
 
 // TestRevokeKeyTwoReplicasAtOnce: the same key revoked on two replicas at
-// the same moment is one event, and both answer success. (The next key:
+// the same moment is one event, and both answer success: 201 for the one
+// that stored the event and the one that changed the ring, 200 for one
+// that did neither. (The next key:
 // the admin tokens are signed by the active one, which a revocation that
 // lands first would make the other request's token fail with 401.)
 func TestRevokeKeyTwoReplicasAtOnce(t *testing.T) {

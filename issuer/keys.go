@@ -253,6 +253,13 @@ func (m *keyManager) read(ctx context.Context) (*jwks.Ring, error) {
 // update applies change to the newest ring and stores the result with CAS,
 // retrying on conflicts. change returns (nil, nil) when there is nothing to
 // do. It returns the ring that is current afterwards.
+// errBundleNotPublished is update's error when the ring changed but the
+// bundle of the new ring could not be published: the change stands, and
+// every maintenance tick publishes the bundle until it is out. Nothing
+// waits on it for safety: a key signs only once a published bundle holds
+// it (nextPublished).
+var errBundleNotPublished = errors.New("key ring changed, JWKS bundle not published yet (the next maintenance tick retries)")
+
 func (m *keyManager) update(ctx context.Context, change func(*jwks.Ring) (*jwks.Ring, error)) (*jwks.Ring, error) {
 	for attempt := 0; attempt < 5; attempt++ {
 		e, err := m.kv.Get(ctx, ringKey)
@@ -291,7 +298,7 @@ func (m *keyManager) update(ctx context.Context, change func(*jwks.Ring) (*jwks.
 			return nil, err
 		}
 		if err := m.publish(ctx); err != nil {
-			return next, err
+			return next, fmt.Errorf("%w: %w", errBundleNotPublished, err)
 		}
 		return next, nil
 	}
@@ -362,6 +369,10 @@ func (m *keyManager) Rotate(ctx context.Context, actor string) (*jwks.Ring, erro
 		}
 		return next, nil
 	})
+	if errors.Is(err, errBundleNotPublished) {
+		m.log.Warn("key ring rotated, bundle not published", "err", err)
+		err = nil
+	}
 	if err == nil {
 		m.metrics.rotations.WithLabelValues("on_demand").Inc()
 		m.log.Info("key ring rotated on demand", "active_kid", r.Active().ID, "actor", actor)
@@ -477,6 +488,12 @@ func (m *keyManager) keeps(signed []byte, have *jwks.Bundle, seq uint64) bool {
 // tokens with made-up key ids (anyone can send one) cannot become a stream
 // of KV reads or a queue of requests behind a slow NATS.
 func (m *keyManager) refresh(ctx context.Context) {
+	if m.state.Load() == nil {
+		// No ring yet: the bucket may not be open, and load reads the
+		// ring first anyway. (The state is stored after kv is set, so a
+		// state seen here also makes kv safe to read.)
+		return
+	}
 	m.refreshMu.Lock()
 	if ch := m.refreshing; ch != nil {
 		m.refreshMu.Unlock()

@@ -386,6 +386,21 @@ func TestNATSDownAtStart(t *testing.T) {
 	if r.Status != 503 || r.str("error") != "temporarily_unavailable" {
 		t.Fatalf("login with NATS down: %d %v", r.Status, r.Body)
 	}
+	// A token naming a key the replica does not hold makes it read the
+	// ring again; with no bucket opened yet there is nothing to read (it
+	// used to call the missing bucket and drop the connection).
+	hdr := base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"ES256","typ":"at+jwt","kid":"no-such-key"}`))
+	unknownKID := hdr + ".e30.c2ln"
+	// POST first: the client would retry a GET whose connection dropped.
+	for _, req := range []*http.Request{
+		mustReq(t, "POST", in.url+"/admin/v1/revocations"),
+		mustReq(t, "GET", in.url+"/admin/v1/keys"),
+	} {
+		req.Header.Set("Authorization", "Bearer "+unknownKID)
+		if r := do(t, req); r.Status != http.StatusUnauthorized {
+			t.Fatalf("%s %s with NATS down and an unknown kid: %d %v", req.Method, req.URL.Path, r.Status, r.Body)
+		}
+	}
 	ns, err := embeddednats.Start(embeddednats.Config{Addr: addr, StoreDir: storeDir})
 	if err != nil {
 		t.Fatal(err)
