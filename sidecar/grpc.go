@@ -2,9 +2,11 @@ package sidecar
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"runtime"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -55,10 +57,27 @@ func (s *Sidecar) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 		grpc.InitialWindowSize(1 << 20),
 		grpc.InitialConnWindowSize(1 << 20),
 		grpc.ForceServerCodecV2(checkCodec{}),
+		grpc.ChainUnaryInterceptor(recoverUnary(s.log)),
 	}, opts...)...)
 	authv3.RegisterAuthorizationServer(gs, &authorizationServer{s: s})
 	healthpb.RegisterHealthServer(gs, &healthServer{s: s, poll: healthPoll})
 	return gs
+}
+
+// recoverUnary turns a panic in a unary handler into an Internal error,
+// which Envoy treats as a denial (unless failure_mode_allow is set). Unlike
+// net/http, grpc-go does not recover handler panics: one would end the
+// sidecar, and with it every request of the pod, not just this one.
+func recoverUnary(log *slog.Logger) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
+		defer func() {
+			if p := recover(); p != nil {
+				log.Error("gRPC handler panicked: denied", "method", info.FullMethod, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+				resp, err = nil, status.Error(codes.Internal, "internal error")
+			}
+		}()
+		return handler(ctx, req)
+	}
 }
 
 // authorizationServer is Envoy's ext_authz gRPC service.

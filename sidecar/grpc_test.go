@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"context"
+	"log/slog"
 	"net"
 	"path/filepath"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/tokenwarden/tokenwarden/internal/extauthz"
+	"github.com/tokenwarden/tokenwarden/internal/testenv"
 	"github.com/tokenwarden/tokenwarden/jwks"
 )
 
@@ -231,5 +233,21 @@ func TestGRPCUnixSocket(t *testing.T) {
 	defer func() { _ = conn.Close() }()
 	if o := askGRPC(t, authv3.NewAuthorizationClient(conn), []string{"Bearer " + w.token()}, "read", true, false); o.code != 200 {
 		t.Fatalf("%v", o)
+	}
+}
+
+// TestGRPCHandlerPanicIsADenial: a panic under a unary handler (a bug; the
+// test injects one) becomes an Internal error, which Envoy treats as a
+// denial, and an error log line; the process lives on.
+func TestGRPCHandlerPanicIsADenial(t *testing.T) {
+	var logs testenv.Buffer
+	intercept := recoverUnary(slog.New(slog.NewTextHandler(&logs, nil)))
+	resp, err := intercept(t.Context(), nil, &grpc.UnaryServerInfo{FullMethod: authv3.Authorization_Check_FullMethodName},
+		func(context.Context, any) (any, error) { panic("injected") })
+	if resp != nil || status.Code(err) != codes.Internal {
+		t.Fatalf("after a panic: %v, %v", resp, err)
+	}
+	if !strings.Contains(logs.String(), "panicked") || !strings.Contains(logs.String(), "injected") {
+		t.Fatalf("log: %s", logs.String())
 	}
 }
