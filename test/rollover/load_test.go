@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"testing"
 	"time"
 )
 
@@ -78,9 +79,10 @@ type token struct {
 	state   atomic.Int32
 	ackAt   atomic.Int64 // unix nanos when its revocation was acknowledged
 	method  string
-	// refused[i]: process i (a sidecar, or an issuer for admin tokens)
-	// refused it after its revocation was acknowledged.
-	refused [3]atomic.Bool
+	// refusedAt[i]: when (r.clock) a refusal by process i (a sidecar, or
+	// an issuer for admin tokens) after the revocation's acknowledgement
+	// was received; 0 while there is none.
+	refusedAt [3]atomic.Int64
 }
 
 func jtiOf(access string) string {
@@ -189,6 +191,7 @@ func (p *pool) snapshot() (validTokens, validAdmin, revokedTokens, revokedAdmin 
 
 // run is the load and the ledger of one test.
 type run struct {
+	t0     time.Time // r.clock counts from here (monotonic)
 	d      *deployment
 	l      *ledger
 	p      *pool
@@ -197,6 +200,9 @@ type run struct {
 	// canaryAdmin is an admin token that the forged events name.
 	canaryAdmin *token
 }
+
+// clock is the time since the run started, monotonic, never 0.
+func (r *run) clock() int64 { return int64(time.Since(r.t0)) + 1 }
 
 // post sends a form (or JSON when body is not url.Values) and returns the
 // status and body.
@@ -283,6 +289,7 @@ func (r *run) check(ctx context.Context, t *token, target *proc, idx int, strict
 	if t.admin {
 		path = "/admin/v1/keys"
 	}
+	sent := r.clock()
 	code, body, err := r.d.get(ctx, target.url+path, t.access)
 	r.l.verifications.Add(1)
 	up2, inc2 := target.state()
@@ -304,8 +311,8 @@ func (r *run) check(ctx context.Context, t *token, target *proc, idx int, strict
 	case revoked:
 		switch {
 		case code == http.StatusUnauthorized:
-			t.refused[idx].Store(true)
-		case code == http.StatusOK && (strict || t.refused[idx].Load()):
+			t.refusedAt[idx].CompareAndSwap(0, r.clock())
+		case code == http.StatusOK && (strict || flipped(t.refusedAt[idx].Load(), sent)):
 			r.l.fail(&r.l.revocationsLost, "%s (incarnation %d) accepted %s token %s revoked by %s at %s (strict %v)",
 				target.name, inc, kindOf(t), t.jti, t.method, time.Unix(0, t.ackAt.Load()).Format("15:04:05.000"), strict)
 		case code == http.StatusOK:
@@ -317,6 +324,14 @@ func (r *run) check(ctx context.Context, t *token, target *proc, idx int, strict
 		}
 	}
 }
+
+// flipped reports whether a request sent at sent was accepted by a
+// process that had refused the token before: only if the refusal was
+// received before the request was sent. Concurrent checks are answered in
+// any order; one sent earlier may come back accepted after another came
+// back refused, because the process applied the revocation between the
+// two, which is no loss.
+func flipped(refusedAt, sent int64) bool { return refusedAt != 0 && sent > refusedAt }
 
 func kindOf(t *token) string {
 	switch {
@@ -446,5 +461,24 @@ func (r *run) revoker(ctx context.Context) {
 		r.l.mu.Lock()
 		r.l.revocations[m]++
 		r.l.mu.Unlock()
+	}
+}
+
+// TestFlipped: the ledger counts a lost revocation only for a request sent
+// after a refusal had come back, not for a concurrent one answered first
+// and received later (a flake under load, before).
+func TestFlipped(t *testing.T) {
+	for _, tt := range []struct {
+		refusedAt, sent int64
+		want            bool
+	}{
+		{0, 5, false}, // never refused
+		{3, 5, true},  // refused, then asked again and accepted
+		{7, 5, false}, // sent before the refusal came back
+		{5, 5, false}, // same instant: not after
+	} {
+		if got := flipped(tt.refusedAt, tt.sent); got != tt.want {
+			t.Errorf("flipped(%d, %d) = %v, want %v", tt.refusedAt, tt.sent, got, tt.want)
+		}
 	}
 }

@@ -72,7 +72,7 @@ func TestDistributionKeyRollover(t *testing.T) {
 	script := procedure(t)
 	d := deploy(t)
 	ctx := t.Context()
-	r := &run{d: d, l: newLedger(), p: &pool{}}
+	r := &run{t0: time.Now(), d: d, l: newLedger(), p: &pool{}}
 	var err error
 	admin, _, err := r.mint(ctx, d.issuers[0], "admin")
 	if err != nil {
