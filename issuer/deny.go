@@ -166,10 +166,7 @@ func (d *denyList) coversStored(ctx context.Context, f *family) (bool, string, e
 			}
 		}
 	}
-	if err := errors.Join(errs[:]...); err != nil {
-		return false, "", err
-	}
-	return false, "", nil
+	return false, "", errors.Join(errs[:]...)
 }
 
 // watch follows the bucket (records of other replicas, and expiry).
