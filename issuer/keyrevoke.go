@@ -170,8 +170,10 @@ func (s *Server) revokeKey(ctx context.Context, kid, reason, actor string, force
 		return nil, errUnavailable("key revocation not stored: " + err.Error())
 	}
 	res.Revocation = storedRevocation{Event: e, Sequence: seq}
-	if have, ok := s.keyEvent(kid); dup && ok {
-		res.Revocation.Event = have // the stored one: another replica's reason and actor
+	if dup {
+		if have, ok := s.keyEvent(kid); ok {
+			res.Revocation.Event = have // the stored one: another replica's reason and actor
+		}
 	}
 
 	// A request that stored the event or changed the ring revoked the key

@@ -250,9 +250,6 @@ func (m *keyManager) read(ctx context.Context) (*jwks.Ring, error) {
 	return r, nil
 }
 
-// update applies change to the newest ring and stores the result with CAS,
-// retrying on conflicts. change returns (nil, nil) when there is nothing to
-// do. It returns the ring that is current afterwards.
 // errBundleNotPublished is update's error when the ring changed but the
 // bundle of the new ring could not be published: the change stands, and
 // every maintenance tick publishes the bundle until it is out. Nothing
@@ -260,6 +257,10 @@ func (m *keyManager) read(ctx context.Context) (*jwks.Ring, error) {
 // it (nextPublished).
 var errBundleNotPublished = errors.New("key ring changed, JWKS bundle not published yet (the next maintenance tick retries)")
 
+// update applies change to the newest ring and stores the result with CAS,
+// retrying on conflicts. change returns (nil, nil) when there is nothing to
+// do. It returns the ring that is current afterwards, also with
+// errBundleNotPublished.
 func (m *keyManager) update(ctx context.Context, change func(*jwks.Ring) (*jwks.Ring, error)) (*jwks.Ring, error) {
 	for attempt := 0; attempt < 5; attempt++ {
 		e, err := m.kv.Get(ctx, ringKey)
