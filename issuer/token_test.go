@@ -369,11 +369,7 @@ func TestRevocationEndsRefreshForGood(t *testing.T) {
 	in.waitReady(t)
 	login := in.login(t, "")
 	bob := in.post(t, "app", "app-secret", url.Values{"grant_type": {"password"}, "username": {"bob"}, "password": {"bob-pw"}})
-	body := strings.NewReader(`{"kind":"sub","value":"alice"}`)
-	req, _ := http.NewRequest("POST", in.url+"/admin/v1/revocations", body)
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", "Bearer "+in.adminToken(t))
-	if r := do(t, req); r.Status != 201 {
+	if r := in.adminDo(t, in.adminToken(t), "POST", "/admin/v1/revocations", `{"kind":"sub","value":"alice"}`); r.Status != 201 {
 		t.Fatalf("revoke: %d %v", r.Status, r.Body)
 	}
 	// A replica started later reads the deny record too.
@@ -404,11 +400,7 @@ func TestRevocationEndsRefreshForGood(t *testing.T) {
 func TestRefreshOnALaggingReplica(t *testing.T) {
 	_, _, a, b := twoReplicas(t)
 	login := b.login(t, "")
-	body := strings.NewReader(`{"kind":"sub","value":"alice"}`)
-	req, _ := http.NewRequest("POST", a.url+"/admin/v1/revocations", body)
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", "Bearer "+a.adminToken(t))
-	if r := do(t, req); r.Status != 201 {
+	if r := a.adminDo(t, a.adminToken(t), "POST", "/admin/v1/revocations", `{"kind":"sub","value":"alice"}`); r.Status != 201 {
 		t.Fatalf("revoke: %d %v", r.Status, r.Body)
 	}
 	key := denyKey(revocation.KindSub, "alice")
