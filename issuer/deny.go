@@ -3,6 +3,7 @@ package issuer
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -11,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokenwarden/tokenwarden/internal/natsconn"
@@ -27,6 +29,7 @@ import (
 // a family against it as if the family were a token issued at login.
 type denyList struct {
 	kv  jetstream.KeyValue
+	nc  *nats.Conn // for reads from the bucket's leader (readLeader)
 	log *slog.Logger
 
 	mu     sync.RWMutex
@@ -138,17 +141,17 @@ func (d *denyList) coversStored(ctx context.Context, f *family) (bool, string, e
 	)
 	for i, r := range rs {
 		wg.Go(func() {
-			var e jetstream.KeyValueEntry
+			var v []byte
+			var ok bool
 			err := retryFailover(ctx, func(ctx context.Context) (err error) {
-				e, err = d.kv.Get(ctx, r.key)
+				v, ok, err = d.readLeader(ctx, r.key)
 				return err
 			})
 			switch {
-			case errors.Is(err, jetstream.ErrKeyNotFound):
 			case err != nil:
 				errs[i] = fmt.Errorf("read deny record: %w", err)
-			default:
-				b, perr := strconv.ParseInt(string(e.Value()), 10, 64)
+			case ok:
+				b, perr := strconv.ParseInt(string(v), 10, 64)
 				if perr != nil {
 					errs[i] = fmt.Errorf("deny record %s: %w", r.key, perr)
 					return
@@ -167,6 +170,55 @@ func (d *denyList) coversStored(ctx context.Context, f *family) (bool, string, e
 		}
 	}
 	return false, "", errors.Join(errs[:]...)
+}
+
+// readLeader reads key's value from the bucket's stream leader. Not with
+// KeyValue.Get: that is a direct get, which any replica of the stream may
+// answer, a follower included that has not yet applied the newest write,
+// the very lag coversStored is there to close. The JetStream API's
+// MSG.GET is answered by the leader only, which acknowledged the admin
+// API's write. ok is false when the key holds no value (never written,
+// expired, deleted or purged).
+func (d *denyList) readLeader(ctx context.Context, key string) (value []byte, ok bool, err error) {
+	bucket := d.kv.Bucket()
+	req, err := json.Marshal(struct {
+		LastBySubject string `json:"last_by_subj"`
+	}{"$KV." + bucket + "." + key})
+	if err != nil {
+		return nil, false, err
+	}
+	m, err := d.nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET.KV_"+bucket, req)
+	if err != nil {
+		return nil, false, err
+	}
+	var resp struct {
+		Error   *jetstream.APIError `json:"error"`
+		Message *struct {
+			Header []byte `json:"hdrs"`
+			Data   []byte `json:"data"`
+		} `json:"message"`
+	}
+	if err := json.Unmarshal(m.Data, &resp); err != nil {
+		return nil, false, fmt.Errorf("decode the answer to a read of %s: %w", key, err)
+	}
+	switch {
+	case resp.Error != nil && resp.Error.ErrorCode == jetstream.JSErrCodeMessageNotFound:
+		return nil, false, nil
+	case resp.Error != nil:
+		return nil, false, resp.Error
+	case resp.Message == nil:
+		return nil, false, fmt.Errorf("read of %s: an answer without a message", key)
+	}
+	if len(resp.Message.Header) > 0 {
+		h, err := nats.DecodeHeadersMsg(resp.Message.Header)
+		if err != nil {
+			return nil, false, fmt.Errorf("read of %s: headers: %w", key, err)
+		}
+		if op := h.Get("KV-Operation"); op == "DEL" || op == "PURGE" {
+			return nil, false, nil
+		}
+	}
+	return resp.Message.Data, true, nil
 }
 
 // watch follows the bucket (records of other replicas, and expiry).

@@ -156,13 +156,13 @@ func (s *Server) revokeKey(ctx context.Context, kid, reason, actor string, force
 		// The ring is ahead of this replica's set: another replica revoked
 		// the key a moment ago and its event has not arrived here yet (or
 		// the event has expired). Publishing ours is a duplicate of theirs
-		// within the stream's window, or stores the event again: either
-		// way the answer names a stored event.
-		seq, _, err := s.publishKeyEvent(ctx, e)
+		// within the stream's window (200), or stores the event again
+		// (201): either way the answer names a stored event.
+		seq, dup, err := s.publishKeyEvent(ctx, e)
 		if err != nil {
 			return nil, errUnavailable("key revocation not stored: " + err.Error())
 		}
-		res.Revocation = storedRevocation{Event: e, Sequence: seq}
+		res.Revocation, res.AlreadyRevoked = storedRevocation{Event: e, Sequence: seq}, dup
 		return res, nil
 	}
 	seq, dup, err := s.publishKeyEvent(ctx, e)
@@ -355,11 +355,14 @@ func (s *Server) reconcileKeys(ctx context.Context) error {
 		next.Sequence = cur.Sequence + 1 // one change, however many keys
 		return next, nil
 	})
-	if err != nil {
+	if err != nil && !errors.Is(err, errBundleNotPublished) {
 		return fmt.Errorf("finish key revocation: %w", err)
 	}
 	for _, kid := range done {
 		s.log.Warn("finished a key revocation from its event: the ring still published the key", "kid", kid)
+	}
+	if err != nil {
+		s.log.Warn("key revocation finished, bundle not published", "err", err)
 	}
 	return nil
 }

@@ -372,11 +372,11 @@ func TestRevokeKeyTwoReplicasAtOnce(t *testing.T) {
 }
 
 // TestRevokeKeyRingAheadOfTheSet: a replica whose ring already shows the
-// key revoked (another replica finished both steps a moment ago) while its
-// own revocation set has not received the event yet answers 200 with a
-// stored event, the same one. It used to dereference the missing event and
-// drop the connection: under load, one of two concurrent revocations
-// failed that way.
+// key revoked while its own revocation set holds no event for it (another
+// replica revoked it a moment ago) answers with a stored event: the other
+// replica's (200) or, as here where only the ring changed, its own (201).
+// It used to dereference the missing event and drop the connection: under
+// load, one of two concurrent revocations failed that way.
 func TestRevokeKeyRingAheadOfTheSet(t *testing.T) {
 	e := newEnv(t)
 	in := e.start()
@@ -394,7 +394,8 @@ func TestRevokeKeyRingAheadOfTheSet(t *testing.T) {
 	}
 	r := in.revokeKey(t, in.adminToken(t), kid, map[string]any{"reason": "leak"})
 	rev, _ := r.Body["revocation"].(map[string]any)
-	if r.Status != http.StatusOK || r.Body["already_revoked"] != true || rev["id"] != keyEventID(kid) || rev["sequence"] == float64(0) {
+	// This request stored the event (no other replica did here): 201.
+	if r.Status != http.StatusCreated || r.Body["already_revoked"] != false || rev["id"] != keyEventID(kid) || rev["sequence"] == float64(0) {
 		t.Fatalf("revoking a key the ring holds revoked: %d %v", r.Status, r.Body)
 	}
 	waitFor(t, "the set holds the kid event", func() bool { return in.revocations.Has(revocation.KindKID, kid) })

@@ -252,9 +252,10 @@ func (m *keyManager) read(ctx context.Context) (*jwks.Ring, error) {
 
 // errBundleNotPublished is update's error when the ring changed but the
 // bundle of the new ring could not be published: the change stands, and
-// every maintenance tick publishes the bundle until it is out. Nothing
-// waits on it for safety: a key signs only once a published bundle holds
-// it (nextPublished).
+// every maintenance tick publishes the bundle until it is out. A rotation
+// waits for a published bundle that holds the next key (nextPublished);
+// only a key revocation of the active key, forced or finished from its
+// event, makes a key sign without one, and says so (cut short).
 var errBundleNotPublished = errors.New("key ring changed, JWKS bundle not published yet (the next maintenance tick retries)")
 
 // update applies change to the newest ring and stores the result with CAS,
@@ -399,7 +400,9 @@ func (m *keyManager) tick(ctx context.Context) error {
 		}
 		return next, nil
 	})
-	if err != nil {
+	// A change whose bundle was not published is still a change: count
+	// it; the publish below tries again.
+	if err != nil && !errors.Is(err, errBundleNotPublished) {
 		return err
 	}
 	if rotatedBy != 0 {

@@ -349,7 +349,7 @@ func (s *Server) setupBuckets(ctx context.Context, js jetstream.JetStream) error
 	if err != nil {
 		return err
 	}
-	s.keys.kv, s.keys.bundles, s.families, s.denied.kv = ring, bundles, familyStore{kv: fams}, denied
+	s.keys.kv, s.keys.bundles, s.families, s.denied.kv, s.denied.nc = ring, bundles, familyStore{kv: fams}, denied, js.Conn()
 	s.publisher = revocation.NewPublisher(js, p, s.dist)
 	return nil
 }

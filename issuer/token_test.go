@@ -480,3 +480,34 @@ func TestRepeatedRevokeIsIdempotent(t *testing.T) {
 		}
 	}
 }
+
+// TestDenyRecordReadFromTheLeader: readLeader, the stream API read that a
+// refresh makes instead of a direct get, tells a record from no record,
+// and a deleted or purged key from a written one.
+func TestDenyRecordReadFromTheLeader(t *testing.T) {
+	e := newEnv(t)
+	in := e.start()
+	in.waitReady(t)
+	kv := in.denied.kv
+	ctx := t.Context()
+	for _, step := range []struct {
+		name   string
+		change func() error
+		want   string // "" for no value
+	}{
+		{"never written", func() error { return nil }, ""},
+		{"written", func() error { _, err := kv.Put(ctx, "sub.YQ", []byte("42")); return err }, "42"},
+		{"written again", func() error { _, err := kv.Put(ctx, "sub.YQ", []byte("43")); return err }, "43"},
+		{"deleted", func() error { return kv.Delete(ctx, "sub.YQ") }, ""},
+		{"written after the delete", func() error { _, err := kv.Put(ctx, "sub.YQ", []byte("44")); return err }, "44"},
+		{"purged", func() error { return kv.Purge(ctx, "sub.YQ") }, ""},
+	} {
+		if err := step.change(); err != nil {
+			t.Fatalf("%s: %v", step.name, err)
+		}
+		v, ok, err := in.denied.readLeader(ctx, "sub.YQ")
+		if err != nil || ok != (step.want != "") || string(v) != step.want {
+			t.Errorf("%s: %q, %v, %v; want %q", step.name, v, ok, err, step.want)
+		}
+	}
+}
