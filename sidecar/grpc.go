@@ -58,6 +58,7 @@ func (s *Sidecar) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 		grpc.InitialConnWindowSize(1 << 20),
 		grpc.ForceServerCodecV2(checkCodec{}),
 		grpc.ChainUnaryInterceptor(recoverUnary(s.log)),
+		grpc.ChainStreamInterceptor(recoverStream(s.log)),
 	}, opts...)...)
 	authv3.RegisterAuthorizationServer(gs, &authorizationServer{s: s})
 	healthpb.RegisterHealthServer(gs, &healthServer{s: s, poll: healthPoll})
@@ -70,13 +71,24 @@ func (s *Sidecar) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 // sidecar, and with it every request of the pod, not just this one.
 func recoverUnary(log *slog.Logger) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
-		defer func() {
-			if p := recover(); p != nil {
-				log.Error("gRPC handler panicked: denied", "method", info.FullMethod, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
-				resp, err = nil, status.Error(codes.Internal, "internal error")
-			}
-		}()
+		defer recovered(log, info.FullMethod, &err)
 		return handler(ctx, req)
+	}
+}
+
+// recoverStream is recoverUnary for streams (grpc.health.v1 Watch).
+func recoverStream(log *slog.Logger) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
+		defer recovered(log, info.FullMethod, &err)
+		return handler(srv, ss)
+	}
+}
+
+// recovered, deferred, turns a panic into an Internal error in *err.
+func recovered(log *slog.Logger, method string, err *error) {
+	if p := recover(); p != nil {
+		log.Error("gRPC handler panicked: denied", "method", method, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+		*err = status.Error(codes.Internal, "internal error")
 	}
 }
 
