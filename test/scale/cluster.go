@@ -26,6 +26,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tokenwarden/tokenwarden/internal/natsconn"
 	"github.com/tokenwarden/tokenwarden/issuer"
 	"github.com/tokenwarden/tokenwarden/issuer/directory"
 	"github.com/tokenwarden/tokenwarden/revocation"
@@ -245,7 +246,7 @@ func (d *deployment) waitNode(ctx context.Context, n *natsNode, within time.Dura
 		if time.Now().After(deadline) {
 			return fmt.Errorf("nats %s not healthy within %s\n%s", n.name, within, n.proc.tail(20))
 		}
-		if !sleepCtx(ctx, 50*time.Millisecond) {
+		if !natsconn.Sleep(ctx, 50*time.Millisecond) {
 			return ctx.Err()
 		}
 	}
@@ -433,7 +434,7 @@ keys:
 		if time.Now().After(deadline) {
 			return fmt.Errorf("issuer not ready within 90s\n%s", d.issuer.tail(20))
 		}
-		if !sleepCtx(ctx, 50*time.Millisecond) {
+		if !natsconn.Sleep(ctx, 50*time.Millisecond) {
 			return ctx.Err()
 		}
 	}
@@ -575,7 +576,7 @@ func (d *deployment) revoke(ctx context.Context, jti string, within time.Duratio
 		if time.Now().After(deadline) {
 			return r, fmt.Errorf("revoke %s: no 201 within %s: %w", jti, within, lastAttempt(code, err, body))
 		}
-		if !sleepCtx(ctx, 100*time.Millisecond) {
+		if !natsconn.Sleep(ctx, 100*time.Millisecond) {
 			return r, ctx.Err()
 		}
 	}
@@ -612,7 +613,7 @@ func (d *deployment) rotate(ctx context.Context, within time.Duration) (rotation
 		if time.Now().After(deadline) {
 			return rotation{}, fmt.Errorf("rotate: no 200 within %s: %w", within, lastAttempt(code, err, body))
 		}
-		if !sleepCtx(ctx, 200*time.Millisecond) {
+		if !natsconn.Sleep(ctx, 200*time.Millisecond) {
 			return rotation{}, ctx.Err()
 		}
 	}

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/tokenwarden/tokenwarden/internal/natsconn"
 )
 
 // floorResult is what N plain NATS connections cost the same cluster,
@@ -75,12 +77,12 @@ func (r *runner) measureFloor(ctx context.Context, n int) (*floorResult, error) 
 			return nil, fmt.Errorf("floor: flush: %w", err)
 		}
 	}
-	if !sleepCtx(ctx, min(5*time.Second, r.o.idle)) {
+	if !natsconn.Sleep(ctx, min(5*time.Second, r.o.idle)) {
 		return nil, ctx.Err()
 	}
 	m := startCPU(d.natsPIDs)
 	tr0 := d.traffic(ctx)
-	if !sleepCtx(ctx, r.o.idle) {
+	if !natsconn.Sleep(ctx, r.o.idle) {
 		return nil, ctx.Err()
 	}
 	tr := d.traffic(ctx).since(tr0)
@@ -116,7 +118,7 @@ func (r *runner) measureFloor(ctx context.Context, n int) (*floorResult, error) 
 			if time.Now().After(deadline) {
 				return nil, errors.New("floor: a core message did not reach every connection within 30s")
 			}
-			if !sleepCtx(ctx, time.Millisecond) {
+			if !natsconn.Sleep(ctx, time.Millisecond) {
 				return nil, ctx.Err()
 			}
 		}
@@ -125,7 +127,7 @@ func (r *runner) measureFloor(ctx context.Context, n int) (*floorResult, error) 
 			delays = append(delays, at.Sub(t0))
 		}
 		mu.Unlock()
-		if !sleepCtx(ctx, 50*time.Millisecond) {
+		if !natsconn.Sleep(ctx, 50*time.Millisecond) {
 			return nil, ctx.Err()
 		}
 	}

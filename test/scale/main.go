@@ -49,12 +49,14 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/tokenwarden/tokenwarden/internal/loadtest"
+	"github.com/tokenwarden/tokenwarden/internal/natsconn"
 )
 
 type options struct {
@@ -255,20 +257,11 @@ func (r *runner) logf(format string, args ...any) {
 	_, _ = fmt.Fprintf(r.o.progress, "scale %6.1fs  %s\n", time.Since(r.started).Seconds(), fmt.Sprintf(format, args...))
 }
 
-// stats are percentiles of delays.
-type stats struct {
-	n             int
-	p50, p99, max time.Duration
-}
+// stats are percentiles of delays, printed as the table's cells.
+type stats loadtest.Stats
 
-func summarize(d []time.Duration) stats {
-	if len(d) == 0 {
-		return stats{}
-	}
-	slices.Sort(d)
-	at := func(p float64) time.Duration { return d[min(len(d)-1, int(float64(len(d))*p))] }
-	return stats{n: len(d), p50: at(0.5), p99: at(0.99), max: d[len(d)-1]}
-}
+// summarize sorts d in place and returns its percentiles.
+func summarize(d []time.Duration) stats { return stats(loadtest.Summarize(d)) }
 
 // result is what one N measured.
 type result struct {
@@ -448,7 +441,7 @@ func (r *runner) measure(ctx context.Context, n int) (_ *result, err error) {
 	res.ready = summarize(readyD)
 	tr := d.traffic(ctx).since(tr0)
 	res.startAPI, res.startErrs = tr.api, tr.apiErrors
-	r.logf("N=%d: ready: all %s (p50 %s), %d never ready, %d not ready now", n, round(res.ready.max), round(res.ready.p50), notYet, res.notReady)
+	r.logf("N=%d: ready: all %s (p50 %s), %d never ready, %d not ready now", n, round(res.ready.Max), round(res.ready.P50), notYet, res.notReady)
 	if notYet > 0 {
 		// What the cluster looks like when it did not converge.
 		res.neverReady, res.readyWithin = notYet, readyWithin
@@ -460,7 +453,7 @@ func (r *runner) measure(ctx context.Context, n int) (_ *result, err error) {
 	// Idle: what N connected sidecars cost while nothing happens (pings,
 	// the revocation readers' freshness probes, the bundle's periodic
 	// read), once the start-up has settled.
-	if !sleepCtx(ctx, min(5*time.Second, r.o.idle)) {
+	if !natsconn.Sleep(ctx, min(5*time.Second, r.o.idle)) {
 		return res, ctx.Err()
 	}
 	if res.consRev, _, err = d.streamInfo(ctx, revStream); err != nil {
@@ -472,7 +465,7 @@ func (r *runner) measure(ctx context.Context, n int) (_ *result, err error) {
 	r.logf("N=%d: idle for %s", n, r.o.idle)
 	natsM, sideM := startCPU(d.natsPIDs), startCPU(workerPIDs)
 	tr0 = d.traffic(ctx)
-	if !sleepCtx(ctx, r.o.idle) {
+	if !natsconn.Sleep(ctx, r.o.idle) {
 		return res, ctx.Err()
 	}
 	tr = d.traffic(ctx).since(tr0)
@@ -534,7 +527,7 @@ func (r *runner) measure(ctx context.Context, n int) (_ *result, err error) {
 			from201 = append(from201, max(t.Sub(rv.got), 0)) // applied before the 201 arrived: 0
 			fromReq = append(fromReq, t.Sub(rv.sent))
 		}
-		if !sleepCtx(ctx, 50*time.Millisecond) {
+		if !natsconn.Sleep(ctx, 50*time.Millisecond) {
 			return res, ctx.Err()
 		}
 	}
@@ -618,7 +611,7 @@ func (r *runner) herd(ctx context.Context, d *deployment, ws []*workerProc, n in
 	h.victim = victim.name
 	h.victimClients = d.clients(ctx, victim)
 	// The rotation during the outage needs a next key old enough.
-	if wait := time.Until(lastRotation.Add(propagationAt + 500*time.Millisecond)); wait > 0 && !sleepCtx(ctx, wait) {
+	if wait := time.Until(lastRotation.Add(propagationAt + 500*time.Millisecond)); wait > 0 && !natsconn.Sleep(ctx, wait) {
 		return h, ctx.Err()
 	}
 	if _, err := callAll(ws, request{Op: "watch_start"}); err != nil {
@@ -673,7 +666,7 @@ func (r *runner) herd(ctx context.Context, d *deployment, ws []*workerProc, n in
 	// herd (the reconnections, the restart) is still measured, and the
 	// N fails at the end.
 	h.bundleMissing = missing
-	h.caughtUp = max(h.revDown.max, h.bundleDown.max)
+	h.caughtUp = max(h.revDown.Max, h.bundleDown.Max)
 	resps, err = callAll(ws, request{Op: "conns", Since: tKill.UnixNano(), Timeout: ms(time.Minute)})
 	if err != nil {
 		return h, err
@@ -694,7 +687,7 @@ func (r *runner) herd(ctx context.Context, d *deployment, ws []*workerProc, n in
 	if h.bundleMissing > 0 {
 		caught = fmt.Sprintf("%d sidecars still without the new bundle 3 minutes after the kill", h.bundleMissing)
 	}
-	r.logf("N=%d: herd: %d disconnected, reconnected within %s; %s", n, h.disconnected, round(h.reconnect.max), caught)
+	r.logf("N=%d: herd: %d disconnected, reconnected within %s; %s", n, h.disconnected, round(h.reconnect.Max), caught)
 
 	// The node comes back.
 	tRestart := time.Now()
@@ -719,7 +712,7 @@ func (r *runner) herd(ctx context.Context, d *deployment, ws []*workerProc, n in
 	}
 	h.revUp = summarize(up)
 	// Two of the kubelet's readings after the restart, then the verdict.
-	if !sleepCtx(ctx, 2*time.Second) {
+	if !natsconn.Sleep(ctx, 2*time.Second) {
 		return h, ctx.Err()
 	}
 	resps, err = callAll(ws, request{Op: "watch_stop"})

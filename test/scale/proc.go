@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -225,16 +224,4 @@ func startCPU(pids func() []int) *cpuMeter {
 // stop returns the CPU used since start and the wall time elapsed.
 func (m *cpuMeter) stop() (cpu, wall time.Duration) {
 	return cpuOf(m.pids()) - m.cpu, time.Since(m.start)
-}
-
-// sleepCtx waits d or until ctx ends; it reports whether d passed.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }

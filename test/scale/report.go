@@ -44,9 +44,9 @@ func printTable(w io.Writer, results []*result, rss *rssResult, o options) {
 		row("cold start ("+rampText(o.ramp)+"): every sidecar ready (p50 / p99)", func(r *result) string {
 			if r.neverReady > 0 {
 				return fmt.Sprintf("**did not converge: %s of %s not ready after %s** (of those ready, p50 %s)",
-					thousands(r.neverReady), thousands(r.n), r.readyWithin, round(r.ready.p50))
+					thousands(r.neverReady), thousands(r.n), r.readyWithin, round(r.ready.P50))
 			}
-			return fmt.Sprintf("%s (%s / %s)", round(r.ready.max), round(r.ready.p50), round(r.ready.p99))
+			return fmt.Sprintf("%s (%s / %s)", round(r.ready.Max), round(r.ready.P50), round(r.ready.P99))
 		})
 		row("cold start: JetStream API requests (errors)", func(r *result) string {
 			return fmt.Sprintf("%s (%s)", thousands(int(min(r.startAPI, 1<<31))), thousands(int(min(r.startErrs, 1<<31))))
@@ -201,10 +201,10 @@ func printTable(w io.Writer, results []*result, rss *rssResult, o options) {
 }
 
 func (s stats) String() string {
-	if s.n == 0 {
+	if s.N == 0 {
 		return "-"
 	}
-	return fmt.Sprintf("%s / %s / %s", round(s.p50), round(s.p99), round(s.max))
+	return fmt.Sprintf("%s / %s / %s", round(s.P50), round(s.P99), round(s.Max))
 }
 
 func mb(b int64) string { return fmt.Sprintf("%.0f MB", float64(b)/1e6) }

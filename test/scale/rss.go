@@ -13,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/tokenwarden/tokenwarden/internal/natsconn"
 )
 
 // rssResult is the memory of real sidecar processes, one per pod as in
@@ -96,7 +98,7 @@ func (r *runner) measureRSS(ctx context.Context) (*rssResult, error) {
 		}
 	}
 	r.logf("sidecar processes: idle for %s", r.o.rssIdle)
-	if !sleepCtx(ctx, r.o.rssIdle) {
+	if !natsconn.Sleep(ctx, r.o.rssIdle) {
 		return nil, ctx.Err()
 	}
 	for _, p := range procs {
@@ -224,7 +226,7 @@ func waitReady(ctx context.Context, d *deployment, c *child, u string, within ti
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%s not ready within %s\n%s", c.name, within, c.tail(20))
 		}
-		if !sleepCtx(ctx, 50*time.Millisecond) {
+		if !natsconn.Sleep(ctx, 50*time.Millisecond) {
 			return ctx.Err()
 		}
 	}

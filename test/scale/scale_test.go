@@ -111,10 +111,10 @@ func TestScaleSmoke(t *testing.T) {
 		got, want int
 	}{
 		{"worker processes", r.workers, 2},
-		{"sidecars ready", r.ready.n, n},
+		{"sidecars ready", r.ready.N, n},
 		{"sidecars not ready once all were", r.notReady, 0},
-		{"revocation propagations timed", r.prop.n, n * o.events},
-		{"bundle arrivals timed", r.rotate.n, n * o.rotations},
+		{"revocation propagations timed", r.prop.N, n * o.events},
+		{"bundle arrivals timed", r.rotate.N, n * o.rotations},
 		{"missed events", r.missed, 0},
 		{"sidecar processes measured idle", len(rep.rss.idle), 1},
 		{"sidecar processes measured under load", len(rep.rss.load), 1},
