@@ -19,15 +19,15 @@ import (
 	"github.com/tokenwarden/tokenwarden/internal/extauthz"
 )
 
-// serveGRPC serves the sidecar's gRPC API on a loopback port until the
-// test ends and returns a client connection to it.
-func (r *running) serveGRPC(t testing.TB) *grpc.ClientConn {
+// serveGRPC serves the sidecar's gRPC API (with opts added) on a loopback
+// port until the test ends and returns a client connection to it.
+func (r *running) serveGRPC(t testing.TB, opts ...grpc.ServerOption) *grpc.ClientConn {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs := r.NewGRPCServer()
+	gs := r.NewGRPCServer(opts...)
 	go func() { _ = gs.Serve(ln) }()
 	t.Cleanup(gs.Stop)
 	r.grpcAddr = ln.Addr().String()

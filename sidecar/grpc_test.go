@@ -243,22 +243,11 @@ func TestGRPCHandlerPanicIsADenial(t *testing.T) {
 	w := newWorld(t, jwks.ES256)
 	sc := w.start(w.config())
 	sc.waitReady(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := sc.NewGRPCServer(grpc.ChainUnaryInterceptor(func(context.Context, any, *grpc.UnaryServerInfo, grpc.UnaryHandler) (any, error) {
+	conn := sc.serveGRPC(t, grpc.ChainUnaryInterceptor(func(context.Context, any, *grpc.UnaryServerInfo, grpc.UnaryHandler) (any, error) {
 		panic("injected")
 	}), grpc.ChainStreamInterceptor(func(any, grpc.ServerStream, *grpc.StreamServerInfo, grpc.StreamHandler) error {
 		panic("injected")
 	}))
-	go func() { _ = gs.Serve(ln) }()
-	t.Cleanup(gs.Stop)
-	conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = conn.Close() })
 	client := authv3.NewAuthorizationClient(conn)
 	for range 2 {
 		_, err := client.Check(t.Context(), envoyFilter("").CheckRequest(envoyRequest([2]string{"authorization", "Bearer " + w.token()})))
