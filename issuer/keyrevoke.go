@@ -147,23 +147,17 @@ func (s *Server) revokeKey(ctx context.Context, kid, reason, actor string, force
 	if target.State == jwks.StateRevoked {
 		// Revoked before. Its event may have been published under another
 		// expiry; the stored one is what the set holds.
-		res.AlreadyRevoked = true
-		res.Key = s.keyInfo(cur, target)
 		if have, ok := s.keyEvent(kid); ok {
+			res.AlreadyRevoked, res.Key = true, s.keyInfo(cur, target)
 			res.Revocation = storedRevocation{Event: have}
 			return res, nil
 		}
 		// The ring is ahead of this replica's set: another replica revoked
 		// the key a moment ago and its event has not arrived here yet (or
-		// the event has expired). Publishing ours is a duplicate of theirs
-		// within the stream's window (200), or stores the event again
-		// (201): either way the answer names a stored event.
-		seq, dup, err := s.publishKeyEvent(ctx, e)
-		if err != nil {
-			return nil, errUnavailable("key revocation not stored: " + err.Error())
-		}
-		res.Revocation, res.AlreadyRevoked = storedRevocation{Event: e, Sequence: seq}, dup
-		return res, nil
+		// the event has expired). Publishing ours below is a duplicate of
+		// theirs within the stream's window (200), or stores the event
+		// again (201), and the ring change finds the key revoked: either
+		// way the answer names a stored event.
 	}
 	seq, dup, err := s.publishKeyEvent(ctx, e)
 	if err != nil {
