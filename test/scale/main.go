@@ -257,6 +257,21 @@ func (r *runner) logf(format string, args ...any) {
 	_, _ = fmt.Fprintf(r.o.progress, "scale %6.1fs  %s\n", time.Since(r.started).Seconds(), fmt.Sprintf(format, args...))
 }
 
+// since is how long after from each time (Unix nanoseconds) that field
+// picks out of the workers' responses came, and how many were 0: never.
+func since(resps []response, field func(response) []int64, from time.Time) (d []time.Duration, never int) {
+	for _, rs := range resps {
+		for _, at := range field(rs) {
+			if at == 0 {
+				never++
+				continue
+			}
+			d = append(d, time.Unix(0, at).Sub(from))
+		}
+	}
+	return d, never
+}
+
 // stats are percentiles of delays, printed as the table's cells.
 type stats loadtest.Stats
 
@@ -426,18 +441,10 @@ func (r *runner) measure(ctx context.Context, n int) (_ *result, err error) {
 	if err != nil {
 		return fail(err)
 	}
-	var readyD []time.Duration
-	notYet := 0
 	for _, rs := range resps {
 		res.notReady += rs.NotReady
-		for _, at := range rs.ReadyAt {
-			if at == 0 {
-				notYet++
-				continue
-			}
-			readyD = append(readyD, time.Unix(0, at).Sub(t0))
-		}
 	}
+	readyD, notYet := since(resps, func(rs response) []int64 { return rs.ReadyAt }, t0)
 	res.ready = summarize(readyD)
 	tr := d.traffic(ctx).since(tr0)
 	res.startAPI, res.startErrs = tr.api, tr.apiErrors
@@ -650,17 +657,7 @@ func (r *runner) herd(ctx context.Context, d *deployment, ws []*workerProc, n in
 	if err != nil {
 		return h, err
 	}
-	var bd []time.Duration
-	missing := 0
-	for _, rs := range resps {
-		for _, at := range rs.BundleAt {
-			if at == 0 {
-				missing++
-				continue
-			}
-			bd = append(bd, time.Unix(0, at).Sub(tKill))
-		}
-	}
+	bd, missing := since(resps, func(rs response) []int64 { return rs.BundleAt }, tKill)
 	h.bundleDown = summarize(bd)
 	// Not caught up is a finding, not a reason to stop: the rest of the
 	// herd (the reconnections, the restart) is still measured, and the
@@ -671,17 +668,11 @@ func (r *runner) herd(ctx context.Context, d *deployment, ws []*workerProc, n in
 	if err != nil {
 		return h, err
 	}
-	var rc []time.Duration
 	for _, rs := range resps {
 		h.disconnected += rs.Disconnected
-		for _, at := range rs.Reconnects {
-			if at == 0 {
-				h.unreconnected++
-				continue
-			}
-			rc = append(rc, time.Unix(0, at).Sub(tKill))
-		}
 	}
+	var rc []time.Duration
+	rc, h.unreconnected = since(resps, func(rs response) []int64 { return rs.Reconnects }, tKill)
 	h.reconnect = summarize(rc)
 	caught := fmt.Sprintf("every sidecar caught up %s after the kill", round(h.caughtUp))
 	if h.bundleMissing > 0 {
