@@ -480,6 +480,10 @@ func TestCacheHTTPFallback(t *testing.T) {
 	ns := cacheStartNATS(t, addr, t.TempDir())
 	t.Cleanup(ns.Stop)
 	kv := cacheCreateBucket(t, cacheConnect(t, ns.URL()))
+	// Published once the cache watches: a write still in the server's
+	// queue for the stream while the watch starts can miss both the
+	// subscription and the first read, and wait for the periodic one.
+	cacheWaitFor(t, "the watch", func() bool { return c.Status().Watching })
 	raw, ks1 := s.bundle(1)
 	cachePut(t, kv, raw)
 	cacheWaitFor(t, "the signed bundle", func() bool { return c.Status().Source == CacheSourceNATS })
